@@ -1,0 +1,131 @@
+"""`manifest.json`: what a model folder under models/ holds and how to check it.
+
+The exporter writes it, the service validates it at start-up; nobody else defines these fields.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+SCHEMA_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+
+Arch = Literal["bigram", "mlp", "wavenet", "gpt"]
+Format = Literal["onnx", "torchscript"]
+
+
+class ManifestError(ValueError):
+    """A model folder that cannot be served, with a one-line reason."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FileEntry(_Strict):
+    path: str = Field(description="file name relative to the model folder")
+    bytes: int = Field(ge=1)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class Metrics(_Strict):
+    """Mean negative log-likelihood in nats per character on each split."""
+
+    train_loss: float
+    val_loss: float
+    test_loss: float
+
+
+class DataInfo(_Strict):
+    name: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    split_seed: int
+    split_fractions: tuple[float, float, float]
+
+
+class TrainingInfo(_Strict):
+    config: dict[str, Any]
+    steps: int = Field(ge=0)
+    wall_seconds: float = Field(ge=0)
+    device: str
+    torch_version: str
+
+
+class Manifest(_Strict):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
+    arch: Arch
+    n_params: int = Field(ge=1)
+    vocab: list[str] = Field(min_length=2, description="index = token id")
+    format: Literal["lines", "stream"]
+    boundary_token: int | None
+    block_size: int = Field(ge=1)
+    n_layer: int | None = None
+    n_head: int | None = None
+    head_dim: int | None = None
+    files: dict[Format, FileEntry] = Field(min_length=1)
+    metrics: Metrics
+    data: DataInfo
+    training: TrainingInfo
+    created_at: datetime
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        if any(len(ch) != 1 for ch in self.vocab) or len(set(self.vocab)) != len(self.vocab):
+            raise ValueError("vocab must be distinct single characters")
+        if (self.format == "lines") != (self.boundary_token is not None):
+            raise ValueError("boundary_token is required for 'lines' models and must be null for 'stream'")
+        if self.boundary_token is not None and not 0 <= self.boundary_token < len(self.vocab):
+            raise ValueError("boundary_token is not a vocab index")
+        gpt_fields = (self.n_layer, self.n_head, self.head_dim)
+        if self.arch == "gpt" and any(v is None or v < 1 for v in gpt_fields):
+            raise ValueError("gpt models need n_layer, n_head and head_dim")
+        if self.arch != "gpt" and any(v is not None for v in gpt_fields):
+            raise ValueError("n_layer, n_head and head_dim are for gpt models only")
+        return self
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    @classmethod
+    def load(cls, folder: Path) -> Manifest:
+        """Parse and validate folder/manifest.json; raise ManifestError naming the problem."""
+        path = Path(folder) / MANIFEST_FILE
+        if not path.is_file():
+            raise ManifestError(f"{path}: no {MANIFEST_FILE}")
+        try:
+            return cls.model_validate_json(path.read_bytes())
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "manifest"
+            raise ManifestError(f"{path}: {where}: {first['msg']}") from None
+
+    def verify_files(self, folder: Path) -> None:
+        """Check every listed file's size and sha256; raise ManifestError on the first mismatch."""
+        for fmt, entry in self.files.items():
+            path = Path(folder) / entry.path
+            if not path.is_file():
+                raise ManifestError(f"{path}: {fmt} file is missing")
+            if path.stat().st_size != entry.bytes:
+                raise ManifestError(f"{path}: size {path.stat().st_size} != manifest's {entry.bytes}")
+            if sha256_of(path) != entry.sha256:
+                raise ManifestError(f"{path}: sha256 does not match the manifest")
+
+    def save(self, folder: Path) -> Path:
+        path = Path(folder) / MANIFEST_FILE
+        path.write_text(self.model_dump_json(indent=2) + "\n")
+        return path
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,1 @@
+"""charlm's offline half: data, nets, trainer, diagnostics and export (torch)."""

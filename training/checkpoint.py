@@ -1,0 +1,114 @@
+"""A training checkpoint on disk: what the trainer writes and `training export` / `sample` / `eval` read.
+
+<dir>/model.safetensors   weights (safetensors: nothing is unpickled)
+<dir>/checkpoint.json     architecture, net config, vocabulary, data split, metrics, provenance
+<dir>/state.pt            optimizer + RNG state for --resume (plain tensors, loaded weights_only=True)
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from training.nets import build
+
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "checkpoint.json"
+STATE_FILE = "state.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that cannot be used, with a one-line reason."""
+
+
+class SplitInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str  # built-in dataset name, or the user file's stem
+    sha256: str
+    split_seed: int
+    split_fractions: tuple[float, float, float]
+
+
+class CheckpointMeta(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    arch: Literal["bigram", "mlp", "wavenet", "gpt"]
+    model: dict[str, Any]  # the net's config, as accepted by training.nets.build
+    vocab: list[str]
+    format: Literal["lines", "stream"]
+    boundary_token: int | None
+    data: SplitInfo
+    train_config: dict[str, Any]  # the resolved training config
+    step: int = 0
+    train_loss: float | None = None
+    val_loss: float | None = None
+    test_loss: float | None = None
+    wall_seconds: float = 0.0
+    device: str = "cpu"
+    torch_version: str = torch.__version__
+    created_at: datetime = datetime.now(UTC)
+
+
+def save_checkpoint(
+    folder: Path,
+    model: nn.Module,
+    meta: CheckpointMeta,
+    state: dict[str, Any] | None = None,
+) -> None:
+    """Write weights and metadata (and resumable state); each file is replaced atomically."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / (WEIGHTS_FILE + ".tmp")
+    save_model(_unwrap(model), str(tmp))
+    tmp.replace(folder / WEIGHTS_FILE)
+    tmp = folder / (META_FILE + ".tmp")
+    tmp.write_text(meta.model_dump_json(indent=2) + "\n")
+    tmp.replace(folder / META_FILE)
+    if state is not None:
+        tmp = folder / (STATE_FILE + ".tmp")
+        torch.save(state, tmp)
+        tmp.replace(folder / STATE_FILE)
+
+
+def load_meta(folder: Path) -> CheckpointMeta:
+    path = Path(folder) / META_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{folder}: not a checkpoint (no {META_FILE})")
+    try:
+        return CheckpointMeta.model_validate_json(path.read_bytes())
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise CheckpointError(f"{path}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+
+
+def load_checkpoint(folder: Path, device: str = "cpu") -> tuple[nn.Module, CheckpointMeta]:
+    """Rebuild the net from checkpoint.json and load its weights; the model is returned in eval mode."""
+    meta = load_meta(folder)
+    model = build(meta.arch, meta.model)
+    weights = Path(folder) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{folder}: no {WEIGHTS_FILE}")
+    try:
+        load_model(model, str(weights), strict=True, device=device)
+    except (RuntimeError, KeyError) as exc:
+        msg = str(exc).splitlines()[0]
+        raise CheckpointError(
+            f"{weights}: weights do not fit a {meta.arch} with this config ({msg})"
+        ) from None
+    return model.to(device).eval(), meta
+
+
+def load_state(folder: Path) -> dict[str, Any] | None:
+    path = Path(folder) / STATE_FILE
+    return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under DDP / torch.compile wrappers."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)

@@ -1,0 +1,112 @@
+"""Training configs: TOML files validated by one pydantic model; `--set key=value` overrides."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from training.nets import FAMILIES
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used, with a one-line reason naming the key."""
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    dataset: str | None = Field(None, description="built-in dataset: names or shakespeare")
+    data: str | None = Field(None, description="path to a text file instead of a built-in dataset")
+    format: Literal["lines", "stream"] | None = None
+    split_seed: int = 42
+    arch: Literal["bigram", "mlp", "wavenet", "gpt"]
+    model: dict[str, Any] = Field(default_factory=dict, description="the net's hyperparameters")
+
+    batch_size: int = Field(32, ge=1)
+    max_iters: int = Field(5000, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    min_lr: float = Field(1e-4, ge=0)
+    warmup_iters: int = Field(100, ge=0)
+    lr_decay_iters: int | None = Field(None, ge=1, description="defaults to max_iters")
+    weight_decay: float = Field(0.1, ge=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.99, ge=0, lt=1)
+    grad_clip: float = Field(1.0, ge=0, description="0 disables clipping")
+    eval_interval: int = Field(500, ge=1)
+    eval_iters: int = Field(50, ge=1)
+    seed: int = 1337
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compile: bool = False
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads on CPU")
+    diagnostics: bool = False
+    samples: int = Field(10, ge=0, description="samples printed at the end")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if (self.dataset is None) == (self.data is None) and self.data is None:
+            raise ValueError("give a built-in dataset or a data path")
+        if self.min_lr > self.learning_rate:
+            raise ValueError("min_lr must not exceed learning_rate")
+        config_cls, _ = FAMILIES[self.arch]
+        allowed = set(config_cls.model_fields) - {"vocab_size"}
+        unknown = sorted(set(self.model) - allowed)
+        if unknown:
+            raise ValueError(f"unknown model key(s) for {self.arch}: {', '.join(unknown)}")
+        return self
+
+    @property
+    def decay_iters(self) -> int:
+        return self.lr_decay_iters or self.max_iters
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """'model.n_layer=4' -> (['model', 'n_layer'], 4); values are TOML literals, else plain strings."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected key=value")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def load_config(path: Path | str, overrides: list[str] = (), **extra: Any) -> TrainConfig:
+    """Read a TOML config, apply `--set` overrides and keyword extras, validate."""
+    path = Path(path)
+    if not path.is_file() and (CONFIG_DIR / f"{path.name}.toml").is_file():
+        path = CONFIG_DIR / f"{path.name}.toml"
+    if not path.is_file():
+        raise ConfigError(f"config {path} does not exist (shipped configs are in {CONFIG_DIR})")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    for item in overrides:
+        keys, value = parse_override(item)
+        node = raw
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {k} is not a table")
+        node[keys[-1]] = value
+    raw.update({k: v for k, v in extra.items() if v is not None})
+    return validate_config(raw, str(path))
+
+
+def validate_config(raw: dict[str, Any], where: str = "config") -> TrainConfig:
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"]) or "config"
+        msg = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            msg = "unknown key"
+        raise ConfigError(f"{where}: {key}: {msg}") from None

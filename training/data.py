@@ -1,0 +1,277 @@
+"""Datasets, the character tokenizer and deterministic splits. Torch-free, so that the ONNX-only
+checks (which must reproduce the test split exactly) can import it without torch."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+Format = Literal["lines", "stream"]
+BOUNDARY = "."
+FALLBACK_BOUNDARY = "\n"  # for line data that itself uses "." (a newline never occurs inside a line)
+SPLIT_FRACTIONS: dict[str, tuple[float, float, float]] = {
+    "lines": (0.8, 0.1, 0.1),
+    "stream": (0.9, 0.05, 0.05),
+}
+DEFAULT_SPLIT_SEED = 42
+
+
+class DataError(ValueError):
+    """A dataset that cannot be used, with a one-line reason."""
+
+
+@dataclass(frozen=True)
+class BuiltinDataset:
+    name: str
+    filename: str
+    url: str
+    sha256: str
+    size: int
+    format: Format
+
+
+BUILTIN: dict[str, BuiltinDataset] = {
+    "names": BuiltinDataset(
+        "names",
+        "names.txt",
+        "https://raw.githubusercontent.com/karpathy/makemore/master/names.txt",
+        "0a30b5557f192f32ab962680889aac5f6fda0f4cecf40a6d0b5694f58ea8cc4d",
+        228_145,
+        "lines",
+    ),
+    "shakespeare": BuiltinDataset(
+        "shakespeare",
+        "tinyshakespeare.txt",
+        "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+        "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+        1_115_394,
+        "stream",
+    ),
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "charlm"
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def resolve_builtin(name: str) -> Path:
+    """Find a built-in dataset: $CHARLM_DATA_DIR, then the user cache, then a checked download."""
+    if name not in BUILTIN:
+        raise DataError(f"unknown dataset {name!r}; built-in datasets: {', '.join(BUILTIN)}")
+    ds = BUILTIN[name]
+    candidates = []
+    if env := os.environ.get("CHARLM_DATA_DIR"):
+        candidates.append(Path(env) / ds.filename)
+    candidates.append(cache_dir() / ds.filename)
+    for path in candidates:
+        if path.is_file():
+            if sha256_bytes(path.read_bytes()) != ds.sha256:
+                raise DataError(f"{path}: sha256 does not match the {name} dataset; {_ways(ds)}")
+            return path
+    return _download(ds)
+
+
+def _ways(ds: BuiltinDataset) -> str:
+    return (
+        f"provide {ds.filename} with --data PATH, or put it in $CHARLM_DATA_DIR or {cache_dir()}, "
+        f"or let charlm download it from {ds.url} (needs internet)"
+    )
+
+
+def _download(ds: BuiltinDataset) -> Path:
+    import pooch  # only needed when a download actually happens
+
+    try:
+        return Path(
+            pooch.retrieve(
+                ds.url,
+                known_hash=f"sha256:{ds.sha256}",
+                fname=ds.filename,
+                path=cache_dir(),
+                progressbar=False,
+            )
+        )
+    except ValueError as exc:  # pooch's checksum mismatch
+        raise DataError(f"download of {ds.name} failed its sha256 check ({exc}); {_ways(ds)}") from None
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"cannot download {ds.name} ({reason}); {_ways(ds)}") from None
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """The raw text of a dataset and where it came from."""
+
+    name: str
+    text: str
+    sha256: str
+    format: Format
+
+
+def load_corpus(dataset: str | None, path: str | Path | None, fmt: Format | None) -> Corpus:
+    """Load `--data PATH` (format required unless it is a built-in's file) or a built-in dataset by name."""
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"data file {path} does not exist")
+        raw = path.read_bytes()
+        builtin = BUILTIN.get(dataset or "")
+        name = dataset if builtin else path.stem
+        fmt = fmt or (builtin.format if builtin else None)
+        if fmt is None:
+            raise DataError(f"{path}: say how to read it with --format lines or --format stream")
+    elif dataset is not None:
+        path = resolve_builtin(dataset)
+        raw = path.read_bytes()
+        name, fmt = dataset, fmt or BUILTIN[dataset].format
+    else:
+        raise DataError("no data: give a built-in dataset name or --data PATH")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    if not text.strip():
+        raise DataError(f"{path}: the data file is empty")
+    return Corpus(name=name, text=text, sha256=sha256_bytes(raw), format=fmt)
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """Characters by token id. For `lines` data, id 0 is the boundary token that starts and ends samples."""
+
+    chars: tuple[str, ...]
+    boundary: int | None
+
+    @classmethod
+    def build(cls, text: str, fmt: Format) -> Vocab:
+        if fmt == "lines":
+            used = sorted(set(text) - {"\n", "\r"})
+            mark = BOUNDARY if BOUNDARY not in used else FALLBACK_BOUNDARY
+            chars, boundary = (mark, *used), 0
+        else:
+            chars, boundary = tuple(sorted(set(text))), None
+        content = len(chars) - (1 if boundary is not None else 0)
+        if content < 2:
+            raise DataError(
+                f"the data has a vocabulary of {content} character(s); a language model needs >= 2"
+            )
+        return cls(chars=chars, boundary=boundary)
+
+    @property
+    def size(self) -> int:
+        return len(self.chars)
+
+    def encode(self, text: str) -> list[int]:
+        lookup = self._lookup
+        unknown = sorted({ch for ch in text if ch not in lookup})
+        if unknown or (self.boundary is not None and self.chars[self.boundary] in text):
+            bad = unknown or [self.chars[self.boundary]]
+            raise DataError(f"characters outside the vocabulary: {', '.join(map(repr, bad))}")
+        return [lookup[ch] for ch in text]
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(self.chars[i] for i in ids)
+
+    @property
+    def _lookup(self) -> dict[str, int]:
+        return {ch: i for i, ch in enumerate(self.chars)}
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Token data per split. `lines`: one array per sample (no boundaries); `stream`: one array each."""
+
+    train: list[np.ndarray]
+    val: list[np.ndarray]
+    test: list[np.ndarray]
+    seed: int
+    fractions: tuple[float, float, float]
+
+    def get(self, split: str) -> list[np.ndarray]:
+        if split not in ("train", "val", "test"):
+            raise DataError(f"unknown split {split!r}; use train, val or test")
+        return getattr(self, split)
+
+
+def split_corpus(corpus: Corpus, vocab: Vocab, seed: int = DEFAULT_SPLIT_SEED) -> Splits:
+    """`lines`: shuffle lines with `seed`, 80/10/10. `stream`: contiguous 90/5/5."""
+    fractions = SPLIT_FRACTIONS[corpus.format]
+    if corpus.format == "lines":
+        lines = [ln.rstrip("\r") for ln in corpus.text.split("\n")]
+        lines = [ln for ln in lines if ln]
+        if len(lines) < 3:
+            raise DataError(
+                f"{corpus.name}: {len(lines)} non-empty line(s); need at least 3 (train/val/test)"
+            )
+        random.Random(seed).shuffle(lines)
+        n1 = int(fractions[0] * len(lines))
+        n2 = int((fractions[0] + fractions[1]) * len(lines))
+        n1, n2 = max(1, min(n1, len(lines) - 2)), max(n1 + 1, min(n2, len(lines) - 1))
+        enc = [np.array(vocab.encode(ln), dtype=np.int64) for ln in lines]
+        return Splits(enc[:n1], enc[n1:n2], enc[n2:], seed, fractions)
+    ids = np.array(vocab.encode(corpus.text), dtype=np.int64)
+    n1, n2 = int(fractions[0] * len(ids)), int((fractions[0] + fractions[1]) * len(ids))
+    return Splits([ids[:n1]], [ids[n1:n2]], [ids[n2:]], seed, fractions)
+
+
+def window_examples(
+    samples: list[np.ndarray], block_size: int, boundary: int | None
+) -> tuple[np.ndarray, ...]:
+    """(contexts [N, block_size], targets [N]) for next-character prediction with a fixed window.
+
+    `lines` (boundary set): every character of every sample plus the closing boundary, the context
+    left-padded with the boundary (makemore part 2). `stream`: every position with a full window.
+    """
+    if boundary is not None:
+        xs, ys = [], []
+        for s in samples:
+            seq = np.concatenate([np.full(block_size, boundary), s, [boundary]]).astype(np.int64)
+            idx = np.arange(len(s) + 1)[:, None] + np.arange(block_size)[None, :]
+            xs.append(seq[idx])
+            ys.append(seq[block_size:])
+        return np.concatenate(xs), np.concatenate(ys)
+    ids = samples[0]
+    n = len(ids) - block_size
+    if n < 1:
+        raise DataError(f"the split has {len(ids)} tokens, fewer than block_size + 1 = {block_size + 1}")
+    idx = np.arange(n)[:, None] + np.arange(block_size)[None, :]
+    return ids[idx], ids[block_size:]
+
+
+def sequence_examples(
+    samples: list[np.ndarray], block_size: int, boundary: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs [N, block_size], targets [N, block_size]) for a GPT on `lines` data.
+
+    Input = boundary + sample, target = sample + boundary, padded (targets with -1, ignored in the loss).
+    Samples longer than block_size - 1 are cut (their tail is not learned).
+    """
+    x = np.full((len(samples), block_size), boundary, dtype=np.int64)
+    y = np.full((len(samples), block_size), -1, dtype=np.int64)
+    for i, s in enumerate(samples):
+        s = s[: block_size - 1] if len(s) >= block_size else s
+        seq = np.concatenate([[boundary], s, [boundary]])
+        n = min(len(seq) - 1, block_size)
+        x[i, :n] = seq[:n]
+        y[i, :n] = seq[1 : n + 1]
+    return x, y
+
+
+def stream_chunks(ids: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Non-overlapping (inputs, targets) windows covering a `stream` split: the exact evaluation set."""
+    n = (len(ids) - 1) // block_size
+    if n < 1:
+        raise DataError(f"the split has {len(ids)} tokens, fewer than block_size + 1 = {block_size + 1}")
+    x = ids[: n * block_size].reshape(n, block_size)
+    y = ids[1 : n * block_size + 1].reshape(n, block_size)
+    return x, y

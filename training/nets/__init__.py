@@ -1,0 +1,34 @@
+"""The four model families, each a plain nn.Module in its own file, built by name from a config dict."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+from torch import nn
+
+from training.nets.bigram import Bigram, BigramConfig
+from training.nets.gpt import GPT, GPTConfig
+from training.nets.mlp import MLP, MLPConfig
+from training.nets.wavenet import WaveNet, WaveNetConfig
+
+FAMILIES: dict[str, tuple[type[BaseModel], type[nn.Module]]] = {
+    "bigram": (BigramConfig, Bigram),
+    "mlp": (MLPConfig, MLP),
+    "wavenet": (WaveNetConfig, WaveNet),
+    "gpt": (GPTConfig, GPT),
+}
+WINDOW_ARCHS = ("bigram", "mlp", "wavenet")
+
+
+def build(arch: str, config: dict[str, Any]) -> nn.Module:
+    """Validate `config` against the family's pydantic model and instantiate the net."""
+    if arch not in FAMILIES:
+        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(FAMILIES)}")
+    config_cls, net_cls = FAMILIES[arch]
+    return net_cls(config_cls.model_validate(config))
+
+
+def n_params(model: nn.Module) -> int:
+    """Distinct parameters (tied weights counted once)."""
+    return sum(p.numel() for p in model.parameters())
