@@ -1,0 +1,204 @@
+"""README.md for an exported model folder: a model card a person reads before using the model."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shlex
+from typing import Any
+
+from contract import Manifest
+from training.export.onnx import OPSET
+
+FORMAT_NOTES = {
+    "onnx": f"ONNX (opset {OPSET}, one file), for ONNX Runtime; no torch needed",
+    "torchscript": "TorchScript (traced), for `torch.jit.load`",
+}
+
+
+def render_card(manifest: Manifest, net_config: dict[str, Any], samples: list[str], export_command: str) -> str:
+    """The whole README.md: facts from the manifest, plus the net's config, samples and the command."""
+    m = manifest
+    sections = [
+        _header(m, net_config),
+        _data(m),
+        _losses(m),
+        _samples(m, samples),
+        _files(m),
+        _reproduce(m, export_command),
+        _limitations(m),
+    ]
+    return "\n\n".join(sections).rstrip() + "\n"
+
+
+def _header(m: Manifest, net_config: dict[str, Any]) -> str:
+    if m.arch == "gpt":
+        shape = f"{m.n_layer} layers, {m.n_head} heads of {m.head_dim} dims, context {m.block_size} characters"
+    else:
+        shape = f"context window of {m.block_size} character{'s' if m.block_size > 1 else ''}"
+    return "\n".join(
+        [
+            f"# {m.name}",
+            "",
+            f"A character-level **{m.arch}** language model trained on `{m.data.name}`, exported by charlm.",
+            "",
+            "| | |",
+            "|---|---|",
+            f"| architecture | {m.arch}: {shape} |",
+            f"| net config | {', '.join(f'{k}={v}' for k, v in net_config.items())} |",
+            f"| parameters | {m.n_params:,} |",
+            f"| vocabulary | {m.vocab_size} characters: {_show_vocab(m.vocab)} |",
+            f"| text format | {_format_note(m)} |",
+            f"| test loss | {m.metrics.test_loss:.4f} nats/char |",
+            f"| exported | {m.created_at:%Y-%m-%d %H:%M} UTC |",
+        ]
+    )
+
+
+def _data(m: Manifest) -> str:
+    a, b, c = m.data.split_fractions
+    return "\n".join(
+        [
+            "## Data",
+            "",
+            f"- corpus: `{m.data.name}` (sha256 `{m.data.sha256}`)",
+            f"- split: train/val/test = {a:g}/{b:g}/{c:g}, split seed {m.data.split_seed}",
+        ]
+    )
+
+
+def _losses(m: Manifest) -> str:
+    rows = [
+        "## Losses",
+        "",
+        "Mean negative log-likelihood per character on each data split, as evaluated into the checkpoint.",
+        "",
+        "| split | nats/char | bits/char | perplexity |",
+        "|---|---|---|---|",
+    ]
+    for split in ("train", "val", "test"):
+        loss = getattr(m.metrics, f"{split}_loss")
+        rows.append(f"| {split} | {loss:.4f} | {loss / math.log(2):.4f} | {math.exp(loss):.2f} |")
+    rows += [
+        "",
+        f"For reference, a uniform guess over the vocabulary scores ln({m.vocab_size}) = "
+        f"{math.log(m.vocab_size):.4f} nats/char.",
+    ]
+    return "\n".join(rows)
+
+
+def _samples(m: Manifest, samples: list[str]) -> str:
+    intro = (
+        f"{len(samples)} samples drawn from the eager PyTorch model of the checkpoint, temperature 1.0, "
+        "fixed seed (not cherry-picked)."
+    )
+    if m.format == "lines":
+        boundary = repr(m.vocab[m.boundary_token])
+        body = "\n".join(s if s else "(empty)" for s in samples)
+        return "\n".join(
+            [
+                "## Samples",
+                "",
+                intro + f" Each starts and stops at the boundary token {boundary}.",
+                "",
+                _fence(body),
+            ]
+        )
+    parts = ["## Samples", "", intro + " Each is about 200 characters, continuing from a newline.", ""]
+    for i, s in enumerate(samples, 1):
+        parts += [f"Sample {i}:", "", _fence(s), ""]
+    return "\n".join(parts)
+
+
+def _files(m: Manifest) -> str:
+    rows = ["## Files", ""]
+    for fmt, entry in m.files.items():
+        rows.append(f"- `{entry.path}`: {FORMAT_NOTES[fmt]}; {entry.bytes:,} bytes, sha256 `{entry.sha256}`")
+    rows.append("- `manifest.json`: everything above, machine-readable (schema in `contract/manifest.py`)")
+    rows.append("")
+    if m.arch == "gpt":
+        rows.append(
+            "Graph I/O (one step graph for prefill and decode): `idx` int64 [batch, new], `pos` int64 [1] "
+            "(= past length), `past_key_i` / `past_value_i` float32 [batch, n_head, past, head_dim] "
+            "-> `logits` float32 [batch, vocab] (last new position), `present_key_i` / `present_value_i` "
+            "[batch, n_head, past+new, head_dim]. The TorchScript file takes the same inputs positionally "
+            "and returns the outputs as one flat tuple."
+        )
+    else:
+        rows.append(
+            f"Graph I/O: `idx` int64 [batch, {m.block_size}] (the last {m.block_size} characters) -> "
+            "`logits` float32 [batch, vocab] for the next one. The TorchScript file returns `(logits,)`."
+        )
+    return "\n".join(rows)
+
+
+def _reproduce(m: Manifest, export_command: str) -> str:
+    config = m.training.config
+    if config.get("name"):
+        args = ["python", "-m", "training", "train", "--config", f"training/configs/{config['name']}.toml"]
+        note = "The training config, as resolved at training time:"
+    else:
+        args = ["python", "-m", "training", "train", "--config", "<the config below, saved as TOML>"]
+        note = "The training config has no name; as resolved at training time it was:"
+    if config.get("data"):  # trained on a user's file rather than a built-in dataset
+        args += ["--data", str(config["data"])] + (["--format", config["format"]] if config.get("format") else [])
+    train = shlex.join(args)
+    t = m.training
+    return "\n".join(
+        [
+            "## Reproduce",
+            "",
+            _fence(f"{train}\n{export_command}", "sh"),
+            "",
+            f"Training: {t.steps:,} steps in {_duration(t.wall_seconds)} on `{t.device}`, torch {t.torch_version}.",
+            "",
+            note,
+            "",
+            _fence(json.dumps(t.config, indent=2, sort_keys=True), "json"),
+        ]
+    )
+
+
+def _limitations(m: Manifest) -> str:
+    return "\n".join(
+        [
+            "## Limitations",
+            "",
+            f"- Character-level: it knows only the {m.vocab_size} characters above; any other character "
+            "cannot be encoded.",
+            f"- Small: {m.n_params:,} parameters and a context of {m.block_size} characters; it imitates "
+            "the surface of its training text and has no knowledge, reasoning or memory beyond that window.",
+            f"- Trained on one corpus (`{m.data.name}`): it reproduces that corpus's style, gaps and biases, "
+            "and may reproduce pieces of it verbatim.",
+            "- A teaching-scale model: not evaluated for any use beyond demonstrating character-level "
+            "language modelling; its samples can be nonsense.",
+        ]
+    )
+
+
+def _format_note(m: Manifest) -> str:
+    if m.format == "lines":
+        return f"lines: one item per line, boundary token {m.vocab[m.boundary_token]!r} (id {m.boundary_token})"
+    return "stream: continuous text, no boundary token"
+
+
+def _show_vocab(vocab: list[str]) -> str:
+    """The vocabulary as a code span in a table cell: escapes visible, pipes escaped for GFM tables."""
+    text = "".join(json.dumps(ch)[1:-1] for ch in vocab).replace("|", "\\|")
+    return f"`` {text} ``" if "`" in text else f"`{text}`"
+
+
+def _fence(text: str, lang: str = "text") -> str:
+    """A fenced block longer than any backtick run inside `text`, so samples cannot break out of it."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}{lang}\n{text}\n{fence}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.1f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"

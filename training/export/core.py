@@ -1,0 +1,99 @@
+"""export_checkpoint: checkpoint folder -> model folder (exports, manifest.json, README.md).
+
+Everything is written to a staging folder next to the destination and moved into place only after
+every format has passed its parity checks, so a failed export never leaves a half-written model.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from contract import Manifest
+from training.checkpoint import CheckpointError, load_checkpoint
+from training.export import onnx, torchscript
+from training.export.card import render_card
+from training.export.errors import ExportError
+from training.export.graphs import GraphSpec, Runner, graph_spec
+from training.export.manifest import build_manifest, file_entry
+from training.export.parity import check_parity
+from training.export.preflight import DEFAULT_FORMATS, FILES, preflight
+from training.export.samples import draw_samples
+
+EXPORTERS: dict[str, Callable[[GraphSpec, Path], None]] = {
+    "onnx": onnx.export_onnx,
+    "torchscript": torchscript.export_torchscript,
+}
+LOADERS: dict[str, Callable[[Path, GraphSpec], Runner]] = {
+    "onnx": onnx.load_runner,
+    "torchscript": lambda path, spec: torchscript.load_runner(path),
+}
+
+
+def export_checkpoint(
+    ckpt_dir: Path | str,
+    out_dir: Path | str,
+    formats: Iterable[str] = DEFAULT_FORMATS,
+    force: bool = False,
+    name: str | None = None,
+) -> Manifest:
+    """Export, check parity, write manifest and model card; raise ExportError (one line) on failure."""
+    ckpt_dir, out_dir = Path(ckpt_dir), Path(out_dir)
+    formats, name = preflight(ckpt_dir, out_dir, formats, force, name)
+    try:
+        net, meta = load_checkpoint(ckpt_dir)  # full validation of checkpoint.json and the weights
+    except CheckpointError as exc:
+        raise ExportError(str(exc)) from None
+    spec = graph_spec(meta.arch, net)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the folder it becomes is for others to read
+    try:
+        files = {}
+        for fmt in formats:
+            path = staging / FILES[fmt]
+            EXPORTERS[fmt](spec, path)
+            check_parity(spec, LOADERS[fmt](path, spec), fmt)
+            files[fmt] = file_entry(path)
+        manifest = build_manifest(name, meta, net, files)
+        manifest.save(staging)
+        samples = draw_samples(net, meta.arch, meta.vocab, meta.boundary_token)
+        command = _export_command(ckpt_dir, out_dir, formats, name)
+        (staging / "README.md").write_text(render_card(manifest, meta.model, samples, command))
+        Manifest.load(staging).verify_files(staging)  # what the service will do at start-up
+        _move_into_place(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
+
+
+def _move_into_place(staging: Path, out_dir: Path) -> None:
+    """Swap the finished staging folder in; the previous model (with --force) is removed after."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.old")
+        out_dir.rename(old)
+    staging.rename(out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _export_command(ckpt_dir: Path, out_dir: Path, formats: tuple[str, ...], name: str) -> str:
+    args = ["python", "-m", "training", "export", _shown(ckpt_dir), "--out", _shown(out_dir)]
+    if formats != DEFAULT_FORMATS:
+        args += ["--formats", ",".join(formats)]
+    if name != out_dir.resolve().name:
+        args += ["--name", name]
+    return shlex.join(args)
+
+
+def _shown(path: Path) -> str:
+    """A path relative to the working directory when it lies under it (commands run from the repo root)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)

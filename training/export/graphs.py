@@ -1,0 +1,114 @@
+"""The exported graphs' I/O (contract/graph.py) as torch modules, plus example inputs to trace them with.
+
+Both exporters (ONNX and TorchScript) trace these wrappers rather than the nets themselves, so the
+graph signature is defined once: positional inputs `idx[, pos, *past]` -> flat tuple `(logits[, *presents])`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from contract import IDX, LOGITS, POS, past_names, present_names
+from training.export.errors import ExportError
+from training.nets import WINDOW_ARCHS
+
+# A loaded graph, whatever its format: positional inputs -> flat list of outputs, numpy in and out.
+Runner = Callable[[Sequence[np.ndarray]], list[np.ndarray]]
+
+
+class WindowGraph(nn.Module):
+    """bigram / mlp / wavenet: idx [B, block_size] -> (logits [B, V],)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, idx: torch.Tensor) -> tuple[torch.Tensor]:
+        logits, _ = self.net(idx)
+        return (logits,)
+
+
+class StepGraph(nn.Module):
+    """GPT: idx [B, new], pos [1], *past -> (logits [B, V], *presents); see GPT.step."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, idx: torch.Tensor, pos: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        logits, presents = self.net.step(idx, pos, list(past))
+        return (logits, *presents)
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """What one exported graph looks like: its wrapper, I/O names and the shapes to trace it at."""
+
+    module: nn.Module
+    input_names: list[str]
+    output_names: list[str]
+    example: tuple[torch.Tensor, ...]
+    is_step: bool
+    vocab_size: int
+    block_size: int
+    n_layer: int = 0
+    n_head: int = 0
+    head_dim: int = 0
+
+
+def graph_spec(arch: str, net: nn.Module) -> GraphSpec:
+    """The graph to export for `net`, which must be in eval mode (dropout off, BatchNorm running stats)."""
+    if net.training:
+        raise ExportError("refusing to export a model in training mode (call .eval() first)")
+    cfg = net.cfg
+    gen = torch.Generator().manual_seed(0)
+    if arch in WINDOW_ARCHS:
+        # Batch 2 for tracing: torch.export specialises sizes 0 and 1, which would pin the batch.
+        example = (torch.randint(0, cfg.vocab_size, (2, cfg.block_size), generator=gen),)
+        return GraphSpec(
+            module=WindowGraph(net).eval(),
+            input_names=[IDX],
+            output_names=[LOGITS],
+            example=example,
+            is_step=False,
+            vocab_size=cfg.vocab_size,
+            block_size=cfg.block_size,
+        )
+    if arch != "gpt":
+        raise ExportError(f"unknown architecture {arch!r}")
+    if cfg.block_size < 2:
+        raise ExportError("gpt block_size must be >= 2 to export a step graph with a dynamic length")
+    # Trace at batch, new and past > 1 so that no dimension is specialised to 0 or 1, and pairwise
+    # distinct so that no two of them can be mistaken for the same symbol.
+    batch, new, past = 5, min(3, cfg.block_size), 4
+    pos = past if past + new <= cfg.block_size else 0  # pos's value never changes the traced shapes
+    idx = torch.randint(0, cfg.vocab_size, (batch, new), generator=gen)
+    shape = (batch, cfg.n_head, past, cfg.head_dim)
+    cache = [torch.randn(shape, generator=gen) for _ in range(2 * cfg.n_layer)]
+    return GraphSpec(
+        module=StepGraph(net).eval(),
+        input_names=[IDX, POS, *past_names(cfg.n_layer)],
+        output_names=[LOGITS, *present_names(cfg.n_layer)],
+        example=(idx, torch.tensor([pos]), *cache),
+        is_step=True,
+        vocab_size=cfg.vocab_size,
+        block_size=cfg.block_size,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        head_dim=cfg.head_dim,
+    )
+
+
+def eager_runner(spec: GraphSpec) -> Runner:
+    """The reference: the wrapped eager module itself, without autograd."""
+
+    def run(inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        with torch.no_grad():
+            return [t.numpy() for t in spec.module(*(torch.from_numpy(np.asarray(a)) for a in inputs))]
+
+    return run
