@@ -89,7 +89,10 @@ def load_meta(folder: Path) -> CheckpointMeta:
 def load_checkpoint(folder: Path, device: str = "cpu") -> tuple[nn.Module, CheckpointMeta]:
     """Rebuild the net from checkpoint.json and load its weights; the model is returned in eval mode."""
     meta = load_meta(folder)
-    model = build(meta.arch, meta.model)
+    try:
+        model = build(meta.arch, meta.model)
+    except ValueError as exc:  # e.g. a checkpoint.json whose arch and model config do not belong together
+        raise CheckpointError(f"{Path(folder) / META_FILE}: {exc}") from None
     weights = Path(folder) / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"{folder}: no {WEIGHTS_FILE}")

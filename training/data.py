@@ -89,8 +89,13 @@ def _ways(ds: BuiltinDataset) -> str:
 
 
 def _download(ds: BuiltinDataset) -> Path:
-    import pooch  # only needed when a download actually happens
+    try:
+        import pooch  # only needed when a download actually happens
+    except ImportError:
+        raise DataError(f"{ds.filename} is not available and pooch is not installed; {_ways(ds)}") from None
 
+    # pooch logs "Downloading data from ..." to stderr; a failed download must stay one line there.
+    pooch.get_logger().setLevel("WARNING")
     try:
         return Path(
             pooch.retrieve(
@@ -101,10 +106,10 @@ def _download(ds: BuiltinDataset) -> Path:
                 progressbar=False,
             )
         )
-    except ValueError as exc:  # pooch's checksum mismatch
-        raise DataError(f"download of {ds.name} failed its sha256 check ({exc}); {_ways(ds)}") from None
-    except Exception as exc:
+    except Exception as exc:  # pooch's checksum mismatch is a ValueError; the rest are network errors
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, ValueError) and not isinstance(exc, OSError):  # requests errors are OSErrors
+            reason = f"the file failed its sha256 check: {reason}"
         raise DataError(f"cannot download {ds.name} ({reason}); {_ways(ds)}") from None
 
 

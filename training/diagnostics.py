@@ -66,7 +66,9 @@ def _join(prefix: str, name: str) -> str:
 def _histogram(t: torch.Tensor, bins: int = HIST_BINS) -> dict[str, list[float]]:
     """Bin centres and densities of a tensor's values (what the course's histogram plots show)."""
     t = t.detach().float().flatten().cpu()
-    lo, hi = float(t.min()), float(t.max())
+    # Mean +- 4 std (within the data's range): one outlier must not squash the bulk into a single bin.
+    mean, spread = float(t.mean()), 4 * _std(t)
+    lo, hi = max(float(t.min()), mean - spread), min(float(t.max()), mean + spread)
     if lo == hi:
         lo, hi = lo - 1e-6, hi + 1e-6
     counts, edges = torch.histogram(t, bins=bins, range=(lo, hi), density=True)
@@ -121,7 +123,7 @@ class Diagnostics:
 
     def before_step(self, step: int) -> None:
         """After backward (gradients are final, clipped), before optimizer.step()."""
-        recording = self.records_step(step) and bool(self._acts)
+        recording = self.records_step(step)
         self._armed = False
         if not recording:
             self._acts, self._act_grads = {}, {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from torch import nn
 
 from training.nets.bigram import Bigram, BigramConfig
@@ -26,7 +26,13 @@ def build(arch: str, config: dict[str, Any]) -> nn.Module:
     if arch not in FAMILIES:
         raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(FAMILIES)}")
     config_cls, net_cls = FAMILIES[arch]
-    return net_cls(config_cls.model_validate(config))
+    try:
+        cfg = config_cls.model_validate(config)
+    except ValidationError as exc:  # one line naming the key, not pydantic's multi-line report
+        first = exc.errors()[0]
+        where = "".join(f"{p}: " for p in first["loc"][:1])  # the key, when the error is about one
+        raise ValueError(f"{arch} model config: {where}{first['msg'].removeprefix('Value error, ')}") from None
+    return net_cls(cfg)
 
 
 def n_params(model: nn.Module) -> int:

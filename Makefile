@@ -1,0 +1,83 @@
+# charlm developer entry points; `make help` lists them. Install steps are stamped on pyproject.toml,
+# so they run once and again only when the dependencies change.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+IMAGE ?= charlm:latest
+ARGS ?=
+PYTEST_ARGS ?=
+# Tests, training and benchmarks read the corpora from ../shared/data unless told otherwise.
+export CHARLM_DATA_DIR ?= $(abspath $(CURDIR)/../shared/data)
+
+# Train one config and export it as a shipped model: $(1) = training config, $(2) = models/ folder.
+define train_export
+$(PY) -m training train --config training/configs/$(1).toml --out runs/$(1)
+$(PY) -m training export runs/$(1) --out models/$(2) --force
+endef
+
+.PHONY: help serve test lint models bench docker docker-torch docker-smoke promtool clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.serve-installed: pyproject.toml | $(PY)
+	$(PY) -m pip install -e '.[serve]'
+	touch $@
+
+# dev includes serve, so it refreshes both stamps.
+$(VENV)/.dev-installed: pyproject.toml | $(PY)
+	$(PY) -m pip install -e '.[dev]'
+	touch $@ $(VENV)/.serve-installed
+
+serve: $(VENV)/.serve-installed ## serve models/ on :8000 (ONNX Runtime, no torch); ARGS="--port 9000 ..."
+	$(PY) -m service serve $(ARGS)
+
+# promtool (Debian's prometheus package) is what tests/test_deploy.py checks the Prometheus files with.
+# A policy-rc.d keeps apt from starting the packaged Prometheus daemon.
+promtool:
+	@if command -v promtool >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+	  echo "promtool is missing and we are not root: apt-get install prometheus to run the deploy tests" >&2; \
+	  exit 0; \
+	fi; \
+	if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	  trap 'rm -f /usr/sbin/policy-rc.d' EXIT; \
+	  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; \
+	fi; \
+	apt-get update -qq; \
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	promtool --version | head -n 1
+
+test: $(VENV)/.dev-installed promtool ## run the test suite (installs the dev venv and promtool first)
+	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+lint: $(VENV)/.dev-installed ## ruff check + ruff format --check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+models: $(VENV)/.dev-installed ## retrain and re-export the three shipped models into models/
+	$(call train_export,names_wavenet,names-wavenet)
+	$(call train_export,names_gpt,names-gpt)
+	$(call train_export,shakespeare_gpt,shakespeare-gpt)
+
+bench: $(VENV)/.dev-installed ## run the benchmarks
+	$(PY) -m benchmarks
+
+docker: ## build the serving image (ONNX Runtime, no torch); IMAGE=charlm:latest
+	docker build --target serve -t $(IMAGE) .
+
+docker-torch: ## build the TorchScript image as charlm:torch (see the Dockerfile about its size)
+	docker build --target torch -t charlm:torch .
+
+docker-smoke: ## build the image, run it, and check ready time, a generation, metrics, stop time, size
+	bash deploy/smoke.sh
+
+clean: ## remove the venv and caches (not models/ nor runs/)
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

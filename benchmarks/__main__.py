@@ -1,0 +1,146 @@
+"""`python -m benchmarks`: run the engine, HTTP and training benchmarks; write the JSON and the docs table.
+
+A full run (`make bench`, < 10 minutes on 2 cores: engine ~2-3, HTTP ~4-5, training ~1-1.5) writes
+benchmarks/results/<UTC timestamp>.json and rewrites docs/benchmarks.md. `--quick` is a smoke run of
+seconds per part; its JSON goes to the temp folder and the docs are left alone (unless --out / --docs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+from benchmarks.common import DOCS_FILE, MODELS_DIR, REPO, RESULTS_DIR, BenchError, cores, machine_info, utc_stamp
+
+PARTS = ("engine", "http", "training")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="seconds-long smoke run (numbers not representative)")
+    p.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts to run (default {','.join(PARTS)})")
+    p.add_argument("--models", type=Path, default=MODELS_DIR, help="models folder (default: the repo's models/)")
+    p.add_argument("--threads", type=int, default=None, help="torch / ONNX Runtime threads (default: all cores)")
+    p.add_argument("--duration", type=int, default=None, help="seconds per wrk run (default 10, quick 2)")
+    p.add_argument("--scenarios", default="", help="HTTP scenarios to run (comma-separated; default all)")
+    p.add_argument("--out", type=Path, default=None, help="folder for the result JSON")
+    docs = p.add_mutually_exclusive_group()
+    docs.add_argument("--docs", action="store_true", help="rewrite docs/benchmarks.md even for a quick/partial run")
+    docs.add_argument("--no-docs", action="store_true", help="leave docs/benchmarks.md alone")
+    p.add_argument("--from-json", type=Path, default=None, help="only print (and with --docs, write) a JSON's tables")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.from_json is not None:
+        return _render_only(args)
+    parts = [x.strip() for x in args.only.split(",") if x.strip()]
+    unknown = set(parts) - set(PARTS)
+    if unknown or not parts:
+        print(
+            f"python -m benchmarks: unknown part(s) {sorted(unknown)}; choose from {', '.join(PARTS)}", file=sys.stderr
+        )
+        return 2
+    if "CHARLM_DATA_DIR" not in os.environ and (REPO.parent / "shared" / "data").is_dir():
+        os.environ["CHARLM_DATA_DIR"] = str(REPO.parent / "shared" / "data")  # the Makefile's default
+    threads = args.threads or cores()
+    quick = args.quick
+
+    from benchmarks import engine, http_bench, report, training_bench
+
+    engine_settings = engine.EngineSettings.quick(threads) if quick else engine.EngineSettings(threads=threads)
+    http_settings = (
+        http_bench.HttpSettings.quick(threads) if quick else http_bench.HttpSettings(baseline_threads=threads)
+    )
+    if args.duration:
+        http_settings = http_bench.HttpSettings(
+            **{**http_bench.settings_dict(http_settings), "duration_s": args.duration}
+        )
+    if args.scenarios:
+        chosen = tuple(s.strip() for s in args.scenarios.split(",") if s.strip())
+        http_settings = http_bench.HttpSettings(**{**http_bench.settings_dict(http_settings), "scenarios": chosen})
+    training_settings = (
+        training_bench.TrainingSettings.quick(threads) if quick else training_bench.TrainingSettings(threads=threads)
+    )
+
+    command = shlex.join(["python", "-m", "benchmarks", *(sys.argv[1:] if argv is None else argv)])
+    started = time.time()
+    result: dict = {
+        "machine": machine_info(),
+        "engine": [],
+        "http": [],
+        "training": [],
+        "run": {
+            "command": command,
+            "quick": quick,
+            "parts": parts,
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+            "models": str(args.models),
+            "settings": {
+                "engine": engine.settings_dict(engine_settings),
+                "http": http_bench.settings_dict(http_settings),
+                "training": training_bench.settings_dict(training_settings),
+            },
+            "timings_s": {},
+            "errors": {},
+        },
+    }
+    print(f"charlm benchmarks{' (quick smoke run)' if quick else ''}: {', '.join(parts)}; {threads} thread(s)")
+    for part in parts:
+        t0 = time.time()
+        try:
+            if part == "engine":
+                result["engine"] = engine.run_engine(args.models, engine_settings)
+            elif part == "http":
+                result["http"], result["run"]["servers"] = http_bench.run_http(args.models, http_settings)
+                for kind, info in result["run"]["servers"].items():
+                    if info.get("errors"):
+                        result["run"]["errors"][f"http/{kind}"] = "; ".join(info["errors"])
+            else:
+                result["training"] = training_bench.run_training(training_settings)
+        except BenchError as exc:
+            result["run"]["errors"][part] = str(exc)
+            print(f"{part}: FAILED: {exc}", file=sys.stderr)
+        except Exception as exc:  # keep the other parts' numbers; the traceback is for the log
+            traceback.print_exc()
+            result["run"]["errors"][part] = f"{type(exc).__name__}: {exc}"
+        result["run"]["timings_s"][part] = round(time.time() - t0, 1)
+    result["run"]["wall_s"] = round(time.time() - started, 1)
+    result["targets"] = report.targets(result)
+
+    out_dir = args.out or (Path(tempfile.gettempdir()) / "charlm-bench" if quick else RESULTS_DIR)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = out_dir / f"{utc_stamp()}.json"
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    complete = not quick and set(parts) == set(PARTS) and not result["run"]["errors"]
+    if args.docs or (complete and not args.no_docs):
+        report.write_docs(result, json_path, DOCS_FILE, REPO)
+        print(f"wrote {DOCS_FILE.relative_to(REPO)}")
+    print()
+    print(report.markdown(result))
+    print(f"results: {json_path}")
+    return 1 if result["run"]["errors"] else 0
+
+
+def _render_only(args: argparse.Namespace) -> int:
+    from benchmarks import report
+
+    result = json.loads(args.from_json.read_text())
+    result["targets"] = report.targets(result)
+    print(report.markdown(result))
+    if args.docs:
+        report.write_docs(result, args.from_json, DOCS_FILE, REPO)
+        print(f"wrote {DOCS_FILE.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""`python -m service serve|generate`: run the HTTP server, or sample from a model without HTTP.
+
+Bad options are one line on stderr and exit code 2, never a traceback; heavy imports (litserve,
+onnxruntime, prometheus_client) happen only once the options are known to be good.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import sys
+from typing import NoReturn
+
+from pydantic import ValidationError
+
+from service.settings import Settings, describe_error, env_name, flag_name, load_settings
+
+PROG = "python -m service"
+USAGE_ERROR = 2
+LOG_FORMAT = "%(asctime)s %(levelname)s %(processName)s[%(process)d] %(name)s: %(message)s"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (no usage dump) and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE_ERROR, f"{self.prog}: error: {message}\n")
+
+
+def _fail(message: str, code: int = USAGE_ERROR) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return code
+
+
+def _add_settings_options(parser: argparse.ArgumentParser, fields: list[str]) -> None:
+    for name in fields:
+        info = Settings.model_fields[name]
+        default = info.default
+        shown = "repo's models/" if name == "models" else ("auto" if default is None else default)
+        parser.add_argument(
+            flag_name(name),
+            dest=name,
+            default=None,
+            metavar=name.upper(),
+            help=f"{info.description} (env {env_name(name)}; default {shown})",
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="charlm: serve small character-level language models.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{serve,generate}")
+    serve = sub.add_parser("serve", help="run the HTTP server", description="Run the HTTP server.")
+    _add_settings_options(serve, list(Settings.model_fields))
+    gen = sub.add_parser(
+        "generate", help="print samples from a model (no HTTP)", description="Print samples, one per line."
+    )
+    gen.add_argument("--model", required=True, help="model name (a folder's manifest name)")
+    gen.add_argument("-n", dest="n", default="1", help="number of samples (1-64; default 1)")
+    gen.add_argument("--prompt", default="", help="text every sample starts with")
+    gen.add_argument("--temperature", default="1.0", help="0 = greedy (default 1.0)")
+    gen.add_argument("--top-k", dest="top_k", default=None, help="sample among the k most likely")
+    gen.add_argument("--top-p", dest="top_p", default="1.0", help="nucleus sampling mass (default 1.0)")
+    gen.add_argument("--seed", default=None, help="random seed (same seed, same samples)")
+    gen.add_argument("--max-new-tokens", dest="max_new_tokens", default=None, help="cap on new characters")
+    gen.add_argument("--stop", action="append", default=None, help="stop string (repeatable, up to 4)")
+    _add_settings_options(gen, ["models", "backend", "device", "threads"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    return _generate(args)
+
+
+def _settings(args: argparse.Namespace, fields: list[str]) -> Settings | str:
+    try:
+        settings = load_settings(**{name: getattr(args, name) for name in fields})
+    except ValidationError as exc:
+        return describe_error(exc)
+    if not settings.models.is_dir():
+        return f"models directory {settings.models} does not exist (--models / {env_name('models')})"
+    if settings.backend == "torchscript" and importlib.util.find_spec("torch") is None:
+        return "--backend torchscript needs torch, which is not installed (pip install charlm[torch])"
+    return settings
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = _settings(args, list(Settings.model_fields))
+    if isinstance(settings, str):
+        return _fail(settings)
+    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
+    from service.lifecycle import prepare_multiproc_dir, remove_multiproc_dir
+
+    # Before anything imports prometheus_client: it picks multiprocess mode at import time.
+    metrics_dir, created = prepare_multiproc_dir()
+    try:
+        from service.repository import scan_repository
+        from service.server import StartupError, check_port, serve
+
+        problem = check_port(settings.host, settings.port)
+        if problem:
+            return _fail(problem, 1)
+        repo = _without_backend_files(scan_repository(settings.models), settings.backend)  # logs failures
+        try:
+            return serve(settings, repo)
+        except StartupError as exc:
+            return _fail(str(exc), exc.exit_code)
+    finally:
+        remove_multiproc_dir(metrics_dir, created)
+
+
+def _without_backend_files(repo, backend: str):  # type: ignore[no-untyped-def]
+    """Models without a file for the chosen backend are left out like failed folders."""
+    from service.repository import Repository
+
+    models, failed = {}, dict(repo.failed)
+    for name, entry in repo.models.items():
+        if backend in entry.manifest.files:
+            models[name] = entry
+        else:
+            reason = f"no {backend} file in the manifest (has: {', '.join(entry.manifest.files)})"
+            logging.getLogger("charlm").warning("model folder %s left out: %s", entry.folder.name, reason)
+            failed[entry.folder.name] = reason
+    return Repository(models=models, failed=failed)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from service.schemas import GenerateRequest
+
+    settings = _settings(args, ["models", "backend", "device", "threads"])
+    if isinstance(settings, str):
+        return _fail(settings)
+    try:
+        request = GenerateRequest.model_validate(
+            {
+                "model": args.model,
+                "prompt": args.prompt,
+                "n": args.n,
+                "temperature": args.temperature,
+                "top_k": args.top_k,
+                "top_p": args.top_p,
+                "seed": args.seed,
+                "max_new_tokens": args.max_new_tokens,
+                "stop": args.stop,
+            },
+            strict=False,  # values come from the command line as strings
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "?"
+        flag = "-n" if field == "n" else "--" + field.replace("_", "-")
+        return _fail(f"invalid {flag} value {first.get('input')!r}: {first['msg']}")
+
+    from service.engine import (
+        BackendUnavailable,
+        EngineError,
+        Generator,
+        InvalidPrompt,
+        SamplingParams,
+        derive_seed,
+    )
+    from service.repository import scan_repository
+
+    repo = scan_repository(settings.models)
+    entry = repo.models.get(request.model)
+    if entry is None:
+        why = ""
+        for folder, reason in repo.failed.items():
+            if folder == request.model:
+                why = f" (its folder failed validation: {reason})"
+        available = ", ".join(sorted(repo.models)) or "none"
+        return _fail(f"model {request.model!r} not found{why}; available models: {available}")
+    try:
+        gen = Generator.load(entry, settings.backend, settings.device, settings.threads)
+        gen.encode_prompt(request.prompt)
+    except (BackendUnavailable, InvalidPrompt) as exc:
+        return _fail(exc.message)
+    except EngineError as exc:
+        return _fail(exc.message, 1)
+    params = [
+        SamplingParams(
+            temperature=request.temperature,
+            top_k=request.top_k,
+            top_p=request.top_p,
+            seed=derive_seed(request.seed, i),
+            max_new_tokens=request.max_new_tokens,
+            stop=tuple(request.stop or ()),
+        )
+        for i in range(request.n)
+    ]
+    completions = gen.generate([request.prompt] * request.n, params)
+    separator = "\n" if gen.manifest.format == "lines" else "\n\n" + "-" * 40 + "\n"
+    sys.stdout.write(separator.join(request.prompt + c.text for c in completions) + "\n")
+    return 0
