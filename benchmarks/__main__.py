@@ -28,6 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts to run (default {','.join(PARTS)})")
     p.add_argument("--models", type=Path, default=MODELS_DIR, help="models folder (default: the repo's models/)")
     p.add_argument("--threads", type=int, default=None, help="torch / ONNX Runtime threads (default: all cores)")
+    p.add_argument(
+        "--baseline-threads",
+        type=int,
+        default=None,
+        help="torch threads of the HTTP baseline server (default: what a charlm worker gets, cores // 2)",
+    )
     p.add_argument("--duration", type=int, default=None, help="seconds per wrk run (default 10, quick 2)")
     p.add_argument("--scenarios", default="", help="HTTP scenarios to run (comma-separated; default all)")
     p.add_argument("--out", type=Path, default=None, help="folder for the result JSON")
@@ -52,13 +58,18 @@ def main(argv: list[str] | None = None) -> int:
     if "CHARLM_DATA_DIR" not in os.environ and (REPO.parent / "shared" / "data").is_dir():
         os.environ["CHARLM_DATA_DIR"] = str(REPO.parent / "shared" / "data")  # the Makefile's default
     threads = args.threads or cores()
+    # The baseline server gets the per-process thread budget of a charlm worker (Settings.engine_threads:
+    # cores // (2 routes x 1 worker)); the other core serves its HTTP process and wrk.
+    baseline_threads = args.baseline_threads or max(1, cores() // 2)
     quick = args.quick
 
     from benchmarks import engine, http_bench, report, training_bench
 
     engine_settings = engine.EngineSettings.quick(threads) if quick else engine.EngineSettings(threads=threads)
     http_settings = (
-        http_bench.HttpSettings.quick(threads) if quick else http_bench.HttpSettings(baseline_threads=threads)
+        http_bench.HttpSettings.quick(baseline_threads)
+        if quick
+        else http_bench.HttpSettings(baseline_threads=baseline_threads)
     )
     if args.duration:
         http_settings = http_bench.HttpSettings(
@@ -85,9 +96,13 @@ def main(argv: list[str] | None = None) -> int:
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
             "models": str(args.models),
             "settings": {
-                "engine": engine.settings_dict(engine_settings),
-                "http": http_bench.settings_dict(http_settings),
-                "training": training_bench.settings_dict(training_settings),
+                part: settings
+                for part, settings in (
+                    ("engine", engine.settings_dict(engine_settings)),
+                    ("http", http_bench.settings_dict(http_settings)),
+                    ("training", training_bench.settings_dict(training_settings)),
+                )
+                if part in parts
             },
             "timings_s": {},
             "errors": {},

@@ -55,7 +55,7 @@ class HttpSettings:
     max_batch_size: int = 32
     batch_timeout_ms: float = 5.0
     ttft_requests: int = 20
-    baseline_threads: int = 2
+    baseline_threads: int = 1
     wrk_threads: int = 1
     wrk_timeout_s: int = 60
     ready_timeout_s: float = 180.0

@@ -20,10 +20,13 @@ def _find(rows: list[dict], **match: Any) -> dict | None:
 
 
 def _margin(value: float, threshold: float, higher_is_better: bool = True) -> str:
+    """How far from the threshold, in words: "met by 23%" / "missed by 40%" (relative to the threshold)."""
     if threshold == 0:
         return ""
-    rel = (value / threshold - 1) * 100 if higher_is_better else (1 - value / threshold) * 100
-    return f"{'met' if rel >= 0 else 'missed'} by {abs(rel):.0f}%"
+    rel = (value / threshold - 1) * 100
+    if higher_is_better:
+        return f"{'met' if rel >= 0 else 'missed'} by {abs(rel):.0f}%"
+    return f"{abs(rel):.0f}% {'under' if rel < 0 else 'over'} the limit"
 
 
 def targets(result: dict) -> list[dict]:

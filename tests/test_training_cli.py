@@ -37,7 +37,7 @@ TINY_GPT = [
 
 
 def env(**changes: str | None) -> dict[str, str]:
-    e = {**os.environ, "CHARLM_DATA_DIR": str(DATA_DIR), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    e = {**os.environ, "CHARLM_DATA_DIR": str(DATA_DIR), "OMP_NUM_THREADS": "1"}
     for key, value in changes.items():
         if value is None:
             e.pop(key, None)
@@ -46,7 +46,7 @@ def env(**changes: str | None) -> dict[str, str]:
     return e
 
 
-def charlm(*args: str, environ: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+def charlm(*args: str, environ: dict[str, str] | None = None, timeout: float = 1800) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "training", *args],
         cwd=ROOT,
@@ -127,7 +127,7 @@ def test_torchrun_two_processes_on_cpu(tmp_path: Path) -> None:
             "-m", "training", "train", "--config", "names_mlp", "--set", "max_iters=20",
             "--set", "eval_interval=10", "--set", "model.n_hidden=32", *QUIET, "--out", str(out),
         ],
-        cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600,
+        cwd=ROOT, env=env(), capture_output=True, text=True, timeout=1800,
     )  # fmt: skip
     ok(proc)
     assert "2 processes" in proc.stdout

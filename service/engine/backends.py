@@ -7,6 +7,7 @@ and return numpy arrays (logits[, present_key_0, present_value_0, ...]), see con
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, Protocol
@@ -49,15 +50,11 @@ class OnnxBackend:
 
     name = "onnx"
 
-    def __init__(
-        self, path: Path, manifest: Manifest, device: Device = "cpu", threads: int = DEFAULT_THREADS
-    ):
+    def __init__(self, path: Path, manifest: Manifest, device: Device = "cpu", threads: int = DEFAULT_THREADS):
         try:
             import onnxruntime as ort
         except ImportError:
-            raise BackendUnavailable(
-                "the onnx backend needs onnxruntime: pip install charlm[serve]"
-            ) from None
+            raise BackendUnavailable("the onnx backend needs onnxruntime: pip install charlm[serve]") from None
         providers = ["CPUExecutionProvider"]
         if device == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -97,15 +94,11 @@ class TorchScriptBackend:
 
     name = "torchscript"
 
-    def __init__(
-        self, path: Path, manifest: Manifest, device: Device = "cpu", threads: int = DEFAULT_THREADS
-    ):
+    def __init__(self, path: Path, manifest: Manifest, device: Device = "cpu", threads: int = DEFAULT_THREADS):
         try:
             import torch
         except ImportError:
-            raise BackendUnavailable(
-                "the torchscript backend needs torch: pip install charlm[torch]"
-            ) from None
+            raise BackendUnavailable("the torchscript backend needs torch: pip install charlm[torch]") from None
         if device == "cuda" and not torch.cuda.is_available():
             raise BackendUnavailable("device cuda: torch sees no CUDA GPU")
         if device not in ("cpu", "cuda"):
@@ -114,7 +107,9 @@ class TorchScriptBackend:
         # torch's pool is process-wide: a serving worker runs one model, so its size is ours to set.
         torch.set_num_threads(threads)
         try:
-            self._module = torch.jit.load(str(path), map_location=device).eval()
+            with warnings.catch_warnings():  # torch 2.13 deprecates torch.jit; the file format is still ours
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self._module = torch.jit.load(str(path), map_location=device).eval()
         except Exception as exc:  # torch.jit raises RuntimeError and friends with multi-line text
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise EngineError(f"{path}: torch.jit cannot load it: {first}") from None
@@ -129,9 +124,7 @@ class TorchScriptBackend:
         if isinstance(out, torch.Tensor):
             out = (out,)
         if len(out) != self._n_outputs:
-            raise EngineError(
-                f"torchscript module returned {len(out)} outputs, the contract says {self._n_outputs}"
-            )
+            raise EngineError(f"torchscript module returned {len(out)} outputs, the contract says {self._n_outputs}")
         return [t.detach().cpu().numpy() for t in out]
 
 

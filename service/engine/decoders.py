@@ -110,9 +110,7 @@ class GPTDecoder:
         empty = np.zeros((n, self.n_head, 0, self.head_dim), dtype=np.float32)
         return [empty] * (2 * self.n_layer)
 
-    def _call(
-        self, idx: np.ndarray, pos: int, cache: list[np.ndarray]
-    ) -> tuple[np.ndarray, list[np.ndarray]]:
+    def _call(self, idx: np.ndarray, pos: int, cache: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         out = self.backend.run([idx, np.array([pos], dtype=np.int64), *cache])
         return out[0], out[1:]
 
@@ -122,9 +120,7 @@ class GPTDecoder:
         history = [list(ctx)[-block:] or [self.pad] for ctx in contexts]
         groups: dict[int, _Group] = {}
 
-        def settle(
-            group: _Group, tokens: np.ndarray, alive: np.ndarray, cache: list[np.ndarray], length: int
-        ):
+        def settle(group: _Group, tokens: np.ndarray, alive: np.ndarray, cache: list[np.ndarray], length: int):
             if not alive.all():
                 group.rows, tokens = group.rows[alive], tokens[alive]
                 cache = [c[alive] for c in cache]

@@ -41,9 +41,7 @@ class _Seq:
         "text",
     )
 
-    def __init__(
-        self, index: int, prompt_tokens: int, max_new: int, stops: tuple[str, ...], boundary: int | None
-    ):
+    def __init__(self, index: int, prompt_tokens: int, max_new: int, stops: tuple[str, ...], boundary: int | None):
         self.index = index
         self.prompt_tokens = prompt_tokens
         self.max_new = max_new
@@ -125,9 +123,7 @@ class Generator:
 
     max_new_tokens_cap: int = 2048
 
-    def __init__(
-        self, manifest: Manifest, decoder: Decoder, backend: BackendName, device: Device, threads: int
-    ):
+    def __init__(self, manifest: Manifest, decoder: Decoder, backend: BackendName, device: Device, threads: int):
         self.manifest = manifest
         self.backend = backend
         self.device = device
@@ -150,17 +146,11 @@ class Generator:
         if backend not in ("onnx", "torchscript"):
             raise BackendUnavailable(f"unknown backend {backend!r} (onnx or torchscript)")
         if backend not in manifest.files:
-            raise BackendUnavailable(
-                f"{manifest.name} has no {backend} file (it has: {', '.join(manifest.files)})"
-            )
+            raise BackendUnavailable(f"{manifest.name} has no {backend} file (it has: {', '.join(manifest.files)})")
         threads = DEFAULT_THREADS if threads is None else threads
         runner = load_backend(entry.folder / manifest.files[backend].path, manifest, backend, device, threads)
-        pad = cls._pad_token(manifest)
-        decoder: Decoder
-        if manifest.arch == "gpt":
-            decoder = GPTDecoder(runner, manifest, pad)
-        else:
-            decoder = WindowDecoder(runner, manifest, pad)
+        decoder_cls = GPTDecoder if manifest.arch == "gpt" else WindowDecoder
+        decoder: Decoder = decoder_cls(runner, manifest, cls._pad_token(manifest))
         logits = decoder.warmup()
         if logits.ndim != 2 or logits.shape[1] != manifest.vocab_size:
             raise EngineError(
@@ -211,9 +201,7 @@ class Generator:
         if params.max_new_tokens is None:
             return self.default_max_new_tokens()
         if params.max_new_tokens > self.max_new_tokens_cap:
-            raise ValueError(
-                f"max_new_tokens {params.max_new_tokens} exceeds the cap {self.max_new_tokens_cap}"
-            )
+            raise ValueError(f"max_new_tokens {params.max_new_tokens} exceeds the cap {self.max_new_tokens_cap}")
         return params.max_new_tokens
 
     def _start(self, prompts: Sequence[str], params: Sequence[SamplingParams]) -> tuple[list[_Seq], Iterator]:

@@ -47,9 +47,7 @@ class Sampler:
         self.vocab_size = vocab_size
         self.greedy = np.array([p.greedy for p in params], dtype=bool)
         self.all_greedy = bool(self.greedy.all())
-        self.inv_temperature = np.array(
-            [0.0 if p.greedy else 1.0 / p.temperature for p in params], dtype=np.float64
-        )
+        self.inv_temperature = np.array([0.0 if p.greedy else 1.0 / p.temperature for p in params], dtype=np.float64)
         self.top_k = np.array([min(p.top_k or vocab_size, vocab_size) for p in params], dtype=np.int64)
         # top_p 1 -> inf: no float round-off in the cumulative sum can ever cut a token.
         self.top_p = np.array([p.top_p if p.top_p < 1 else np.inf for p in params], dtype=np.float64)

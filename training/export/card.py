@@ -197,6 +197,8 @@ def _fence(text: str, lang: str = "text") -> str:
 
 
 def _duration(seconds: float) -> str:
+    if seconds <= 0:  # checkpoints saved before the end of a run carry no wall time
+        return "a wall time that was not recorded"
     if seconds < 90:
         return f"{seconds:.1f} s"
     if seconds < 5400:

@@ -6,12 +6,15 @@ every format has passed its parity checks, so a failed export never leaves a hal
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+
+import torch
 
 from contract import Manifest
 from training.checkpoint import CheckpointError, load_checkpoint
@@ -44,6 +47,11 @@ def export_checkpoint(
     """Export, check parity, write manifest and model card; raise ExportError (one line) on failure."""
     ckpt_dir, out_dir = Path(ckpt_dir), Path(out_dir)
     formats, name = preflight(ckpt_dir, out_dir, formats, force, name)
+    with _one_thread():
+        return _export(ckpt_dir, out_dir, formats, name)
+
+
+def _export(ckpt_dir: Path, out_dir: Path, formats: tuple[str, ...], name: str) -> Manifest:
     try:
         net, meta = load_checkpoint(ckpt_dir)  # full validation of checkpoint.json and the weights
     except CheckpointError as exc:
@@ -69,6 +77,18 @@ def export_checkpoint(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return manifest
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run torch on one intra-op thread: these graphs and batches are too small to gain from more, and
+    on shared cores OpenMP's spin-waiting burnt 8x the CPU (200 s vs 25 s, a 1.2M-parameter GPT)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _move_into_place(staging: Path, out_dir: Path) -> None:
