@@ -106,14 +106,7 @@ class _EngineRun:
         self.jobs = list(dict.fromkeys(job for job, _ in seqs))
         prompts = [job.prompts[k] for job, k in seqs]
         params = [job.params[k] for job, k in seqs]
-        # Token counts: the engine's public stream() yields text, not counts; the per-sequence state that
-        # its _start() returns has them (same numbers as generate()'s Completion.completion_tokens).
-        start = getattr(gen, "_start", None)
-        if start is not None:
-            self.state, self.iterator = start(prompts, params)
-        else:  # pragma: no cover - fallback if the engine's internals change
-            self.state, self.iterator = None, iter(gen.stream(prompts, params))
-        self.chars = [0] * len(seqs)
+        self.iterator = iter(gen.stream(prompts, params))
 
     def abandoned(self) -> bool:
         return all(job.cancelled or job.done for job in self.jobs)
@@ -132,14 +125,13 @@ class _EngineRun:
             if job.t_first is None:
                 job.t_first = now
             if d.text:
-                self.chars[d.seq] += len(d.text)
                 if job.stream:
                     job.pending.append([k, d.text])
                 else:
                     job.texts[k] += d.text
             if d.finish_reason is not None and job.finish[k] is None:
                 job.finish[k] = d.finish_reason
-                job.tokens[k] = self._tokens(d)
+                job.tokens[k] = d.completion_tokens  # end marker and stop string included
                 job.remaining -= 1
             touched[id(job)] = job
         events: list[Event] = []
@@ -151,15 +143,6 @@ class _EngineRun:
                 job.done = True
                 events.append((job, "final", job.final(now)))
         return events
-
-    def _tokens(self, final: Any) -> int:
-        """Tokens a finished sequence generated (its end marker and any stop string included)."""
-        counted = getattr(final, "completion_tokens", None)  # should the engine ever put it on the Delta
-        if counted is not None:
-            return int(counted)
-        if self.state is not None:
-            return int(self.state[final.seq].n_tokens)
-        return self.chars[final.seq] + (1 if final.finish_reason == "stop" else 0)  # pragma: no cover
 
 
 @dataclass(eq=False)

@@ -499,3 +499,20 @@ def test_sampler_rows_are_independent():
     for _ in range(300):
         counts[sampler.sample(np.arange(1), logits[:1])[0]] += 1
     assert set(np.flatnonzero(counts)) <= set(np.argsort(-logits[0])[:3].tolist())
+
+
+SHIPPED = REPO / "models"
+
+
+@pytest.mark.skipif(not (SHIPPED / "shakespeare-gpt" / "manifest.json").is_file(), reason="no shipped models")
+def test_shipped_models_scan_clean_and_backends_agree():
+    repo = scan_repository(SHIPPED)
+    assert not repo.failed, repo.failed
+    for entry in repo.models.values():
+        prompt = "ROMEO:" if entry.manifest.format == "stream" else "em"
+        params = [SamplingParams(temperature=0, max_new_tokens=40), SamplingParams(seed=3, max_new_tokens=40)]
+        results = [
+            _texts(Generator.load(entry, backend=backend).generate([prompt, ""], params))
+            for backend in entry.manifest.files
+        ]
+        assert all(r == results[0] for r in results), entry.name

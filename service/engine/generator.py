@@ -204,7 +204,10 @@ class Generator:
             raise ValueError(f"max_new_tokens {params.max_new_tokens} exceeds the cap {self.max_new_tokens_cap}")
         return params.max_new_tokens
 
-    def _start(self, prompts: Sequence[str], params: Sequence[SamplingParams]) -> tuple[list[_Seq], Iterator]:
+    def _start(
+        self, prompts: Sequence[str], params: Sequence[SamplingParams]
+    ) -> tuple[list[_Seq], Iterator[list[Delta]]]:
+        """Validate everything now, then (per-sequence state, the lazy delta iterator)."""
         if len(prompts) != len(params):
             raise ValueError(f"{len(prompts)} prompts but {len(params)} sampling params")
         encoded = [self.encode_prompt(p) for p in prompts]
