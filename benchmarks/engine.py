@@ -8,8 +8,9 @@ Methods (all at temperature 1.0, fixed seeds, the same thread count for torch an
 - onnx:        charlm's engine, `Generator.load(entry, backend="onnx")`.
 Every method starts from the same one-token prompt ("\\n", nanoGPT's default start) and generates exactly
 `new_tokens` tokens per sequence (shakespeare-gpt has no end token). Per batch size: one warm-up call per
-method, then `repeats` rounds with the methods interleaved (so background load hits all alike); the
-median round is reported, and each method's ratio to the baseline's median.
+method (block_size + 8 tokens: every context length and one re-prefill), then `repeats` rounds with
+the methods interleaved (so background load hits all alike); the median round is reported, and each
+method's ratio to the baseline's median.
 """
 
 from __future__ import annotations
@@ -71,8 +72,8 @@ def kv_generate(net: Any, idx: Any, max_new_tokens: int, temperature: float, gen
     return torch.cat(out, dim=1)
 
 
-def _methods(entry: Any, settings: EngineSettings) -> dict[str, Callable[[int], int]]:
-    """name -> run(batch) that generates and returns the number of new tokens it produced."""
+def _methods(entry: Any, settings: EngineSettings) -> dict[str, Callable[[int, int], int]]:
+    """name -> run(batch, new_tokens) that generates and returns the number of new tokens it produced."""
     import torch
 
     from benchmarks.baseline import nanogpt_generate
@@ -86,23 +87,22 @@ def _methods(entry: Any, settings: EngineSettings) -> dict[str, Callable[[int], 
         prompt_ids = [stoi[ch] for ch in settings.prompt]
     except KeyError:
         raise BenchError(f"prompt {settings.prompt!r} is outside {entry.manifest.name}'s vocabulary") from None
-    n = settings.new_tokens
 
-    def baseline(batch: int) -> int:
+    def baseline(batch: int, n: int) -> int:
         gen = torch.Generator().manual_seed(settings.seed)
         idx = torch.tensor([prompt_ids] * batch, dtype=torch.long)
         out = nanogpt_generate(net, idx, n, 1.0, None, gen)
         return int(out.shape[0] * (out.shape[1] - idx.shape[1]))
 
-    def eager_kv(batch: int) -> int:
+    def eager_kv(batch: int, n: int) -> int:
         gen = torch.Generator().manual_seed(settings.seed)
         idx = torch.tensor([prompt_ids] * batch, dtype=torch.long)
         return int(kv_generate(net, idx, n, 1.0, gen).numel())
 
-    def engine(backend: str) -> Callable[[int], int]:
+    def engine(backend: str) -> Callable[[int, int], int]:
         generator = Generator.load(entry, backend=backend, threads=settings.threads)  # type: ignore[arg-type]
 
-        def run(batch: int) -> int:
+        def run(batch: int, n: int) -> int:
             params = [SamplingParams(temperature=1.0, seed=settings.seed + i, max_new_tokens=n) for i in range(batch)]
             done = generator.generate([settings.prompt] * batch, params)
             return sum(c.completion_tokens for c in done)
@@ -124,17 +124,23 @@ def run_engine(models_dir: Path, settings: EngineSettings, log: Callable[[str], 
         f"engine: {settings.model}, {settings.new_tokens} new tokens, batches {list(settings.batches)}, "
         f"{settings.repeats} runs after a warm-up, {settings.threads} thread(s) for torch and ONNX Runtime"
     )
+    n = settings.new_tokens
+    # Warm-up: first-call allocations and kernel choices for every shape the runs will see (context
+    # lengths up to block_size and one re-prefill), without paying for a whole baseline run.
+    warm = min(n, entry.manifest.block_size + 8)
     rows: list[dict] = []
     for batch in settings.batches:
-        expected = batch * settings.new_tokens
-        for name, run in methods.items():  # warm-up: first-call allocations, kernel choices
-            got = run(batch)
-            if got != expected:
-                raise BenchError(f"engine {name} at batch {batch} generated {got} tokens, expected {expected}")
+        expected = batch * n
+        for name, run in methods.items():
+            got = run(batch, warm)
+            if got != batch * warm:
+                raise BenchError(f"engine {name} at batch {batch} generated {got} tokens, expected {batch * warm}")
         seconds: dict[str, list[float]] = {name: [] for name in methods}
         for _ in range(settings.repeats):
             for name, run in methods.items():
-                elapsed, _ = timed(lambda run=run, batch=batch: run(batch))
+                elapsed, got = timed(lambda run=run, batch=batch: run(batch, n))
+                if got != expected:
+                    raise BenchError(f"engine {name} at batch {batch} generated {got} tokens, expected {expected}")
                 seconds[name].append(elapsed)
         base = expected / median(seconds["baseline"])
         for name in methods:

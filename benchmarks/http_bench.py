@@ -5,7 +5,7 @@ Servers (each started in a subprocess on a free loopback port, waited for, stopp
 - noop:     `python -m benchmarks.baseline noop`: charlm's request schema and the same server settings,
             predict returns a fixed name (LitServe's own ceiling on this machine);
 - baseline: `python -m benchmarks.baseline baseline`: nanoGPT's sampler on the eager net, one request at
-            a time.
+            a time, with the torch threads a charlm worker gets (cores // 2; `--baseline-threads`).
 
 Throughput and latency come from `wrk` (one wrk thread: the machine's cores are for the server) with a
 Lua script that posts the scenario's body and, per response, counts non-200s and sums
@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import NAMES, REPO, SHAKESPEARE, BenchError
+from benchmarks.common import NAMES, REPO, SHAKESPEARE, BenchError, model_entry
 
 NATIVE, OPENAI = "/v1/generate", "/v1/completions"
 SHAKESPEARE_PROMPT = "\n"  # nanoGPT's default start; the same prompt as the engine benchmark
@@ -453,6 +453,8 @@ def run_http(models_dir: Path, settings: HttpSettings, log: Callable[[str], None
     if not _which("wrk"):
         raise BenchError("wrk is not installed (Debian: apt-get install wrk); it is the load generator")
     chosen = scenarios(settings)
+    for name in sorted({s.body["model"] for s in chosen}):
+        model_entry(models_dir, name)  # fail in a second, saying `make models`, not after a server timeout
     log(
         f"http: wrk -t{settings.wrk_threads} -d{settings.duration_s}s per level; servers with {settings.workers} "
         f"worker(s), max_batch_size {settings.max_batch_size}, batch_timeout {settings.batch_timeout_ms} ms"

@@ -202,9 +202,15 @@ DOC_TAIL = """
 - **HTTP**: each server in a subprocess on a free loopback port; `wrk` (1 thread) posts the scenario's body;
   a Lua script counts non-200s and sums `usage.completion_tokens` minus `finish_reason == "stop"` (the
   end-of-name token) = generated characters, checked against a parsed response. Latency percentiles are wrk's.
-  TTFT: an httpx client streaming the same request, first SSE event with generated text. *noop* is a
+  TTFT: an httpx client streaming the same request, first SSE event with generated text (concurrency 1:
+  alone on an idle server, 20 requests, median; higher: one extra connection while wrk runs). *noop* is a
   LitServe endpoint with the same request schema and server settings returning a fixed name;
-  *shakespeare-baseline* is a LitServe app running the engine benchmark's baseline, one request at a time.
+  *shakespeare-baseline* is a LitServe app running the engine benchmark's baseline, one request at a time,
+  with the torch threads of one charlm worker (cores // 2). wrk counts only requests finished within its
+  duration, so slow requests (shakespeare: 1-2 s each) read up to one request (or batch) low, for charlm
+  and the baseline alike.
+- Every server runs with charlm's defaults unless given: 1 worker per route, max_batch_size 32,
+  batch_timeout 5 ms; CHARLM_* variables of the caller's environment are not passed on.
 - **Training**: the trainer's loop body (`training.trainer`: `Run`, `make_optimizer`, `lr_at`, `Task.batch`,
   clipping; no eval) against nanoGPT's train.py loop (stacked random windows, plain `torch.optim.AdamW` over
   all parameters), same net and initial weights, tokens/step = batch_size x block_size.

@@ -36,7 +36,7 @@ class TrainingSettings:
     # (config, measured steps): names_gpt steps are ~30x cheaper, so more of them for the same precision.
     steps: tuple[tuple[str, int], ...] = (("names_gpt", 150), ("shakespeare_gpt", 30))
     warmup: int = 5
-    rounds: int = 3
+    rounds: int = 5  # short alternating rounds: a burst of background load hits one round, not a method
     threads: int = 2
 
     @classmethod

@@ -215,11 +215,14 @@ def test_config_with_unknown_key(tmp_path: Path) -> None:
     )
     path = write(tmp_path / "typo.toml", config)
     one_line_error(charlm("train", "--config", str(path), "--out", str(tmp_path / "o")), "learning_rat", "unknown")
-    one_line_error(charlm("train", "--config", "names_gpt", "--set", "model.n_layers=2"), "n_layers")
+    one_line_error(
+        charlm("train", "--config", "names_gpt", "--set", "model.n_layers=2", "--out", str(tmp_path / "p")), "n_layers"
+    )
 
 
-def test_negative_value() -> None:
-    one_line_error(charlm("train", "--config", "names_bigram", "--set", "batch_size=-1"), "batch_size")
+def test_negative_value(tmp_path: Path) -> None:
+    proc = charlm("train", "--config", "names_bigram", "--set", "batch_size=-1", "--out", str(tmp_path / "o"))
+    one_line_error(proc, "batch_size")
 
 
 def test_existing_checkpoint_needs_resume(gpt_run: Path) -> None:

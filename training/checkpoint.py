@@ -99,10 +99,11 @@ def load_checkpoint(folder: Path, device: str = "cpu") -> tuple[nn.Module, Check
     try:
         load_model(model, str(weights), strict=True, device=device)
     except (RuntimeError, KeyError) as exc:
-        msg = str(exc).splitlines()[0]
-        raise CheckpointError(
-            f"{weights}: weights do not fit a {meta.arch} with this config ({msg})"
-        ) from None
+        # torch's report is a header line ("Error(s) in loading state_dict for X:") then the details.
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        msg = " ".join(lines[1:2] or lines[:1])
+        msg = msg if len(msg) <= 160 else msg[:157] + "..."
+        raise CheckpointError(f"{weights}: weights do not fit a {meta.arch} with this config ({msg})") from None
     return model.to(device).eval(), meta
 
 

@@ -88,9 +88,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise CLIError("-n must be >= 1")
     model, meta = load_checkpoint(Path(args.ckpt))
-    for text in sample_texts(
-        model, meta, args.n, args.prompt, args.temperature, args.seed, args.max_new_tokens
-    ):
+    for text in sample_texts(model, meta, args.n, args.prompt, args.temperature, args.seed, args.max_new_tokens):
         print(text)
     return 0
 
@@ -104,9 +102,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     dataset = meta.data.name if not args.data else None
     corpus = load_corpus(dataset, args.data, meta.format)
     if corpus.sha256 != meta.data.sha256:
-        raise CLIError(
-            f"the data ({corpus.name}) is not the file this checkpoint was trained on (sha256 differs)"
-        )
+        raise CLIError(f"the data ({corpus.name}) is not the file this checkpoint was trained on (sha256 differs)")
     vocab = Vocab.build(corpus.text, corpus.format)
     splits = split_corpus(corpus, vocab, meta.data.split_seed)
     task = Task(meta.arch, splits, model.cfg.block_size, vocab.boundary)

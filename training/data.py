@@ -167,9 +167,7 @@ class Vocab:
             chars, boundary = tuple(sorted(set(text))), None
         content = len(chars) - (1 if boundary is not None else 0)
         if content < 2:
-            raise DataError(
-                f"the data has a vocabulary of {content} character(s); a language model needs >= 2"
-            )
+            raise DataError(f"the data has a vocabulary of {content} character(s); a language model needs >= 2")
         return cls(chars=chars, boundary=boundary)
 
     @property
@@ -215,9 +213,7 @@ def split_corpus(corpus: Corpus, vocab: Vocab, seed: int = DEFAULT_SPLIT_SEED) -
         lines = [ln.rstrip("\r") for ln in corpus.text.split("\n")]
         lines = [ln for ln in lines if ln]
         if len(lines) < 3:
-            raise DataError(
-                f"{corpus.name}: {len(lines)} non-empty line(s); need at least 3 (train/val/test)"
-            )
+            raise DataError(f"{corpus.name}: {len(lines)} non-empty line(s); need at least 3 (train/val/test)")
         random.Random(seed).shuffle(lines)
         n1 = int(fractions[0] * len(lines))
         n2 = int((fractions[0] + fractions[1]) * len(lines))
@@ -229,9 +225,7 @@ def split_corpus(corpus: Corpus, vocab: Vocab, seed: int = DEFAULT_SPLIT_SEED) -
     return Splits([ids[:n1]], [ids[n1:n2]], [ids[n2:]], seed, fractions)
 
 
-def window_examples(
-    samples: list[np.ndarray], block_size: int, boundary: int | None
-) -> tuple[np.ndarray, ...]:
+def window_examples(samples: list[np.ndarray], block_size: int, boundary: int | None) -> tuple[np.ndarray, ...]:
     """(contexts [N, block_size], targets [N]) for next-character prediction with a fixed window.
 
     `lines` (boundary set): every character of every sample plus the closing boundary, the context
@@ -253,9 +247,7 @@ def window_examples(
     return ids[idx], ids[block_size:]
 
 
-def sequence_examples(
-    samples: list[np.ndarray], block_size: int, boundary: int
-) -> tuple[np.ndarray, np.ndarray]:
+def sequence_examples(samples: list[np.ndarray], block_size: int, boundary: int) -> tuple[np.ndarray, np.ndarray]:
     """(inputs [N, block_size], targets [N, block_size]) for a GPT on `lines` data.
 
     Input = boundary + sample, target = sample + boundary, padded (targets with -1, ignored in the loss).

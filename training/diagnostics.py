@@ -217,6 +217,14 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _run_name(out_dir: Path) -> str:
+    """The config's name from config.json (written by the trainer), else the folder's name."""
+    try:
+        return str(json.loads((out_dir / "config.json").read_text())["name"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return out_dir.name
+
+
 def _figure(width: float, height: float, ncols: int = 1):
     """A figure on the Agg canvas (no pyplot: no global state, nothing to close, no display needed)."""
     from matplotlib.figure import Figure
@@ -239,7 +247,7 @@ def plot_losses(out_dir: Path | str, log: Callable[[str], None] | None = None) -
             ax.plot(steps, [r.get(key) for r in rows], style, ms=3, label=key.removesuffix("_loss"))
         best = min(rows, key=lambda r: r.get("val_loss", math.inf))
         ax.axhline(best["val_loss"], color="grey", lw=0.8, ls=":", label=f"best val {best['val_loss']:.4f}")
-        ax.set(xlabel="step", ylabel="loss (nats/char)", title=f"{out_dir.name}: loss")
+        ax.set(xlabel="step", ylabel="loss (nats/char)", title=f"{_run_name(out_dir)}: loss")
         ax.grid(alpha=0.3)
         ax.legend()
         path = out_dir / PLOTS_DIR / "loss.png"

@@ -61,9 +61,7 @@ class Task:
         for i in range(0, len(x), EVAL_BATCH):
             xb, yb = x[i : i + EVAL_BATCH].to(device), y[i : i + EVAL_BATCH].to(device)
             logits, _ = model(xb)
-            nll = F.cross_entropy(
-                logits.flatten(0, -2).float(), yb.flatten(), ignore_index=-1, reduction="sum"
-            )
+            nll = F.cross_entropy(logits.flatten(0, -2).float(), yb.flatten(), ignore_index=-1, reduction="sum")
             total += nll.item()
             count += int((yb != -1).sum())
         model.train(was_training)

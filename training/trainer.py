@@ -115,9 +115,7 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, log=print) -> Check
         optimizer.load_state_dict(state["optimizer"])
         step, best_val = int(state["step"]), float(state["best_val"])
         wall_before = float(state["wall_seconds"])
-        gen.set_state(
-            state["generators"][rank] if rank < len(state["generators"]) else state["generators"][0]
-        )
+        gen.set_state(state["generators"][rank] if rank < len(state["generators"]) else state["generators"][0])
         torch.set_rng_state(state["torch_rng"])
     elif master:
         out.mkdir(parents=True, exist_ok=True)
@@ -126,8 +124,7 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, log=print) -> Check
         (out / "config.json").write_text(json.dumps(cfg.model_dump(), indent=2) + "\n")
         log(
             f"{cfg.name}: {cfg.arch}, {n_params(model):,} parameters, vocab {run.vocab.size}, "
-            f"block {run.block_size}, device {device}"
-            + (f", {dist.get_world_size()} processes" if ddp else "")
+            f"block {run.block_size}, device {device}" + (f", {dist.get_world_size()} processes" if ddp else "")
         )
     train_model: nn.Module = model
     if cfg.compile:

@@ -72,18 +72,14 @@ def onnx_split_loss(model_dir: Path, split: str = "test", data_path: str | None 
     return total / count
 
 
-def _gpt_nll(
-    session: ort.InferenceSession, manifest: Manifest, x: np.ndarray, y: np.ndarray
-) -> tuple[float, int]:
+def _gpt_nll(session: ort.InferenceSession, manifest: Manifest, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
     """Feed every position through the step graph one token at a time (the decode path), summing NLL."""
     names = past_names(manifest.n_layer)
     cache = {n: np.zeros((len(x), manifest.n_head, 0, manifest.head_dim), np.float32) for n in names}
     outputs = [LOGITS, *(n.replace("past_", "present_") for n in names)]
     total, count = 0.0, 0
     for t in range(x.shape[1]):
-        logits, *presents = session.run(
-            outputs, {IDX: x[:, t : t + 1], POS: np.array([t], np.int64), **cache}
-        )
+        logits, *presents = session.run(outputs, {IDX: x[:, t : t + 1], POS: np.array([t], np.int64), **cache})
         cache = dict(zip(names, presents, strict=True))
         keep = y[:, t] != -1
         if keep.any():
@@ -102,7 +98,5 @@ def main(argv: list[str]) -> int:
         loss = onnx_split_loss(Path(folder))
         diff = abs(loss - manifest.metrics.test_loss)
         worst = max(worst, diff)
-        print(
-            f"{manifest.name}: onnx test loss {loss:.4f}, manifest {manifest.metrics.test_loss:.4f}, diff {diff:.4f}"
-        )
+        print(f"{manifest.name}: onnx test loss {loss:.4f}, manifest {manifest.metrics.test_loss:.4f}, diff {diff:.4f}")
     return 0 if worst <= 0.01 else 1
