@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 # The shipped models; CHARLM_TEST_MODELS points the tests at another folder (same model names).
@@ -167,3 +168,18 @@ def running_server(*args: str, **kwargs) -> Iterator[Server]:  # type: ignore[no
         raise
     server.stop()
     server.remove_log()
+
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def require_binary(name: str) -> str:
+    """Path of a tool a test needs (promtool, prometheus); skip without it, but fail in CI, which installs it."""
+    import shutil
+
+    path = shutil.which(name)
+    if path:
+        return path
+    if IN_CI:
+        pytest.fail(f"{name} is not installed; CI must have it (make test installs Debian's prometheus)")
+    pytest.skip(f"{name} is not installed: apt-get install prometheus (make test does it as root)")

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
+from serving import require_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -47,16 +48,6 @@ HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 ALERTS = {"CharlmHighErrorRatio", "CharlmHighP99Latency", "CharlmTargetDown"}
 # Kubernetes versions the manifests must be valid for: the oldest we support and the newest known.
 K8S_VERSIONS = ("1.29.0", None)
-
-
-def require_binary(name: str) -> str:
-    """Path of a tool the deploy checks need; skip without it, but fail in CI, which installs it."""
-    path = shutil.which(name)
-    if path:
-        return path
-    if IN_CI:
-        pytest.fail(f"{name} is not installed; CI must have it (make test installs Debian's prometheus)")
-    pytest.skip(f"{name} is not installed: apt-get install prometheus (make test does it as root)")
 
 
 def require_module(name: str) -> Any:

@@ -15,7 +15,6 @@ import functools
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -29,27 +28,17 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 import yaml
+from serving import require_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 PROM_DIR = ROOT / "deploy" / "prometheus"
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "charlm.json"
-IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 MODEL = "names-gpt"
 N_REQUESTS = 5
 SERVICE_READY_S = 120  # a cold start on a busy 2-core machine; the deploy target is 10 s in Docker
 STOP_BUDGET_S = 10  # the service's contract: SIGTERM stops it within 10 s
 
 T = TypeVar("T")
-
-
-def require_binary(name: str) -> str:
-    """Path of a tool the test needs; skip without it, but fail in CI, which installs it."""
-    path = shutil.which(name)
-    if path:
-        return path
-    if IN_CI:
-        pytest.fail(f"{name} is not installed; CI must have it (make test installs Debian's prometheus)")
-    pytest.skip(f"{name} is not installed: apt-get install prometheus (make test does it as root)")
 
 
 @functools.cache
