@@ -1,8 +1,9 @@
 """`python -m benchmarks`: run the engine, HTTP and training benchmarks; write the JSON and the docs table.
 
 A full run (`make bench`, < 10 minutes on 2 cores: engine ~2-3, HTTP ~4-5, training ~1-1.5) writes
-benchmarks/results/<UTC timestamp>.json and rewrites docs/benchmarks.md. `--quick` is a smoke run of
-seconds per part; its JSON goes to the temp folder and the docs are left alone (unless --out / --docs).
+benchmarks/results/<UTC timestamp>.json and rewrites docs/benchmarks.md. `--quick` is a smoke run of the
+same code (about a minute per part on a quiet machine, more on a busy one); its JSON goes to the temp
+folder and the docs are left alone (unless --out / --docs).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ PARTS = ("engine", "http", "training")
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="seconds-long smoke run (numbers not representative)")
+    p.add_argument("--quick", action="store_true", help="smoke run, ~1 minute per part (numbers not representative)")
     p.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts to run (default {','.join(PARTS)})")
     p.add_argument("--models", type=Path, default=MODELS_DIR, help="models folder (default: the repo's models/)")
     p.add_argument("--threads", type=int, default=None, help="torch / ONNX Runtime threads (default: all cores)")

@@ -63,7 +63,7 @@ class HttpSettings:
 
     @classmethod
     def quick(cls, baseline_threads: int) -> HttpSettings:
-        return cls(duration_s=2, ttft_requests=5, baseline_threads=baseline_threads)
+        return cls(duration_s=3, ttft_requests=5, baseline_threads=baseline_threads)
 
 
 @dataclass(frozen=True)
@@ -372,6 +372,11 @@ def drain(url: str, scenario: Scenario) -> None:
 def _row(scenario: Scenario, concurrency: int, res: dict, ttft: list[float], probe_errors: int) -> dict:
     seconds = res["duration_us"] / 1e6
     errors = res["non200"] + res["connect"] + res["read"] + res["write"] + res["timeout"]
+    done = res["requests"] > 0  # wrk reports 0 latencies when nothing finished within its duration
+
+    def ms(key: str) -> float | None:
+        return round(res[key] / 1000, 2) if done else None
+
     return {
         "scenario": scenario.name,
         "route": scenario.route,
@@ -380,9 +385,9 @@ def _row(scenario: Scenario, concurrency: int, res: dict, ttft: list[float], pro
         "errors": errors,
         "requests_per_s": round(res["ok"] / seconds, 2),
         "chars_per_s": round((res["tokens"] - res["stops"]) / seconds, 1),
-        "p50_ms": round(res["p50_us"] / 1000, 2),
-        "p95_ms": round(res["p95_us"] / 1000, 2),
-        "p99_ms": round(res["p99_us"] / 1000, 2),
+        "p50_ms": ms("p50_us"),
+        "p95_ms": ms("p95_us"),
+        "p99_ms": ms("p99_us"),
         "ttft_ms": round(statistics.median(ttft) * 1000, 2) if ttft else None,
         "ratio": None,
         "duration_s": round(seconds, 2),
@@ -426,7 +431,7 @@ def _bench_scenario(server: Server, scenario: Scenario, settings: HttpSettings, 
         ttft_txt = f", ttft {row['ttft_ms']} ms" if row["ttft_ms"] is not None else ""
         log(
             f"  {scenario.name:<20} c={c:<3} {row['requests_per_s']:>8.1f} req/s {row['chars_per_s']:>10,.0f} chars/s"
-            f"  p50 {row['p50_ms']:.1f} p99 {row['p99_ms']:.1f} ms, {row['errors']} errors{ttft_txt}"
+            f"  p50 {row['p50_ms']} p99 {row['p99_ms']} ms, {row['errors']} errors{ttft_txt}"
         )
         last = i == len(levels) - 1
         if not last or server.name == "charlm":

@@ -62,7 +62,7 @@ def targets(result: dict) -> list[dict]:
 
     row = _find(http, scenario="names", concurrency=64)
     name = "HTTP: names-gpt n=1 at concurrency 64 >= 70% of noop's requests/s, p99 < 250 ms"
-    if row is None or row.get("ratio") is None:
+    if row is None or row.get("ratio") is None or row.get("p99_ms") is None:
         out.append({"target": name, "met": None, "detail": "not measured"})
     else:
         met = row["ratio"] >= NAMES_NOOP_TARGET and row["p99_ms"] < NAMES_P99_MS

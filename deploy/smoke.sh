@@ -81,7 +81,8 @@ while ((SECONDS < deadline)); do
     fail "container exited early"
     break
   fi
-  if [[ $(http GET "$base/ready" | head -n 1) == 200 ]]; then
+  answer=$(http GET "$base/ready")  # status line first; not piped to head, which would break the pipe
+  if [[ ${answer%%$'\n'*} == 200 ]]; then
     ready=$(elapsed "$t_start")
     break
   fi
