@@ -315,10 +315,14 @@ def test_compose_stack_wires_charlm_prometheus_and_grafana() -> None:
     named = {v for v in named if not v.startswith((".", "/"))}
     assert set(doc.get("volumes", {})) >= named
 
-    # Where Docker's compose plugin is installed, it has the last word on the file.
+    # Where Docker Compose is installed (the v2 plugin or Debian's v1 docker-compose), it has the last word.
     docker = shutil.which("docker")
     if docker and run(docker, "compose", "version").returncode == 0:
-        res = run(docker, "compose", "-f", str(COMPOSE_FILE), "config", "--quiet")
+        compose_cmd = [docker, "compose"]
+    else:
+        compose_cmd = [shutil.which("docker-compose")] if shutil.which("docker-compose") else []
+    if compose_cmd:
+        res = run(*compose_cmd, "-f", str(COMPOSE_FILE), "config", "--quiet")
         assert res.returncode == 0, res.stderr
 
 
