@@ -65,12 +65,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from training.config import load_config
     from training.trainer import train
 
-    extra = {"data": args.data, "format": args.format, "device": args.device, "diagnostics": args.diagnostics}
-    if args.data:
-        extra["dataset"] = None
-    cfg = load_config(args.config, args.set, **extra)
-    if args.data:
-        cfg = cfg.model_copy(update={"dataset": None})
+    cfg = load_config(
+        args.config, args.set, data=args.data, format=args.format, device=args.device, diagnostics=args.diagnostics
+    )
     out = Path(args.out or f"runs/{cfg.name}")
     if not args.resume and (out / "checkpoint.json").exists():
         raise CLIError(f"{out} already holds a checkpoint: pass --resume to continue or choose another --out")

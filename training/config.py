@@ -97,6 +97,8 @@ def load_config(path: Path | str, overrides: list[str] = (), **extra: Any) -> Tr
                 raise ConfigError(f"--set {item!r}: {k} is not a table")
         node[keys[-1]] = value
     raw.update({k: v for k, v in extra.items() if v is not None})
+    if extra.get("data") is not None:
+        raw["dataset"] = None  # a data file replaces the config's built-in dataset
     return validate_config(raw, str(path))
 
 

@@ -107,12 +107,7 @@ def lr_find_command(args: argparse.Namespace) -> int:
         raise CLIError("--steps must be >= 2")
     if not 0 < args.min_lr < args.max_lr:
         raise CLIError("need 0 < --min-lr < --max-lr")
-    extra = {"data": args.data, "format": args.format}
-    if args.data:
-        extra["dataset"] = None
-    cfg = load_config(args.config, args.set, **extra)
-    if args.data:
-        cfg = cfg.model_copy(update={"dataset": None})
+    cfg = load_config(args.config, args.set, data=args.data, format=args.format)
     out = Path(args.out or f"runs/{cfg.name}-lr-find")
     device = pick_device(cfg.device)
     if cfg.threads:
