@@ -215,7 +215,7 @@ class BatchLoop(LitLoop):
             return None
         items = [first]
         end = time.monotonic() + lit_api.batch_timeout
-        while len(items) < lit_api.max_batch_size:
+        while len(items) < lit_api.max_batch_size and lit_api.more_admitted(len(items)):
             remaining = end - time.monotonic()
             try:
                 item = queue.get(timeout=remaining) if remaining > 0 else queue.get_nowait()
@@ -355,6 +355,7 @@ class CharLMAPI(ls.LitAPI):
         # Shared dicts (multiprocessing manager proxies), set by CharLMServer before workers start.
         self.worker_info: Any = None
         self.cancelled: Any = None
+        self.admitted: Any = None  # the server's count of admitted, unfinished requests (a shared Value)
 
     def setup(self, device: str) -> None:
         die_with_parent()
@@ -473,6 +474,11 @@ class CharLMAPI(ls.LitAPI):
 
     def encode_response(self, output: Any) -> Any:
         return output
+
+    def more_admitted(self, collected: int) -> bool:
+        """Whether requests beyond the `collected` ones are admitted: if none is, waiting for a batch only
+        delays a lone request (its time to first token) by the whole batch timeout."""
+        return self.admitted is None or self.admitted.value > collected
 
     def poll_cancelled(self) -> set[str]:
         """Ids the API servers gave up on (client gone, timed out); one round trip to the manager."""

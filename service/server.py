@@ -88,6 +88,8 @@ class CharLMServer(ls.LitServer):
             "log_level": settings.log_level,
         }
         apis: list[CharLMAPI] = [GenerateAPI(**common), CompletionsAPI(**common)]
+        for api in apis:
+            api.admitted = self.pending  # inherited by the forked workers: batch waits only when others come
         cuda = settings.device == "cuda"
         super().__init__(
             apis,
