@@ -11,8 +11,10 @@ train token stream (for `lines` data, the names joined by the boundary token), p
 torch.optim.AdamW over all parameters, the same clipping, no compile, no fused optimizer.
 
 Both build the same net (training.nets) from the same initial weights, on the same number of torch
-threads. Tokens per step = batch_size x block_size for both. After `warmup` steps each, `rounds`
-rounds alternate the two methods (steps // rounds steps each) and the median round is reported.
+threads. Tokens are trained targets: batch_size x block_size for nanoGPT's windows, the non-padding
+targets of each batch for charlm (names rows are padded; padding is neither trained nor counted).
+After `warmup` steps each, `rounds` rounds alternate the two methods (steps // rounds steps each)
+and the median round is reported.
 """
 
 from __future__ import annotations
@@ -58,7 +60,8 @@ class _Charlm:
         self.lr_at = lr_at
         self.step_no = 0
 
-    def step(self) -> float:
+    def step(self) -> int:
+        """One optimizer step; returns the targets it trained on."""
         import torch
 
         cfg, model, optimizer = self.cfg, self.model, self.optimizer
@@ -73,7 +76,9 @@ class _Charlm:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         self.step_no += 1
-        return float(loss.item()) if self.step_no % 10 == 0 else math.nan  # the trainer's bar reads it
+        if self.step_no % 10 == 0:
+            loss.item()  # the trainer's progress bar reads the loss every 10 steps
+        return int((y != -1).sum())
 
 
 class _NanoGPT:
@@ -114,9 +119,10 @@ class _NanoGPT:
         ratio = (it - cfg.warmup_iters) / (cfg.decay_iters - cfg.warmup_iters)
         return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
 
-    def step(self) -> float:
+    def step(self) -> int:
         import torch
 
+        y = self.y
         lr = self.get_lr(self.iter_num)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -128,7 +134,9 @@ class _NanoGPT:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.iter_num += 1
-        return float(loss.item()) if self.iter_num % 10 == 0 else math.nan  # train.py logs every 10
+        if self.iter_num % 10 == 0:
+            loss.item()  # train.py logs every 10 steps
+        return y.numel()
 
 
 def _bench_config(name: str, steps: int, settings: TrainingSettings, log: Callable[[str], None]) -> list[dict]:
@@ -143,18 +151,18 @@ def _bench_config(name: str, steps: int, settings: TrainingSettings, log: Callab
     charlm_model = run.model.train()
     base_model = copy.deepcopy(charlm_model).train()
     loops: dict[str, Any] = {"charlm": _Charlm(run, cfg, charlm_model), "baseline": _NanoGPT(run, cfg, base_model)}
-    tokens_per_step = cfg.batch_size * run.block_size
     per_round = max(1, steps // settings.rounds)
     for loop in loops.values():
         for _ in range(settings.warmup):
             loop.step()
     rates: dict[str, list[float]] = {m: [] for m in loops}
+    trained: dict[str, int] = dict.fromkeys(loops, 0)
     for _ in range(settings.rounds):
         for method, loop in loops.items():
             t0 = time.perf_counter()
-            for _ in range(per_round):
-                loop.step()
-            rates[method].append(per_round * tokens_per_step / (time.perf_counter() - t0))
+            tokens = sum(loop.step() for _ in range(per_round))
+            rates[method].append(tokens / (time.perf_counter() - t0))
+            trained[method] += tokens
     base = median(rates["baseline"])
     rows = []
     for method in ("charlm", "baseline"):
@@ -166,7 +174,7 @@ def _bench_config(name: str, steps: int, settings: TrainingSettings, log: Callab
                 "tokens_per_s": round(tps, 1),
                 "ratio": None if method == "baseline" else round(tps / base, 3),
                 "steps": per_round * settings.rounds,
-                "tokens_per_step": tokens_per_step,
+                "tokens_per_step": round(trained[method] / (per_round * settings.rounds), 1),
                 "rounds_tokens_per_s": [round(r, 1) for r in rates[method]],
             }
         )

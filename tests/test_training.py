@@ -178,6 +178,20 @@ def test_gpt_kv_cache_matches_full_forward() -> None:
     assert past[0].shape[2] == idx.shape[1]
 
 
+def test_gpt_batches_drop_padding_without_changing_the_loss(names_runs: dict[str, Run]) -> None:
+    """Trailing all-padding columns are cut from each names batch; the loss is the full-width one."""
+    run = names_runs["gpt"]
+    x, y = run.task.batch("train", 64, torch.Generator().manual_seed(3))
+    assert x.shape == y.shape and x.shape[1] < run.block_size
+    assert (y[:, -1] != -1).any()  # the longest sample of the batch keeps its last target
+    pad = run.block_size - x.shape[1]
+    x_full = torch.nn.functional.pad(x, (0, pad), value=0)
+    y_full = torch.nn.functional.pad(y, (0, pad), value=-1)
+    model = run.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, y)[1], model(x_full, y_full)[1], rtol=1e-5, atol=1e-6)
+
+
 def test_activation_taps_cover_every_family() -> None:
     kinds = {arch: [kind for *_, kind in activation_taps(build(arch, SMALL[arch]))] for arch in ARCHS}
     assert kinds == {"bigram": [], "mlp": ["tanh"], "wavenet": ["tanh"] * 3, "gpt": ["gelu"] * 2}

@@ -32,6 +32,7 @@ TINY_GPT = [
     "--set", "model.dropout=0.1",  # dropout draws from the global RNG: resume must restore it
     "--set", "batch_size=8", "--set", "warmup_iters=3", "--set", "lr_decay_iters=20",
     "--set", "eval_interval=4",  # evals at 4, 8, 12, ...: the 10-step run also evaluates at 10
+    "--set", "ema_decay=0.9",  # the weight average is part of the resumable state too
     *QUIET,
 ]  # fmt: skip
 
@@ -108,6 +109,8 @@ def test_resume_is_equivalent_to_one_run(gpt_run: Path, tmp_path: Path) -> None:
         for key, value in state.items():
             assert torch.equal(value, b["optimizer"]["state"][pid][key]), (pid, key)
     assert torch.equal(a["torch_rng"], b["torch_rng"])
+    for name, tensor in a["ema"].items():
+        assert torch.equal(tensor, b["ema"][name]), name
 
     def metrics(folder: Path) -> dict[int, tuple[float, float]]:
         rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
@@ -116,6 +119,19 @@ def test_resume_is_equivalent_to_one_run(gpt_run: Path, tmp_path: Path) -> None:
     straight, split = metrics(gpt_run), metrics(out)
     assert sorted(split) == [4, 8, 10, 12, 16, 20]
     assert all(straight[s] == split[s] for s in (4, 8, 12, 16, 20))
+
+
+def test_checkpoint_holds_the_weight_average(gpt_run: Path) -> None:
+    """With ema_decay the checkpoint (what export ships) is the averaged weights, not the last step's."""
+    from safetensors.torch import load_file
+
+    meta = json.loads((gpt_run / "checkpoint.json").read_text())
+    assert meta["step"] == 20  # this seeded run's val improves to the end: best = last
+    shipped, state = load_file(gpt_run / "model.safetensors"), final_state(gpt_run)
+    assert shipped.keys() <= state["model"].keys()
+    for name, tensor in shipped.items():
+        assert torch.equal(tensor, state["ema"][f"module.{name}"]), name
+    assert any(not torch.equal(t, state["model"][n]) for n, t in shipped.items())
 
 
 def test_torchrun_two_processes_on_cpu(tmp_path: Path) -> None:

@@ -38,6 +38,9 @@ class TrainConfig(BaseModel):
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.99, ge=0, lt=1)
     grad_clip: float = Field(1.0, ge=0, description="0 disables clipping")
+    ema_decay: float = Field(
+        0.0, ge=0, lt=1, description="evaluate and keep an exponential moving average of the weights; 0 = off"
+    )
     eval_interval: int = Field(500, ge=1)
     eval_iters: int = Field(50, ge=1)
     seed: int = 1337

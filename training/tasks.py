@@ -22,6 +22,7 @@ class Task:
     def __init__(self, arch: str, splits: Splits, block_size: int, boundary: int | None):
         self.block_size = block_size
         self.stream = arch == "gpt" and boundary is None
+        self.padded = arch == "gpt" and boundary is not None  # one sample per row, padded to block_size
         self.tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for split in ("train", "val", "test"):
             samples = splits.get(split)
@@ -41,7 +42,11 @@ class Task:
             chunk = x[offsets]
             return chunk[:, :-1], chunk[:, 1:]
         rows = torch.randint(len(x), (batch_size,), generator=gen)
-        return x[rows], y[rows]
+        x, y = x[rows], y[rows]
+        if self.padded:  # drop the all-padding tail columns: same loss (causal), ~30% fewer tokens on names
+            width = int((y != -1).sum(1).max())
+            x, y = x[:, :width], y[:, :width]
+        return x, y
 
     def eval_set(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The whole split as (inputs, targets): what `exact_loss` averages over."""

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from training.checkpoint import CheckpointMeta, SplitInfo, load_checkpoint, load_state, save_checkpoint
@@ -104,6 +105,8 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, log=print) -> Check
     run = Run(cfg, out)
     model = run.model.to(device)
     optimizer = make_optimizer(model, cfg)
+    ema = weight_average(model, cfg.ema_decay)
+    kept = ema.module if ema is not None else model  # the weights that are evaluated and checkpointed
     gen = torch.Generator().manual_seed(cfg.seed + rank)  # batch sampling: each rank its own stream
     out = Path(out)
     step, best_val, wall_before = 0, float("inf"), 0.0
@@ -113,6 +116,8 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, log=print) -> Check
             raise FileNotFoundError(f"--resume: {out} holds no resumable state")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         step, best_val = int(state["step"]), float(state["best_val"])
         wall_before = float(state["wall_seconds"])
         gen.set_state(state["generators"][rank] if rank < len(state["generators"]) else state["generators"][0])
@@ -153,16 +158,19 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, log=print) -> Check
             "generators": gathered_generators(gen, ddp),
             "torch_rng": torch.get_rng_state(),
         }
+        if ema is not None:
+            state["ema"] = ema.state_dict()
         if master:
             if val is not None:
                 meta = run.meta(step=meta_step, train_loss=train_loss, val_loss=val, device=device)
-                save_checkpoint(out, model, meta, state)
+                save_checkpoint(out, kept, meta, state)
             else:
                 torch.save(state, out / "state.pt")
 
-    tokens_per_step = cfg.batch_size * run.block_size * (dist.get_world_size() if ddp else 1)
+    world = dist.get_world_size() if ddp else 1
+    tokens = 0  # trained targets since the last eval (padding excluded), this rank's; x world for the rate
     t0 = time.time()
-    t_last, step_last = t0, step
+    t_last = t0
     bar = tqdm(total=cfg.max_iters, initial=step, disable=not master, dynamic_ncols=True, unit="step")
     model.train()
     try:
@@ -171,6 +179,7 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, log=print) -> Check
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x, y = run.task.batch("train", cfg.batch_size, gen)
+            tokens += int((y != -1).sum())
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with autocast:
                 _, loss = train_model(x, y)
@@ -181,6 +190,8 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, log=print) -> Check
             if diagnostics is not None:
                 diagnostics.before_step(step)
             optimizer.step()
+            if ema is not None:
+                ema.update_parameters(model)
             if diagnostics is not None:
                 diagnostics.after_step(step, lr, loss.item())
             step += 1
@@ -188,10 +199,10 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, log=print) -> Check
                 bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", refresh=False)
                 bar.update(step - bar.n)
             if step % cfg.eval_interval == 0 or step == cfg.max_iters:
-                losses = estimate_loss(run, model, device, autocast)
+                losses = estimate_loss(run, kept, device, autocast)
                 now = time.time()
-                tok_s = (step - step_last) * tokens_per_step / (now - t_last)
-                t_last, step_last = now, step
+                tok_s = tokens * world / (now - t_last)
+                t_last, tokens = now, 0
                 improved = losses["val"] < best_val
                 best_val = min(best_val, losses["val"])
                 record = {
@@ -284,6 +295,13 @@ def check_initial_loss(run: Run, model: nn.Module, device: str, log) -> float:
     else:
         log(note)
     return value
+
+
+def weight_average(model: nn.Module, decay: float) -> AveragedModel | None:
+    """An EMA of the weights (Polyak averaging): on small data it generalises better than the last step."""
+    if decay <= 0:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def gathered_generators(gen: torch.Generator, ddp: bool) -> list[torch.Tensor]:
