@@ -38,13 +38,9 @@ def test_shakespeare_meets_its_bar() -> None:
     assert manifest.metrics.test_loss <= BARS["shakespeare-gpt"]
 
 
-def test_names_wavenet_meets_its_bar() -> None:
-    assert Manifest.load(MODELS / "names-wavenet").metrics.test_loss <= BARS["names-wavenet"]
-
-
-@pytest.mark.xfail(strict=True, reason="names-gpt tests at 1.942 nats/char; the bar is 1.92 (issue left open)")
-def test_names_gpt_meets_its_bar() -> None:
-    assert Manifest.load(MODELS / "names-gpt").metrics.test_loss <= BARS["names-gpt"]
+@pytest.mark.parametrize("name", ["names-wavenet", "names-gpt"])
+def test_names_model_meets_its_bar(name: str) -> None:
+    assert Manifest.load(MODELS / name).metrics.test_loss <= BARS[name]
 
 
 def test_model_repository_fits_its_size_budget() -> None:
