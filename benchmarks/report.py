@@ -213,7 +213,9 @@ DOC_TAIL = """
   batch_timeout 5 ms; CHARLM_* variables of the caller's environment are not passed on.
 - **Training**: the trainer's loop body (`training.trainer`: `Run`, `make_optimizer`, `lr_at`, `Task.batch`,
   clipping; no eval) against nanoGPT's train.py loop (stacked random windows, plain `torch.optim.AdamW` over
-  all parameters), same net and initial weights, tokens/step = batch_size x block_size.
+  all parameters), same net and initial weights. Tokens are trained targets: batch_size x block_size
+  for nanoGPT's windows, the non-padding targets for charlm (its names rows are padded and cut to the
+  batch's longest name).
 """
 
 

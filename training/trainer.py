@@ -108,6 +108,8 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, log=print) -> Check
     ema = weight_average(model, cfg.ema_decay)
     kept = ema.module if ema is not None else model  # the weights that are evaluated and checkpointed
     gen = torch.Generator().manual_seed(cfg.seed + rank)  # batch sampling: each rank its own stream
+    if ddp:  # same initial weights on every rank (above), but each rank its own dropout masks
+        torch.manual_seed(cfg.seed + 1 + rank)
     out = Path(out)
     step, best_val, wall_before = 0, float("inf"), 0.0
     if resume:
@@ -120,8 +122,8 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, log=print) -> Check
             ema.load_state_dict(state["ema"])
         step, best_val = int(state["step"]), float(state["best_val"])
         wall_before = float(state["wall_seconds"])
-        gen.set_state(state["generators"][rank] if rank < len(state["generators"]) else state["generators"][0])
-        torch.set_rng_state(state["torch_rng"])
+        gen.set_state(own_state(state["generators"], rank))
+        torch.set_rng_state(own_state(state["torch_rng"], rank))
     elif master:
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.jsonl").write_text("")
@@ -155,8 +157,8 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, log=print) -> Check
             "step": meta_step,
             "best_val": best_val,
             "wall_seconds": wall_before + time.time() - t0,
-            "generators": gathered_generators(gen, ddp),
-            "torch_rng": torch.get_rng_state(),
+            "generators": gathered_states(gen.get_state(), ddp),
+            "torch_rng": gathered_states(torch.get_rng_state(), ddp),
         }
         if ema is not None:
             state["ema"] = ema.state_dict()
@@ -304,11 +306,17 @@ def weight_average(model: nn.Module, decay: float) -> AveragedModel | None:
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
-def gathered_generators(gen: torch.Generator, ddp: bool) -> list[torch.Tensor]:
-    """Every rank's batch-sampling RNG state, so that a resumed DDP run continues each stream."""
-    state = gen.get_state()
+def gathered_states(state: torch.Tensor, ddp: bool) -> list[torch.Tensor]:
+    """Every rank's RNG state, so that a resumed DDP run continues each rank's own stream."""
     if not ddp:
         return [state]
     states = [torch.empty_like(state) for _ in range(dist.get_world_size())]
     dist.all_gather_object(states, state)
     return states
+
+
+def own_state(states: list[torch.Tensor] | torch.Tensor, rank: int) -> torch.Tensor:
+    """This rank's saved RNG state; a run resumed on more ranks than it was saved from reuses rank 0's."""
+    if isinstance(states, torch.Tensor):  # state.pt from before per-rank dropout streams: one state
+        return states
+    return states[rank] if rank < len(states) else states[0]
