@@ -248,6 +248,13 @@ def test_existing_checkpoint_needs_resume(gpt_run: Path) -> None:
     one_line_error(charlm("train", *TINY_GPT, "--out", str(gpt_run)), "already holds a checkpoint", "--resume")
 
 
+def test_resume_adding_an_ema_to_a_run_without_one(tmp_path: Path) -> None:
+    out = tmp_path / "plain"
+    ok(charlm("train", *TINY_GPT, "--set", "ema_decay=0", "--set", "max_iters=4", "--out", str(out)))
+    resumed = charlm("train", *TINY_GPT, "--set", "max_iters=8", "--out", str(out), "--resume")
+    one_line_error(resumed, "--resume", "without ema_decay")
+
+
 def test_resume_without_state(tmp_path: Path) -> None:
     one_line_error(charlm("train", *TINY_GPT, "--out", str(tmp_path / "fresh"), "--resume"), "--resume")
 

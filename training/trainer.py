@@ -119,6 +119,8 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, log=print) -> Check
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if ema is not None:
+            if "ema" not in state:
+                raise ValueError(f"--resume: {out} was trained without ema_decay; resume it with ema_decay=0")
             ema.load_state_dict(state["ema"])
         step, best_val = int(state["step"]), float(state["best_val"])
         wall_before = float(state["wall_seconds"])
