@@ -1,19 +1,25 @@
 """`manifest.json`: what a model folder under models/ holds and how to check it.
 
 The exporter writes it, the service validates it at start-up; nobody else defines these fields.
+Schema 2 (graph contract v2, contract/graph.py) adds the trained weights (`weights`: model.safetensors)
+and the net's config (`net_config`), so a shipped model can be re-exported, sampled or fine-tuned
+without its run directory. A schema-1 folder is refused with the command that upgrades it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MANIFEST_FILE = "manifest.json"
+WEIGHTS_FILE = "model.safetensors"
+UPGRADE_HINT = "python -m training upgrade {folder}"
 
 Arch = Literal["bigram", "mlp", "wavenet", "gpt"]
 Format = Literal["onnx", "torchscript"]
@@ -39,6 +45,9 @@ class Metrics(_Strict):
     train_loss: float
     val_loss: float
     test_loss: float
+    test_loss_unseen: float | None = Field(
+        None, description="test loss over test samples that do not occur in the train split (lines data)"
+    )
 
 
 class DataInfo(_Strict):
@@ -57,7 +66,7 @@ class TrainingInfo(_Strict):
 
 
 class Manifest(_Strict):
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[2] = SCHEMA_VERSION
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
     arch: Arch
     n_params: int = Field(ge=1)
@@ -69,6 +78,8 @@ class Manifest(_Strict):
     n_head: int | None = None
     head_dim: int | None = None
     files: dict[Format, FileEntry] = Field(min_length=1)
+    weights: FileEntry = Field(description="the trained weights (safetensors), for re-export and fine-tuning")
+    net_config: dict[str, Any] = Field(description="the net's config, as training.nets.build takes it")
     metrics: Metrics
     data: DataInfo
     training: TrainingInfo
@@ -99,8 +110,15 @@ class Manifest(_Strict):
         path = Path(folder) / MANIFEST_FILE
         if not path.is_file():
             raise ManifestError(f"{path}: no {MANIFEST_FILE}")
+        raw = path.read_bytes()
+        version = _schema_version(raw)
+        if version is not None and version < SCHEMA_VERSION:
+            raise ManifestError(
+                f"{path}: schema_version {version} (graph contract v{version}) is no longer served; "
+                f"upgrade it without retraining: {UPGRADE_HINT.format(folder=folder)}"
+            )
         try:
-            return cls.model_validate_json(path.read_bytes())
+            return cls.model_validate_json(raw)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "manifest"
@@ -108,7 +126,7 @@ class Manifest(_Strict):
 
     def verify_files(self, folder: Path) -> None:
         """Check every listed file's size and sha256; raise ManifestError on the first mismatch."""
-        for fmt, entry in self.files.items():
+        for fmt, entry in [*self.files.items(), ("weights", self.weights)]:
             path = Path(folder) / entry.path
             if not path.is_file():
                 raise ManifestError(f"{path}: {fmt} file is missing")
@@ -121,6 +139,15 @@ class Manifest(_Strict):
         path = Path(folder) / MANIFEST_FILE
         path.write_text(self.model_dump_json(indent=2) + "\n")
         return path
+
+
+def _schema_version(raw: bytes) -> int | None:
+    """The declared schema_version of a manifest's JSON, when it has an integer one."""
+    try:
+        version = json.loads(raw).get("schema_version")
+    except (ValueError, AttributeError):
+        return None
+    return version if isinstance(version, int) else None
 
 
 def sha256_of(path: Path) -> str:

@@ -20,6 +20,7 @@ import torch
 
 from service.engine import (
     BackendUnavailable,
+    Engine,
     Generator,
     InvalidPrompt,
     SamplingParams,
@@ -100,7 +101,8 @@ def fixtures(tmp_path_factory) -> dict[str, tuple[ModelEntry, torch.nn.Module, P
 
 @pytest.fixture(scope="session")
 def gens(fixtures) -> dict[str, Generator]:
-    return {name: Generator.load(entry) for name, (entry, _, _) in fixtures.items()}
+    """Three slots: the tests' batches of 4-6 sequences join and leave a running engine as slots free."""
+    return {name: Generator.load(entry, slots=3) for name, (entry, _, _) in fixtures.items()}
 
 
 # ---------------------------------------------------------------- eager references (greedy, no cache)
@@ -117,7 +119,7 @@ def gpt_reference(net, gen: Generator, prompt: str, n: int, keep: int | None = N
     """Full-context recompute; when the context would exceed block_size keep its last block_size // 2."""
     block, boundary = net.cfg.block_size, gen.manifest.boundary_token
     keep = keep or block // 2
-    hist = _context(gen, prompt) or [gen.pad_token]
+    hist = _context(gen, prompt) or [gen.engine.pad_token]
     start = max(0, len(hist) - block)
     text = ""
     for _ in range(n):
@@ -135,7 +137,7 @@ def gpt_reference(net, gen: Generator, prompt: str, n: int, keep: int | None = N
 @torch.no_grad()
 def window_reference(net, gen: Generator, prompt: str, n: int) -> tuple[str, str]:
     block, boundary = net.cfg.block_size, gen.manifest.boundary_token
-    window = ([gen.pad_token] * block + _context(gen, prompt))[-block:]
+    window = ([gen.engine.pad_token] * block + _context(gen, prompt))[-block:]
     text = ""
     for _ in range(n):
         logits, _ = net(torch.tensor([window]))
@@ -210,10 +212,10 @@ def test_greedy_is_deterministic_and_stream_matches_generate(gens, name):
     for deltas in gen.stream(prompts, params):
         assert deltas, "stream yields only non-empty lists"
         for d in deltas:
-            assert finished[d.seq] is None, "nothing after a sequence's final delta"
-            streamed[d.seq] += d.text
-            finished[d.seq] = d.finish_reason
-            counted[d.seq] = d.completion_tokens
+            assert finished[d.request_id] is None, "nothing after a sequence's final delta"
+            streamed[d.request_id] += d.text
+            finished[d.request_id] = d.finish_reason
+            counted[d.request_id] = d.completion_tokens
             assert (d.finish_reason is None) == (d.completion_tokens is None)
     assert [(t, f) for t, f in zip(streamed, finished, strict=True)] == _texts(first)
     assert counted == [c.completion_tokens for c in first]
@@ -283,18 +285,18 @@ def test_lines_models_stop_at_the_boundary(gens, name):
             assert c.completion_tokens == len(c.text) + 1  # the boundary was sampled, not shown
         else:
             assert c.completion_tokens == len(c.text) == 20
-    assert gen.default_max_new_tokens() == 64
+    assert gen.engine.default_max_new_tokens() == 64
 
 
 def test_max_new_tokens_gives_length(gens):
     gen = gens["stream-gpt"]
     (c,) = gen.generate(["to be"], [SamplingParams(seed=0, max_new_tokens=5)])
     assert (len(c.text), c.finish_reason, c.prompt_tokens, c.completion_tokens) == (5, "length", 5, 5)
-    assert gen.default_max_new_tokens() == 256
+    assert gen.engine.default_max_new_tokens() == 256
     (c,) = gen.generate(["to be"], [SamplingParams(temperature=0)])
     assert (len(c.text), c.finish_reason) == (256, "length")
     with pytest.raises(ValueError, match="cap"):
-        gen.generate(["a"], [SamplingParams(max_new_tokens=gen.max_new_tokens_cap + 1)])
+        gen.generate(["a"], [SamplingParams(max_new_tokens=gen.engine.max_new_tokens_cap + 1)])
     with pytest.raises(ValueError):
         SamplingParams(max_new_tokens=0)
 
@@ -454,12 +456,16 @@ def test_unavailable_backends_and_devices(fixtures):
 
 
 def test_threads_setting(fixtures, gens):
-    gen = Generator.load(fixtures["names-gpt"][0], threads=2)
-    assert gen.threads == 2
-    params = [SamplingParams(temperature=0, max_new_tokens=20)] * 2
-    assert gen.generate(["", "ab"], params) == gens["names-gpt"].generate(["", "ab"], params)
+    """Rows split across two concurrent graph calls give the same text as one call."""
+    gen = Generator.load(fixtures["names-gpt"][0], threads=2, slots=16)
+    assert gen.engine.threads == 2
+    prompts = ["", "ab", "abcdefghij", "e"] * 4
+    params = [SamplingParams(seed=i, max_new_tokens=20) for i in range(16)]
+    assert gen.generate(prompts, params) == gens["names-gpt"].generate(prompts, params)
     with pytest.raises(ValueError):
         Generator.load(fixtures["names-gpt"][0], threads=0)
+    with pytest.raises(ValueError):
+        Generator.load(fixtures["names-gpt"][0], slots=0)
 
 
 def test_sampling_params_validation():
@@ -490,12 +496,23 @@ def test_sampler_rows_are_independent():
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(6, 40)).astype(np.float32) * 3
     params = [SamplingParams(seed=i, top_k=5 + i, top_p=0.6 + 0.05 * i) for i in range(6)]
-    together = Sampler(params, 40).sample(np.arange(6), logits)
-    alone = [int(Sampler([p], 40).sample(np.arange(1), logits[i : i + 1])[0]) for i, p in enumerate(params)]
+
+    def sampler_of(params: list[SamplingParams]) -> Sampler:
+        sampler = Sampler(len(params), 40)
+        for row, p in enumerate(params):
+            sampler.set(row, p)
+        return sampler
+
+    together = sampler_of(params).sample(np.arange(6), logits)
+    alone = [int(sampler_of([p]).sample(np.arange(1), logits[i : i + 1])[0]) for i, p in enumerate(params)]
     assert together.tolist() == alone
+    # A moved slot keeps its settings and its RNG's place in the stream.
+    moved = sampler_of([SamplingParams(temperature=0), params[5]])
+    moved.move(1, 0)
+    assert int(moved.sample(np.arange(1), logits[5:6])[0]) == alone[5]
     # top_k=3: only ever one of the 3 largest logits.
     counts = np.zeros(40, int)
-    sampler = Sampler([SamplingParams(seed=1, top_k=3)], 40)
+    sampler = sampler_of([SamplingParams(seed=1, top_k=3)])
     for _ in range(300):
         counts[sampler.sample(np.arange(1), logits[:1])[0]] += 1
     assert set(np.flatnonzero(counts)) <= set(np.argsort(-logits[0])[:3].tolist())
@@ -516,3 +533,107 @@ def test_shipped_models_scan_clean_and_backends_agree():
             for backend in entry.manifest.files
         ]
         assert all(r == results[0] for r in results), entry.name
+
+
+# ---------------------------------------------------------------- the slot engine itself
+
+
+def _drive(engine: Engine, schedule: dict[int, list[tuple[str, str, SamplingParams]]], aborts=None) -> dict:
+    """Step `engine`, adding schedule[step] before that step (and aborting aborts[step]); id -> (text, end)."""
+    aborts = aborts or {}
+    texts, ends, step = {}, {}, 0
+    while step <= max(schedule) or engine.active():
+        for rid, prompt, params in schedule.get(step, []):
+            assert engine.add(rid, engine.encode_prompt(prompt), params)
+            texts[rid] = ""
+        for rid in aborts.get(step, []):
+            assert engine.abort(rid)
+            ends[rid] = "aborted"
+        for d in engine.step():
+            texts[d.request_id] += d.text
+            if d.finish_reason is not None:
+                ends[d.request_id] = d.finish_reason
+        step += 1
+    return {rid: (texts[rid], ends.get(rid)) for rid in texts}
+
+
+@pytest.mark.parametrize("name", ["names-gpt", "stream-gpt", "names-wavenet", "stream-mlp"])
+def test_requests_joining_and_leaving_mid_run_keep_their_seeded_text(fixtures, name):
+    """A seeded sequence gives the same text alone and while others join, finish, slide and are aborted."""
+    engine = Engine.load(fixtures[name][0], slots=4)
+    mine = SamplingParams(temperature=0.9, top_k=12, seed=42, max_new_tokens=30)
+    alone = _drive(engine, {0: [("me", "ab", mine)]})["me"]
+    assert engine.active() == 0
+    busy = _drive(
+        engine,
+        {
+            0: [("short", "", SamplingParams(seed=1, max_new_tokens=3)), ("gone", "c", SamplingParams(seed=2))],
+            2: [("me", "ab", mine)],
+            4: [("greedy", "abcdefghijk", SamplingParams(temperature=0, max_new_tokens=25))],
+            7: [("late", "abc", SamplingParams(seed=9, max_new_tokens=5)), ("fresh", "", SamplingParams())],
+        },
+        aborts={5: ["gone"]},
+    )
+    assert busy["me"] == alone
+    assert busy["gone"][1] == "aborted" and busy["short"][1] == "length"
+    assert engine.active() == 0 and engine.free() == 4
+
+
+def test_a_full_engine_says_so_and_abort_frees_the_slot(fixtures):
+    engine = Engine.load(fixtures["stream-gpt"][0], slots=2)
+    params = SamplingParams(seed=0, max_new_tokens=50)
+    assert engine.add("a", [1, 2], params) and engine.add("b", [], params)
+    assert not engine.has_capacity() and engine.free() == 0
+    assert engine.add("c", [3], params) is False  # no free slot: nothing changes
+    assert engine.active() == 2
+    with pytest.raises(ValueError, match="already running"):
+        engine.add("a", [1], params)
+    engine.step()
+    assert engine.abort("a") and not engine.abort("a") and not engine.abort("never")
+    assert engine.has_capacity() and engine.add("c", [3], params)
+    assert {d.request_id for d in engine.step()} <= {"b", "c"}
+    with pytest.raises(InvalidPrompt, match="token ids"):
+        engine.add("d", [len(STREAM_VOCAB)], params)  # checked before a slot is looked for
+    with pytest.raises(InvalidPrompt):
+        Engine.load(fixtures["names-gpt"][0], slots=1).add("e", [0], params)  # the boundary mark
+
+
+class _Recording:
+    """The real backend, with the batch size of every call written down."""
+
+    def __init__(self, backend):
+        self.backend, self.batches = backend, []
+
+    def run(self, inputs):
+        self.batches.append(len(inputs[0]))
+        return self.backend.run(inputs)
+
+
+@pytest.mark.parametrize("name", ["names-gpt", "names-wavenet"])
+def test_finished_requests_stop_costing_work(fixtures, name):
+    engine = Engine.load(fixtures[name][0], slots=8)
+    engine.runner.backend = recorder = _Recording(engine.runner.backend)
+    schedule = {0: [(i, "", SamplingParams(temperature=0, max_new_tokens=2 if i else 30)) for i in range(8)]}
+    out = _drive(engine, schedule)
+    assert len(out[0][0]) > 0
+    assert max(recorder.batches) == 8
+    assert recorder.batches[-1] == 1, recorder.batches  # the long one runs on alone
+
+
+def test_v1_folder_is_refused_naming_the_upgrade(fixtures, tmp_path):
+    folder = tmp_path / "old-model"
+    shutil.copytree(fixtures["names-gpt"][0].folder, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["schema_version"] = 1
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    repo = scan_repository(tmp_path)
+    assert not repo.models
+    assert "python -m training upgrade" in repo.failed["old-model"] and "\n" not in repo.failed["old-model"]
+
+
+def test_cache_is_preallocated_and_reported(fixtures):
+    engine = Engine.load(fixtures["stream-gpt"][0], slots=5)
+    m = engine.manifest
+    assert engine.cache_bytes_per_slot() == 4 * 2 * m.n_layer * m.n_head * m.head_dim * m.block_size
+    assert engine.runner.kv.nbytes == 5 * engine.cache_bytes_per_slot()
+    assert Engine.load(fixtures["names-wavenet"][0]).cache_bytes_per_slot() == 0

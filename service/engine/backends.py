@@ -1,7 +1,9 @@
 """Run one exported graph: ONNX Runtime (no torch anywhere) or TorchScript (torch, imported lazily).
 
 Both take the graph's inputs positionally as numpy arrays (idx[, pos, past_key_0, past_value_0, ...])
-and return numpy arrays (logits[, present_key_0, present_value_0, ...]), see contract/graph.py.
+and return numpy arrays (logits[, new_key_0, new_value_0, ...]), see contract/graph.py. Each call runs
+on the calling thread alone (one intra-op thread); `run` may be called from several threads at once,
+which is how the engine uses more than one core (rows split across calls, see engine.py).
 """
 
 from __future__ import annotations
@@ -13,18 +15,16 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-from contract import IDX, LOGITS, POS, Manifest, past_names, present_names
+from contract import IDX, LOGITS, POS, Manifest, new_kv_names, past_names
 from service.engine.types import BackendUnavailable, EngineError
 
 BackendName = Literal["onnx", "torchscript"]
 Device = Literal["cpu", "cuda"]
 
-# Measured with shakespeare-gpt (6 layers, 128 wide, block 128) on the shared 2-core dev box, 256 new
-# tokens, Generator.generate tokens/s, threads 1 vs 2: batch 1: 1629 vs 780; batch 8: 5178 vs 5661;
-# batch 32: 5631 vs 6336 (under heavier background load 2 threads lost at every batch size: 5711 vs
-# 2745 at batch 32). One thread is 2x faster at batch 1 (time to first token), at most ~10% slower at
-# batch 32, and leaves the other core to the HTTP server and other workers; `threads` raises it.
-DEFAULT_THREADS = 1
+# ONNX Runtime with 2 intra-op threads ran shakespeare-gpt at half the speed of 1 thread at batch 32-128
+# (tiny ops, thread sync), and torch with 2 threads stalls when another process holds a core: every
+# graph call gets one thread, and more cores are used by splitting the rows across concurrent calls.
+INTRA_OP_THREADS = 1
 
 
 class Backend(Protocol):
@@ -40,7 +40,7 @@ def graph_io(manifest: Manifest) -> tuple[list[str], list[str]]:
     """The input and output names the contract promises for this model."""
     if manifest.arch == "gpt":
         n_layer = manifest.n_layer or 0
-        return [IDX, POS, *past_names(n_layer)], [LOGITS, *present_names(n_layer)]
+        return [IDX, POS, *past_names(n_layer)], [LOGITS, *new_kv_names(n_layer)]
     return [IDX], [LOGITS]
 
 
@@ -49,7 +49,7 @@ class OnnxBackend:
 
     name = "onnx"
 
-    def __init__(self, path: Path, manifest: Manifest, device: Device = "cpu", threads: int = DEFAULT_THREADS):
+    def __init__(self, path: Path, manifest: Manifest, device: Device = "cpu"):
         try:
             import onnxruntime as ort
         except ImportError:
@@ -64,7 +64,7 @@ class OnnxBackend:
         elif device != "cpu":
             raise BackendUnavailable(f"unknown device {device!r} (cpu or cuda)")
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
+        opts.intra_op_num_threads = INTRA_OP_THREADS
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -93,7 +93,7 @@ class TorchScriptBackend:
 
     name = "torchscript"
 
-    def __init__(self, path: Path, manifest: Manifest, device: Device = "cpu", threads: int = DEFAULT_THREADS):
+    def __init__(self, path: Path, manifest: Manifest, device: Device = "cpu"):
         try:
             import torch
         except ImportError:
@@ -103,8 +103,8 @@ class TorchScriptBackend:
         if device not in ("cpu", "cuda"):
             raise BackendUnavailable(f"unknown device {device!r} (cpu or cuda)")
         self._torch = torch
-        # torch's pool is process-wide: a serving worker runs one model, so its size is ours to set.
-        torch.set_num_threads(threads)
+        # torch's pool is process-wide; every call gets one thread (see INTRA_OP_THREADS).
+        torch.set_num_threads(INTRA_OP_THREADS)
         try:
             with warnings.catch_warnings():  # torch 2.13 deprecates torch.jit; the file format is still ours
                 warnings.simplefilter("ignore", DeprecationWarning)
@@ -127,13 +127,9 @@ class TorchScriptBackend:
         return [t.detach().cpu().numpy() for t in out]
 
 
-def load_backend(
-    path: Path, manifest: Manifest, backend: BackendName, device: Device, threads: int
-) -> OnnxBackend | TorchScriptBackend:
-    if threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
+def load_backend(path: Path, manifest: Manifest, backend: BackendName, device: Device) -> Backend:
     if backend == "onnx":
-        return OnnxBackend(path, manifest, device, threads)
+        return OnnxBackend(path, manifest, device)
     if backend == "torchscript":
-        return TorchScriptBackend(path, manifest, device, threads)
+        return TorchScriptBackend(path, manifest, device)
     raise BackendUnavailable(f"unknown backend {backend!r} (onnx or torchscript)")

@@ -6,8 +6,6 @@ ORT's for the same cores (measured 4x slower on 2 cores).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
 from service.engine.types import SamplingParams
@@ -37,26 +35,39 @@ def make_rng(seed: int | None) -> np.random.Generator:
 
 
 class Sampler:
-    """Per-sequence sampling settings as arrays, so one call samples a whole batch.
+    """Per-slot sampling settings as arrays, so one call samples a whole batch.
 
-    Every non-greedy sequence draws exactly one uniform from its own RNG per token and all arithmetic is
-    row-wise: a seeded sequence's text does not depend on what else is in the batch.
+    A slot is set when a sequence takes it and moved when the engine compacts its rows. Every
+    non-greedy sequence draws exactly one uniform from its own RNG per token and all arithmetic is
+    row-wise: a seeded sequence's text does not depend on what else is in the batch, nor on which
+    slot it sits in, nor on who joins or leaves while it runs.
     """
 
-    def __init__(self, params: Sequence[SamplingParams], vocab_size: int):
+    def __init__(self, slots: int, vocab_size: int):
         self.vocab_size = vocab_size
-        self.greedy = np.array([p.greedy for p in params], dtype=bool)
-        self.all_greedy = bool(self.greedy.all())
-        self.inv_temperature = np.array([0.0 if p.greedy else 1.0 / p.temperature for p in params], dtype=np.float64)
-        self.top_k = np.array([min(p.top_k or vocab_size, vocab_size) for p in params], dtype=np.int64)
+        self.greedy = np.ones(slots, dtype=bool)
+        self.inv_temperature = np.zeros(slots, dtype=np.float64)
+        self.top_k = np.full(slots, vocab_size, dtype=np.int64)
+        self.top_p = np.full(slots, np.inf, dtype=np.float64)
+        self.rngs: list[np.random.Generator | None] = [None] * slots
+
+    def set(self, row: int, params: SamplingParams) -> None:
+        """Slot `row` now samples with `params` and a fresh RNG from its seed."""
+        self.greedy[row] = params.greedy
+        self.inv_temperature[row] = 0.0 if params.greedy else 1.0 / params.temperature
+        self.top_k[row] = min(params.top_k or self.vocab_size, self.vocab_size)
         # top_p 1 -> inf: no float round-off in the cumulative sum can ever cut a token.
-        self.top_p = np.array([p.top_p if p.top_p < 1 else np.inf for p in params], dtype=np.float64)
-        self.rngs = [None if p.greedy else make_rng(p.seed) for p in params]
+        self.top_p[row] = params.top_p if params.top_p < 1 else np.inf
+        self.rngs[row] = None if params.greedy else make_rng(params.seed)
+
+    def move(self, src: int, dst: int) -> None:
+        """Slot `src`'s settings and RNG state now live in slot `dst` (the engine compacts its rows)."""
+        for arr in (self.greedy, self.inv_temperature, self.top_k, self.top_p):
+            arr[dst] = arr[src]
+        self.rngs[dst] = self.rngs[src]
 
     def sample(self, rows: np.ndarray, logits: np.ndarray) -> np.ndarray:
-        """Next token ids [n] for sequences `rows` (indices into params) given their logits [n, vocab]."""
-        if self.all_greedy:
-            return logits.argmax(axis=1)
+        """Next token ids [n] for slots `rows` given their logits [n, vocab]."""
         greedy = self.greedy[rows]
         if greedy.all():
             return logits.argmax(axis=1)

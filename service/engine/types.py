@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -67,13 +68,13 @@ class SamplingParams:
 
 @dataclass(frozen=True)
 class Delta:
-    """New text of sequence `seq` (its index in the call's prompts); `finish_reason` set on its last one.
+    """New text of request `request_id`; `finish_reason` is set on its last one.
 
     The last one also carries `completion_tokens`: every token the sequence sampled, its end (boundary
     token or stop string) included, as in Completion.
     """
 
-    seq: int
+    request_id: Hashable
     text: str
     finish_reason: FinishReason | None
     completion_tokens: int | None = None

@@ -54,17 +54,25 @@ class CausalSelfAttention(nn.Module):
         p = self.dropout if self.training else 0.0
         return self._merge(F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True))
 
-    def step(self, x: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor):
-        """Attend the new positions to the cached ones and to each other; return the grown cache."""
-        q, k, v = self._heads(x)
-        k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
-        new, total = q.shape[2], k.shape[2]
-        # Query i sits at absolute position (total - new + i) and sees keys 0 .. that position.
-        mask = torch.arange(total, device=x.device)[None, :] <= (
-            torch.arange(new, device=x.device)[:, None] + (total - new)
-        )
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self._merge(y), k, v
+    def step(self, x: torch.Tensor, pos: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor):
+        """Graph contract v2 (contract/graph.py): attend the new positions to the caller's cache and to
+        each other; return only the new keys (transposed, [B, H, D, new]) and values ([B, H, new, D]).
+
+        Scores of cache and new keys are computed apart and joined before the softmax, so the cache is
+        read once and never concatenated or transposed (v1's concat was 37% of a batch-32 step).
+        """
+        q, k, v = self._heads(x)  # [B, H, new, D]
+        new, past = q.shape[2], past_v.shape[2]
+        scale = 1.0 / math.sqrt(q.shape[-1])
+        k_t = k.transpose(-1, -2)  # [B, H, D, new]: the cache's key layout
+        valid = torch.arange(past, device=x.device)[None, :] < pos[:, None]  # [B, past]: j < pos[b]
+        s_past = (q @ past_k) * scale  # [B, H, new, past]
+        s_past = s_past.masked_fill(~valid[:, None, None, :], float("-inf"))
+        causal = torch.ones(new, new, dtype=torch.bool, device=x.device).tril()
+        s_new = ((q @ k_t) * scale).masked_fill(~causal, float("-inf"))
+        p = torch.softmax(torch.cat([s_past, s_new], dim=-1), dim=-1)  # the diagonal keeps every row finite
+        y = p[..., :past] @ past_v + p[..., past:] @ v
+        return self._merge(y), k_t, v
 
 
 class MLP(nn.Module):
@@ -92,8 +100,8 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x))
         return x + self.mlp(self.ln_2(x))
 
-    def step(self, x: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor):
-        a, k, v = self.attn.step(self.ln_1(x), past_k, past_v)
+    def step(self, x: torch.Tensor, pos: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor):
+        a, k, v = self.attn.step(self.ln_1(x), pos, past_k, past_v)
         x = x + a
         return x + self.mlp(self.ln_2(x)), k, v
 
@@ -139,20 +147,31 @@ class GPT(nn.Module):
         return logits, loss
 
     def step(self, idx: torch.Tensor, pos: torch.Tensor, past: list[torch.Tensor]):
-        """One generation step through the KV cache (the exported graph).
+        """One generation step through a caller-owned KV cache (the exported graph, contract v2).
 
-        idx [B, new] int64, pos [1] int64 (= past length), past = [k_0, v_0, k_1, v_1, ...] each
-        [B, n_head, past, head_dim] -> logits [B, V] of the last new position, presents (same layout).
+        idx [B, new] int64, pos [B] int64 (each row's cached length), past = [k_0, v_0, k_1, v_1, ...]
+        with keys [B, n_head, head_dim, past] and values [B, n_head, past, head_dim] -> logits
+        [B, new, V] for every new position, and the new keys/values (same layouts, `new` long).
         """
-        positions = pos + torch.arange(idx.shape[1], device=idx.device)
+        limit = self.cfg.block_size - 1  # padding past a row's end may run off the table: clamp it
+        positions = (pos[:, None] + torch.arange(idx.shape[1], device=idx.device)[None, :]).clamp(max=limit)
         x = self.wte(idx) + self.wpe(positions)
-        presents: list[torch.Tensor] = []
+        new_kv: list[torch.Tensor] = []
         for i, block in enumerate(self.blocks):
-            x, k, v = block.step(x, past[2 * i], past[2 * i + 1])
-            presents += [k, v]
-        logits = self.lm_head(self.ln_f(x[:, -1, :]))
-        return logits, presents
+            x, k, v = block.step(x, pos, past[2 * i], past[2 * i + 1])
+            new_kv += [k, v]
+        return self.lm_head(self.ln_f(x)), new_kv
 
-    def empty_cache(self, batch: int, device: torch.device | str = "cpu") -> list[torch.Tensor]:
-        shape = (batch, self.cfg.n_head, 0, self.cfg.head_dim)
-        return [torch.zeros(shape, device=device) for _ in range(2 * self.cfg.n_layer)]
+    def empty_cache(self, batch: int, length: int = 0, device: torch.device | str = "cpu") -> list[torch.Tensor]:
+        """A zero cache of `length` columns per row in the contract's layouts (keys transposed)."""
+        c = self.cfg
+        key, value = (batch, c.n_head, c.head_dim, length), (batch, c.n_head, length, c.head_dim)
+        return [torch.zeros(key if j % 2 == 0 else value, device=device) for j in range(2 * c.n_layer)]
+
+    def generate_step(self, idx: torch.Tensor, pos: torch.Tensor, cache: list[torch.Tensor]) -> torch.Tensor:
+        """Eager convenience over `step` for a cache grown by concatenation; returns logits [B, new, V]
+        and appends the new entries to `cache` in place (for tests, samples and the eager benchmark)."""
+        logits, new_kv = self.step(idx, pos, cache)
+        for j, t in enumerate(new_kv):
+            cache[j] = torch.cat([cache[j], t], dim=3 if j % 2 == 0 else 2)
+        return logits

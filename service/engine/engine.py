@@ -1,0 +1,200 @@
+"""`Engine`: one model, a fixed table of slots, continuous batching one step at a time.
+
+In the spirit of vLLM's engine core and llama.cpp's slots: `add` puts a request in a free slot (its
+prompt is prefilled, and its first token comes out, at the next `step`); `step` makes one model call
+for all live slots (plus one prefill call for the slots just taken), samples, applies stop strings and
+frees finished slots at once; `abort` frees a slot now. A request never waits for another to finish,
+and a step costs what its live rows cost: finished rows leave the arrays, and live rows are kept in
+rows 0..n-1 (a leaving row's place is taken by the last one), so every call reads one contiguous block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+
+import numpy as np
+
+from contract import Manifest
+from service.engine.backends import BackendName, Device, load_backend
+from service.engine.runners import GPTRunner, WindowRunner
+from service.engine.sampling import Sampler
+from service.engine.sequence import Sequence as Seq
+from service.engine.types import BackendUnavailable, Delta, EngineError, InvalidPrompt, SamplingParams
+from service.repository import ModelEntry
+
+LINES_DEFAULT_MAX_NEW = 64
+STREAM_DEFAULT_MAX_NEW = 256
+DEFAULT_SLOTS = 32
+
+
+class Engine:
+    """A loaded model with `slots` preallocated sequences; not thread-safe (one scheduler drives it)."""
+
+    max_new_tokens_cap: int = 2048
+
+    def __init__(
+        self, manifest: Manifest, runner: GPTRunner | WindowRunner, backend: str, device: str, slots: int, threads: int
+    ):
+        self.manifest, self.backend, self.device, self.slots, self.threads = manifest, backend, device, slots, threads
+        self.runner = runner
+        self.pad_token = pad_token(manifest)
+        self._vocab = np.array(manifest.vocab, dtype=object)
+        self._stoi = {ch: i for i, ch in enumerate(manifest.vocab)}
+        self._sampler = Sampler(slots, manifest.vocab_size)
+        self._seqs: list[Seq | None] = [None] * slots
+        self._row: dict[Hashable, int] = {}
+        self._n = 0
+
+    @classmethod
+    def load(
+        cls,
+        entry: ModelEntry,
+        backend: BackendName = "onnx",
+        device: Device = "cpu",
+        threads: int = 1,
+        slots: int = DEFAULT_SLOTS,
+    ) -> Engine:
+        """Open the model's `backend` file on `device`; BackendUnavailable when that cannot run here."""
+        manifest = entry.manifest
+        if threads < 1 or slots < 1:
+            raise ValueError(f"threads and slots must be >= 1, got {threads} and {slots}")
+        if backend not in ("onnx", "torchscript"):
+            raise BackendUnavailable(f"unknown backend {backend!r} (onnx or torchscript)")
+        if backend not in manifest.files:
+            raise BackendUnavailable(f"{manifest.name} has no {backend} file (it has: {', '.join(manifest.files)})")
+        graph = load_backend(entry.folder / manifest.files[backend].path, manifest, backend, device)
+        runner_cls = GPTRunner if manifest.arch == "gpt" else WindowRunner
+        runner = runner_cls(graph, manifest, pad_token(manifest), slots, threads)
+        logits = runner.warmup()
+        if logits.ndim != 2 or logits.shape[1] != manifest.vocab_size:
+            raise EngineError(
+                f"{manifest.name}: the graph gives logits of shape {list(logits.shape)}, "
+                f"the manifest's vocabulary has {manifest.vocab_size} characters"
+            )
+        return cls(manifest, runner, backend, device, slots, threads)
+
+    # -- capacity ------------------------------------------------------------------------------------
+    def active(self) -> int:
+        return self._n
+
+    def free(self) -> int:
+        return self.slots - self._n
+
+    def has_capacity(self) -> bool:
+        return self._n < self.slots
+
+    def cache_bytes_per_slot(self) -> int:
+        """Memory one slot's KV cache takes at block_size positions (0 for window models)."""
+        return self.runner.kv.bytes_per_slot() if isinstance(self.runner, GPTRunner) else 0
+
+    # -- requests ------------------------------------------------------------------------------------
+    def default_max_new_tokens(self) -> int:
+        """lines: until the boundary, at most 64; stream: 256."""
+        return LINES_DEFAULT_MAX_NEW if self.manifest.format == "lines" else STREAM_DEFAULT_MAX_NEW
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """Token ids of `prompt`; InvalidPrompt naming every character the model cannot take."""
+        ids = [self._stoi.get(ch, -1) for ch in prompt]
+        boundary = self.manifest.boundary_token
+        if -1 not in ids and (boundary is None or boundary not in ids):
+            return ids
+        name = self.manifest.name
+        outside = tuple(dict.fromkeys(ch for ch, i in zip(prompt, ids, strict=True) if i == -1))
+        parts = []
+        if outside:
+            listed = ", ".join(repr(ch) for ch in outside)
+            parts.append(f"prompt has characters outside {name}'s vocabulary: {listed}")
+        chars = outside
+        if boundary is not None and boundary in ids:
+            mark = self.manifest.vocab[boundary]
+            parts.append(f"prompt contains {mark!r}, {name}'s line boundary, which ends a sequence")
+            chars = (*outside, mark)
+        raise InvalidPrompt("; ".join(parts), chars)
+
+    def add(self, request_id: Hashable, prompt_ids: Sequence[int], sampling: SamplingParams) -> bool:
+        """Take a free slot for this request; False when there is none (nothing else changes then).
+
+        Checked before a slot is taken: ids outside the vocabulary or the boundary mark (InvalidPrompt),
+        max_new_tokens over the cap and a request id already running (ValueError).
+        """
+        ids = list(prompt_ids)
+        boundary, vocab = self.manifest.boundary_token, self.manifest.vocab_size
+        bad = [i for i in ids if not 0 <= i < vocab or i == boundary]
+        if bad:
+            raise InvalidPrompt(f"prompt token ids outside {self.manifest.name}'s vocabulary: {bad[:8]}")
+        max_new = self.max_new_for(sampling)
+        if request_id in self._row:
+            raise ValueError(f"request {request_id!r} is already running")
+        if self._n == self.slots:
+            return False
+        row = self._n
+        self._n += 1
+        self._row[request_id] = row
+        self._seqs[row] = Seq(request_id, len(ids), max_new, sampling.stop, boundary)
+        self._sampler.set(row, sampling)
+        self.runner.start(row, [boundary, *ids] if boundary is not None else ids)
+        return True
+
+    def abort(self, request_id: Hashable) -> bool:
+        """Free the request's slot now; False when it is not running (finished, or never added)."""
+        row = self._row.get(request_id)
+        if row is None:
+            return False
+        self._release([row])
+        return True
+
+    def step(self) -> list[Delta]:
+        """One model step for every live slot; the deltas it produced (finished ones leave their slot)."""
+        n = self._n
+        if n == 0:
+            return []
+        rows = np.arange(n)
+        logits = self.runner.forward(n)
+        tokens = self._sampler.sample(rows, logits)
+        self.runner.feed(tokens)
+        deltas, done = [], []
+        seqs = self._seqs
+        for r, (t, ch) in enumerate(zip(tokens.tolist(), self._vocab[tokens].tolist(), strict=True)):
+            delta = seqs[r].push(t, ch)
+            if delta is not None:
+                deltas.append(delta)
+                if delta.finish_reason is not None:
+                    done.append(r)
+        if done:
+            self._release(done)
+        return deltas
+
+    def _release(self, rows: list[int]) -> None:
+        """Free `rows`, filling each hole with the current last row (highest holes first)."""
+        for row in sorted(rows, reverse=True):
+            del self._row[self._seqs[row].request_id]
+            last = self._n - 1
+            if row != last:
+                self._seqs[row] = self._seqs[last]
+                self._row[self._seqs[row].request_id] = row
+                self._sampler.move(last, row)
+                self.runner.move(last, row)
+            self._seqs[last] = None
+            self._n = last
+
+    def max_new_for(self, params: SamplingParams) -> int:
+        """The sequence's token budget: its max_new_tokens or the default; ValueError over the cap."""
+        if params.max_new_tokens is None:
+            return self.default_max_new_tokens()
+        if params.max_new_tokens > self.max_new_tokens_cap:
+            raise ValueError(f"max_new_tokens {params.max_new_tokens} exceeds the cap {self.max_new_tokens_cap}")
+        return params.max_new_tokens
+
+
+def pad_token(manifest: Manifest) -> int:
+    """What stands before the first character: the boundary (lines), else a newline, space or token 0.
+
+    `stream` models have no document-start token; a newline is the natural break in their text
+    (a window of newlines reads as blank lines), and an empty prompt to a stream GPT starts from it.
+    """
+    if manifest.boundary_token is not None:
+        return manifest.boundary_token
+    for ch in ("\n", " "):
+        if ch in manifest.vocab:
+            return manifest.vocab.index(ch)
+    return 0

@@ -1,0 +1,185 @@
+"""Model-specific halves of the engine: next-token logits for the rows [0, n) of a slot table.
+
+A runner keeps each row's model state (a GPT's KV cache, a window model's last block_size tokens) and
+knows nothing of sampling or text. The engine calls, per step: `forward(n)` (logits [n, V]), then
+`feed(tokens)` with what it sampled; `start(row, context)` when a sequence takes a row, and
+`move(src, dst)` when it compacts rows after some finished.
+
+More than one core: the rows are split into contiguous spans run as concurrent one-thread graph calls
+(ONNX Runtime and torch release the GIL while they compute); with 2 intra-op threads ORT ran at half
+the speed of 1 on these tiny ops.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from contract import Manifest
+from service.engine.backends import Backend
+from service.engine.kv import KVCache
+
+MIN_SPAN = 4  # rows per concurrent call: below this, a second call costs more than it saves
+
+
+class _Spans:
+    """Split rows [0, n) into contiguous spans, one per thread, and run a function on each."""
+
+    def __init__(self, threads: int):
+        self.threads = threads
+        self._pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="charlm-step") if threads > 1 else None
+
+    def map(self, n: int, fn: Callable[[int, int], list[np.ndarray]]) -> list[list[np.ndarray]]:
+        parts = max(1, min(self.threads, n // MIN_SPAN))
+        if parts == 1 or self._pool is None:
+            return [fn(0, n)]
+        spans = list(itertools.pairwise(round(i * n / parts) for i in range(parts + 1)))
+        futures = [self._pool.submit(fn, lo, hi) for lo, hi in spans[1:]]
+        first = fn(*spans[0])  # the calling thread takes the first span
+        return [first, *(f.result() for f in futures)]
+
+
+class WindowRunner:
+    """bigram / mlp / wavenet: every step feeds the last block_size tokens of each row.
+
+    Contexts shorter than the window are left-padded with `pad`: the boundary token for `lines` models
+    (makemore's convention: a name starts after a window full of boundaries), and for `stream` models a
+    newline when the vocabulary has one (see Engine.pad_token).
+    """
+
+    def __init__(self, backend: Backend, manifest: Manifest, pad: int, slots: int, threads: int):
+        self.backend, self.pad = backend, pad
+        self.block_size = manifest.block_size
+        self.window = np.full((slots, manifest.block_size), pad, dtype=np.int64)
+        self._spans = _Spans(threads)
+
+    def start(self, row: int, context: Sequence[int]) -> None:
+        tail = list(context)[-self.block_size :]
+        self.window[row] = self.pad
+        if tail:
+            self.window[row, self.block_size - len(tail) :] = tail
+
+    def forward(self, n: int) -> np.ndarray:
+        parts = self._spans.map(n, lambda lo, hi: self.backend.run([self.window[lo:hi]])[:1])
+        return np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
+
+    def feed(self, tokens: np.ndarray) -> None:
+        n = len(tokens)
+        self.window[:n, :-1] = self.window[:n, 1:]  # numpy copes with the overlap
+        self.window[:n, -1] = tokens
+
+    def move(self, src: int, dst: int) -> None:
+        self.window[dst] = self.window[src]
+
+    def warmup(self) -> np.ndarray:
+        return self.backend.run([self.window[:1]])[0]
+
+
+class GPTRunner:
+    """GPT through its step graph (contract v2) over an engine-owned KV cache.
+
+    Per step: one decode call for every row that has a cache (its pending token at its own position),
+    then one prefill call for the rows that start this step (new sequences, and sequences sliding past
+    block_size), right-padded to the longest of them. Rows of any lengths share a call.
+
+    Context limit: a prompt longer than block_size keeps its last block_size tokens; when a row's cache
+    is full (length == block_size), it is re-prefilled from its last block_size // 2 tokens (positions
+    are learned, the cache cannot slide) and continues from there, without touching the other rows.
+    """
+
+    def __init__(self, backend: Backend, manifest: Manifest, pad: int, slots: int, threads: int):
+        self.backend, self.pad = backend, pad
+        self.block_size = manifest.block_size
+        self.keep = max(1, manifest.block_size // 2)
+        self.kv = KVCache(slots, manifest.n_layer or 0, manifest.n_head or 0, manifest.head_dim or 0, self.block_size)
+        self.length = np.zeros(slots, dtype=np.int64)  # cached positions per row
+        self.pending = np.zeros(slots, dtype=np.int64)  # sampled, not yet fed
+        self.fresh = np.zeros(slots, dtype=bool)  # to be prefilled from its history at the next step
+        self.history: list[list[int]] = [[] for _ in range(slots)]
+        self._spans = _Spans(threads)
+
+    def start(self, row: int, context: Sequence[int]) -> None:
+        self.history[row] = list(context)[-self.block_size :] or [self.pad]
+        self.fresh[row] = True
+        self.length[row] = 0
+
+    def forward(self, n: int) -> np.ndarray:
+        fresh = self.fresh[:n]
+        logits = np.empty((n, 0), np.float32)
+        if not fresh.all():
+            logits = self._decode(n, fresh)
+        if fresh.any():
+            rows = np.flatnonzero(fresh)
+            first = self._prefill(rows, n)
+            if logits.shape[1] == 0:
+                logits = np.empty((n, first.shape[1]), np.float32)
+            logits[rows] = first
+        return logits
+
+    def feed(self, tokens: np.ndarray) -> None:
+        n = len(tokens)
+        self.pending[:n] = tokens
+        block = self.block_size
+        for r, t in enumerate(tokens.tolist()):
+            h = self.history[r]
+            h.append(t)
+            if len(h) > 2 * block:
+                del h[:-block]
+            if self.length[r] >= block:  # full: restart from the last `keep` tokens (the pending one included)
+                self.history[r] = h[-self.keep :]
+                self.fresh[r] = True
+
+    def move(self, src: int, dst: int) -> None:
+        self.kv.move(src, dst)
+        for arr in (self.length, self.pending, self.fresh):
+            arr[dst] = arr[src]
+        self.history[dst] = self.history[src]
+
+    def warmup(self) -> np.ndarray:
+        """A 1-token prefill and a 1-token decode step on row 0 (the engine is empty at load)."""
+        self.start(0, [self.pad])
+        logits = self.forward(1)
+        if self.block_size > 1:
+            self.feed(np.array([self.pad]))
+            logits = self.forward(1)
+        self.start(0, [self.pad])
+        return logits
+
+    def _decode(self, n: int, fresh: np.ndarray) -> np.ndarray:
+        """One token for every row with a cache; fresh rows ride along as ignored dummies at position 0,
+        which keeps the rows one contiguous block (their dummy entries are overwritten by the prefill)."""
+        pos = np.where(fresh, 0, self.length[:n])
+        idx = np.where(fresh, self.pad, self.pending[:n])[:, None]
+        self.kv.fit(int(pos.max()) + 1, rows=n)
+
+        def call(lo: int, hi: int) -> list[np.ndarray]:
+            return self.backend.run([idx[lo:hi], pos[lo:hi], *self.kv.past(lo, hi)])
+
+        parts = self._spans.map(n, call)
+        outs = [np.concatenate(col) for col in zip(*parts, strict=True)] if len(parts) > 1 else parts[0]
+        self.kv.write(np.arange(n), pos, outs[1:])
+        self.length[:n] += ~fresh
+        return outs[0][:, 0, :]
+
+    def _prefill(self, rows: np.ndarray, n: int) -> np.ndarray:
+        contexts = [self.history[r] for r in rows.tolist()]
+        lengths = np.array([len(c) for c in contexts], dtype=np.int64)
+        idx = np.full((len(rows), int(lengths.max())), self.pad, dtype=np.int64)
+        for i, c in enumerate(contexts):
+            idx[i, : len(c)] = c
+        zeros = np.zeros(len(rows), dtype=np.int64)
+
+        def call(lo: int, hi: int) -> list[np.ndarray]:
+            return self.backend.run([idx[lo:hi], zeros[lo:hi], *self.kv.empty(hi - lo)])
+
+        parts = self._spans.map(len(rows), call)
+        outs = [np.concatenate(col) for col in zip(*parts, strict=True)] if len(parts) > 1 else parts[0]
+        others = np.delete(self.length[:n], rows)  # the rows keeping their cache (stale lengths left out)
+        self.kv.fit(max(idx.shape[1], int(others.max()) if others.size else 0), rows=n)
+        self.kv.write(rows, 0, outs[1:])
+        self.length[rows] = lengths
+        self.fresh[rows] = False
+        return outs[0][np.arange(len(rows)), lengths - 1]
