@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 import torch
 
-from contract import Manifest, ManifestError, past_names
+from contract import Manifest, ManifestError, new_kv_names, past_names
 from training.checkpoint import META_FILE, CheckpointMeta, SplitInfo, save_checkpoint
 from training.export import ExportError, ParityError, export_checkpoint
 from training.export import core as export_core
 from training.export.cli import main_export
-from training.export.graphs import graph_spec
+from training.export.graphs import eager_runner, graph_spec
 from training.export.onnx import load_runner as onnx_runner
 from training.export.parity import check_parity
 from training.nets import build, n_params
@@ -134,6 +134,10 @@ def test_manifest_validates_and_files_match(exported, arch):
     assert (loaded.metrics.train_loss, loaded.metrics.val_loss, loaded.metrics.test_loss) == (2.5, 2.6, 2.7)
     assert loaded.training.steps == 10 and loaded.training.config["name"] == f"test-{arch}"
     assert loaded.data.name == "names" and loaded.data.split_seed == 42
+    assert loaded.net_config == {"vocab_size": net.cfg.vocab_size, **MODELS[arch][1]}
+    assert loaded.weights.path == "model.safetensors"
+    assert (model_dir / "model.safetensors").read_bytes() == (ckpt / "model.safetensors").read_bytes()
+    assert loaded.metrics.test_loss_unseen is None
     if arch == "gpt":
         assert (loaded.n_layer, loaded.n_head, loaded.head_dim) == (2, 2, 8)
     else:
@@ -143,6 +147,7 @@ def test_manifest_validates_and_files_match(exported, arch):
         "README.md",
         "manifest.json",
         "model.onnx",
+        "model.safetensors",
         "model.ts",
     ]
     assert sorted(p.name for p in model_dir.parent.iterdir()) == sorted(f"test-{a}" for a in ARCHS)
@@ -193,9 +198,36 @@ def test_window_parity(exported, arch, fmt):
             assert np.abs(run([idx[3:4]])[0][0] - logits[3]).max() <= TOL
 
 
+def _step(run, m: Manifest, idx, pos, cache, width):
+    """One v2 step on the first `width` cache columns; writes the new entries at each row's pos."""
+    past = [c[..., :width] if j % 2 == 0 else c[:, :, :width] for j, c in enumerate(cache)]
+    out = run([idx, pos, *(np.ascontiguousarray(p) for p in past)])
+    batch, new = idx.shape
+    assert out[0].shape == (batch, new, m.vocab_size)
+    for j, t in enumerate(out[1:]):
+        if j % 2 == 0:
+            assert t.shape == (batch, m.n_head, m.head_dim, new)  # keys transposed
+        else:
+            assert t.shape == (batch, m.n_head, new, m.head_dim)
+        for r in range(batch):
+            n = min(new, m.block_size - int(pos[r]))
+            if j % 2 == 0:
+                cache[j][r, :, :, pos[r] : pos[r] + n] = t[r, :, :, :n]
+            else:
+                cache[j][r, :, pos[r] : pos[r] + n] = t[r, :, :n]
+    return out[0]
+
+
+def _garbage_cache(m: Manifest, batch: int, rng) -> list[np.ndarray]:
+    key = (batch, m.n_head, m.head_dim, m.block_size)
+    value = (batch, m.n_head, m.block_size, m.head_dim)
+    return [rng.normal(0, 5, key if j % 2 == 0 else value).astype(np.float32) for j in range(2 * m.n_layer)]
+
+
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_gpt_decode_parity(exported, fmt):
-    """Token-by-token decode at batch 1, prefill + decode at batch 7, against full-context eager logits."""
+    """Token-by-token decode at batch 1, prefill + decode at batch 7, through a fixed-capacity cache
+    full of garbage, against the full-context eager logits (every new position of every step)."""
     ckpt, model_dir, m = exported["gpt"]
     net = load_eager(ckpt)
     run = _runner(model_dir, fmt)
@@ -204,20 +236,50 @@ def test_gpt_decode_parity(exported, fmt):
         seq = rng.integers(0, m.vocab_size, (batch, m.block_size), dtype=np.int64)
         with torch.no_grad():
             full = net(torch.from_numpy(seq))[0].numpy()
-        cache = [np.zeros((batch, m.n_head, 0, m.head_dim), np.float32)] * (2 * m.n_layer)
+        cache = _garbage_cache(m, batch, rng)
         past = 0
         while past < m.block_size:
             new = prefill if past == 0 else 1
-            out = run([seq[:, past : past + new], np.array([past], np.int64), *cache])
+            pos = np.full(batch, past, np.int64)
+            logits = _step(run, m, seq[:, past : past + new], pos, cache, 0 if past == 0 else m.block_size)
+            assert np.abs(logits - full[:, past : past + new]).max() <= TOL, (fmt, batch, past)
             past += new
-            assert out[0].shape == (batch, m.vocab_size)
-            assert np.abs(out[0] - full[:, past - 1]).max() <= TOL, (fmt, batch, past)
-            assert all(c.shape == (batch, m.n_head, past, m.head_dim) for c in out[1:])
-            cache = out[1:]
-        if batch == 7:
-            empty = np.zeros((1, m.n_head, 0, m.head_dim), np.float32)
-            one = run([seq[2:3], np.zeros(1, np.int64), *[empty] * (2 * m.n_layer)])[0]
-            assert np.abs(one[0] - full[2, -1]).max() <= TOL
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_gpt_mixed_positions(exported, fmt):
+    """Rows at different positions share one call: a right-padded prefill of prompts of different
+    lengths, then steps of 1 and 2 new tokens, each row equal to the eager forward and to itself alone."""
+    ckpt, model_dir, m = exported["gpt"]
+    net = load_eager(ckpt)
+    run = _runner(model_dir, fmt)
+    rng = np.random.default_rng(3)
+    batch = 5
+    seq = rng.integers(0, m.vocab_size, (batch, m.block_size), dtype=np.int64)
+    with torch.no_grad():
+        full = net(torch.from_numpy(seq))[0].numpy()
+    cache = _garbage_cache(m, batch, rng)
+    lens = np.array([1, 9, 4, m.block_size - 1, 6])
+    idx = rng.integers(0, m.vocab_size, (batch, lens.max()), dtype=np.int64)  # padding: random tokens
+    for r in range(batch):
+        idx[r, : lens[r]] = seq[r, : lens[r]]
+    logits = _step(run, m, idx, np.zeros(batch, np.int64), cache, 0)
+    for r in range(batch):
+        assert np.abs(logits[r, : lens[r]] - full[r, : lens[r]]).max() <= TOL, (fmt, r)
+    pos = lens.copy()
+    for new in (1, 2):
+        real = np.minimum(new, m.block_size - pos)  # the row at block_size - 1 takes one real token
+        idx = rng.integers(0, m.vocab_size, (batch, new), dtype=np.int64)
+        for r in range(batch):
+            idx[r, : real[r]] = seq[r, pos[r] : pos[r] + real[r]]
+        alone = [[c[r : r + 1].copy() for c in cache] for r in range(batch)]
+        logits = _step(run, m, idx, pos, cache, m.block_size)
+        for r in range(batch):
+            n = int(real[r])
+            assert np.abs(logits[r, :n] - full[r, pos[r] : pos[r] + n]).max() <= TOL, (fmt, new, r)
+            one = _step(run, m, idx[r : r + 1, :n], pos[r : r + 1], alone[r], m.block_size)
+            assert np.abs(logits[r, :n] - one[0]).max() <= TOL, (fmt, new, r)
+        pos = np.minimum(pos + real, m.block_size - 1)
 
 
 def _runner(model_dir: Path, fmt: str):
@@ -242,9 +304,11 @@ def test_onnx_graph_io_matches_contract(exported):
         assert inputs["idx"].type == "tensor(int64)" and outputs[0] == "logits"
         if arch == "gpt":
             assert list(inputs) == ["idx", "pos", *past_names(2)]
-            assert inputs["pos"].shape == [1]
-            assert isinstance(inputs["past_key_0"].shape[2], str)  # dynamic past
-            assert outputs[1:] == ["present_key_0", "present_value_0", "present_key_1", "present_value_1"]
+            assert inputs["pos"].shape == [inputs["idx"].shape[0]]  # one position per row
+            assert inputs["past_key_0"].shape[:3] == [inputs["idx"].shape[0], 2, 8]  # keys transposed
+            assert isinstance(inputs["past_key_0"].shape[3], str)  # dynamic past
+            assert inputs["past_value_0"].shape[3] == 8 and isinstance(inputs["past_value_0"].shape[2], str)
+            assert outputs[1:] == new_kv_names(2) == ["new_key_0", "new_value_0", "new_key_1", "new_value_1"]
         else:
             assert list(inputs) == ["idx"] and inputs["idx"].shape[1] == exported[arch][2].block_size
         assert isinstance(inputs["idx"].shape[0], str)  # dynamic batch
@@ -257,19 +321,21 @@ import sys
 from pathlib import Path
 import numpy as np
 import onnxruntime as ort
-from contract import Manifest, past_names
+from contract import Manifest, key_shape, past_names, value_shape
 for folder in sys.argv[1:]:
     m = Manifest.load(Path(folder))
     m.verify_files(Path(folder))
     session = ort.InferenceSession(str(Path(folder) / m.files["onnx"].path), providers=["CPUExecutionProvider"])
     if m.arch == "gpt":
-        empty = np.zeros((2, m.n_head, 0, m.head_dim), np.float32)
-        feeds = {"idx": np.zeros((2, 3), np.int64), "pos": np.zeros(1, np.int64)}
-        feeds.update({name: empty for name in past_names(m.n_layer)})
+        shapes = [key_shape(2, m.n_head, m.head_dim, 4), value_shape(2, m.n_head, m.head_dim, 4)]
+        feeds = {"idx": np.zeros((2, 3), np.int64), "pos": np.array([4, 1], np.int64)}
+        feeds.update({name: np.ones(shapes[j % 2], np.float32) for j, name in enumerate(past_names(m.n_layer))})
+        want = (2, 3, m.vocab_size)
     else:
         feeds = {"idx": np.zeros((2, m.block_size), np.int64)}
+        want = (2, m.vocab_size)
     logits = session.run(None, feeds)[0]
-    assert logits.shape == (2, m.vocab_size) and np.isfinite(logits).all()
+    assert logits.shape == want and np.isfinite(logits).all()
 assert "torch" not in sys.modules, "torch was imported"
 print("ok", len(sys.argv) - 1)
 """
@@ -290,8 +356,29 @@ def test_parity_check_catches_a_different_model(exported):
     with torch.no_grad():
         net.lm_head.weight.add_(0.01)  # the export no longer matches this "eager" model
     spec = graph_spec("gpt", net)
-    with pytest.raises(ParityError, match=r"^onnx parity check failed at idx \[1, 16\], past 0: logits .* max abs"):
+    with pytest.raises(
+        ParityError, match=r"^onnx parity check failed at idx \[1, 16\], pos \[0\], past 0: logits .* max abs"
+    ):
         check_parity(spec, onnx_runner(model_dir / "model.onnx", spec), "onnx")
+
+
+def test_parity_check_catches_unmasked_cache_and_shared_positions(exported):
+    """A graph that attends to cache columns past a row's pos reads the checker's garbage; one that
+    uses row 0's position for every row passes same-position batches but not the mixed one."""
+    ckpt, _, _ = exported["gpt"]
+    spec = graph_spec("gpt", load_eager(ckpt))
+    eager = eager_runner(spec)
+
+    def unmasked(arrays):
+        return eager([arrays[0], np.full_like(arrays[1], arrays[3].shape[2]), *arrays[2:]])
+
+    def shared_pos(arrays):
+        return eager([arrays[0], np.full_like(arrays[1], arrays[1][0]), *arrays[2:]])
+
+    with pytest.raises(ParityError, match=r"^onnx parity check failed at idx \[1, 1\], pos \[1\], past 16: logits"):
+        check_parity(spec, unmasked, "onnx")
+    with pytest.raises(ParityError, match=r"^torchscript parity check failed at row \d of idx \[7, \d+\], pos \["):
+        check_parity(spec, shared_pos, "torchscript")
 
 
 def test_parity_check_catches_training_mode(exported):

@@ -6,13 +6,14 @@ shapes, reproduces the test loss the manifest claims.  `python -m training verif
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from contract import IDX, LOGITS, POS, Manifest, past_names
+from contract import IDX, LOGITS, POS, Manifest, ManifestError, key_shape, past_names, value_shape
 from training.data import (
     BUILTIN,
     Vocab,
@@ -24,6 +25,7 @@ from training.data import (
 )
 
 BATCH = 1024
+GPT_BATCH = 128  # whole blocks per call: attention scores grow with batch x block_size^2
 
 
 def _log_softmax_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -65,37 +67,53 @@ def onnx_split_loss(model_dir: Path, split: str = "test", data_path: str | None 
     else:
         x, y = stream_chunks(samples[0], manifest.block_size)
     total, count = 0.0, 0
-    for i in range(0, len(x), BATCH):
-        xb, yb = x[i : i + BATCH], y[i : i + BATCH]
+    for i in range(0, len(x), GPT_BATCH):
+        xb, yb = x[i : i + GPT_BATCH], y[i : i + GPT_BATCH]
         t, c = _gpt_nll(session, manifest, xb, yb)
         total, count = total + t, count + c
     return total / count
 
 
 def _gpt_nll(session: ort.InferenceSession, manifest: Manifest, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
-    """Feed every position through the step graph one token at a time (the decode path), summing NLL."""
-    names = past_names(manifest.n_layer)
-    cache = {n: np.zeros((len(x), manifest.n_head, 0, manifest.head_dim), np.float32) for n in names}
-    outputs = [LOGITS, *(n.replace("past_", "present_") for n in names)]
-    total, count = 0.0, 0
-    for t in range(x.shape[1]):
-        logits, *presents = session.run(outputs, {IDX: x[:, t : t + 1], POS: np.array([t], np.int64), **cache})
-        cache = dict(zip(names, presents, strict=True))
-        keep = y[:, t] != -1
-        if keep.any():
-            total += float(_log_softmax_nll(logits[keep], y[keep, t]).sum())
-            count += int(keep.sum())
-    return total, count
+    """Score whole blocks in one call each: the v2 step graph from an empty cache (pos 0) returns
+    logits for every position, exactly the prefill a server runs on a prompt."""
+    batch, heads, dim = len(x), manifest.n_head, manifest.head_dim
+    feeds = {IDX: x, POS: np.zeros(batch, np.int64)}
+    for j, name in enumerate(past_names(manifest.n_layer)):
+        feeds[name] = np.zeros(
+            key_shape(batch, heads, dim, 0) if j % 2 == 0 else value_shape(batch, heads, dim, 0), np.float32
+        )
+    (logits,) = session.run([LOGITS], feeds)  # [B, T, V]
+    keep = y != -1
+    return float(_log_softmax_nll(logits[keep], y[keep]).sum()), int(keep.sum())
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m training verify",
+        description="Re-measure each model folder's test loss through model.onnx with ONNX Runtime alone "
+        "and compare it with its manifest's (exit 1 when one differs by more than 0.01).",
+    )
+    parser.add_argument("folders", nargs="+", metavar="MODEL_DIR")
+    parser.add_argument("--data", help="the data file, for a model trained on a user's file")
+    return parser
 
 
 def main(argv: list[str]) -> int:
-    if not argv:
-        print("usage: python -m training verify MODEL_DIR [MODEL_DIR ...]", file=sys.stderr)
-        return 2
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0) and usage errors (2), as codes
+        return exc.code if isinstance(exc.code, int) else 2
     worst = 0.0
-    for folder in argv:
-        manifest = Manifest.load(Path(folder))
-        loss = onnx_split_loss(Path(folder))
+    for folder in map(Path, args.folders):
+        try:
+            if not folder.is_dir():
+                raise ValueError(f"{folder}: no such model folder")
+            manifest = Manifest.load(folder)
+            loss = onnx_split_loss(folder, data_path=args.data)
+        except (ManifestError, ValueError, OSError) as exc:  # DataError is a ValueError
+            print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+            return 2
         diff = abs(loss - manifest.metrics.test_loss)
         worst = max(worst, diff)
         print(f"{manifest.name}: onnx test loss {loss:.4f}, manifest {manifest.metrics.test_loss:.4f}, diff {diff:.4f}")

@@ -1,4 +1,5 @@
-"""`training export`: checkpoint -> models/<name>/ (model.onnx, model.ts, manifest.json, README.md).
+"""`training export`: checkpoint -> models/<name>/ (model.onnx, model.ts, model.safetensors, manifest.json,
+README.md); `training upgrade`: a v1 model folder -> graph contract v2 (training.export.upgrade).
 
 `export_checkpoint` is imported on first use (it pulls in torch and the ONNX exporter), so that the
 CLI can report a mistyped path before paying for those imports. The CLI is training.export.cli.

@@ -115,15 +115,22 @@ def _files(m: Manifest) -> str:
     rows = ["## Files", ""]
     for fmt, entry in m.files.items():
         rows.append(f"- `{entry.path}`: {FORMAT_NOTES[fmt]}; {entry.bytes:,} bytes, sha256 `{entry.sha256}`")
+    w = m.weights
+    rows.append(
+        f"- `{w.path}`: the trained weights (safetensors), rebuilt with the manifest's `net_config` to "
+        f"re-export (`python -m training export --from-model`) or fine-tune; {w.bytes:,} bytes, sha256 `{w.sha256}`"
+    )
     rows.append("- `manifest.json`: everything above, machine-readable (schema in `contract/manifest.py`)")
     rows.append("")
     if m.arch == "gpt":
         rows.append(
-            "Graph I/O (one step graph for prefill and decode): `idx` int64 [batch, new], `pos` int64 [1] "
-            "(= past length), `past_key_i` / `past_value_i` float32 [batch, n_head, past, head_dim] "
-            "-> `logits` float32 [batch, vocab] (last new position), `present_key_i` / `present_value_i` "
-            "[batch, n_head, past+new, head_dim]. The TorchScript file takes the same inputs positionally "
-            "and returns the outputs as one flat tuple."
+            "Graph I/O (contract v2, one step graph for prefill and decode over a KV cache the caller owns): "
+            "`idx` int64 [batch, new], `pos` int64 [batch] (each row's cached length), `past_key_i` float32 "
+            "[batch, n_head, head_dim, past] (keys transposed), `past_value_i` float32 [batch, n_head, past, "
+            "head_dim] -> `logits` float32 [batch, new, vocab] (every new position), `new_key_i` / `new_value_i` "
+            "(this step's entries, same layouts with `new` for `past`, for the caller to write at column pos + i). "
+            "Cache columns at or past a row's `pos` are masked. The TorchScript file takes the same inputs "
+            "positionally and returns the outputs as one flat tuple. See docs/model-repository.md."
         )
     else:
         rows.append(

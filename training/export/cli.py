@@ -1,4 +1,5 @@
-"""`python -m training export CKPT_DIR --out models/<name>`: the command-line face of export_checkpoint.
+"""`python -m training export CKPT_DIR --out models/<name>` (or `--from-model models/<name>`) and
+`python -m training upgrade models/<name> ...`: the command-line faces of export_checkpoint and upgrade.
 
 Expected failures (no checkpoint, unknown architecture, unevaluated checkpoint, existing output
 folder, parity) print one line on stderr and return 2; anything else is a bug and keeps its traceback.
@@ -10,8 +11,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from contract import MANIFEST_FILE
 from training.export.errors import ExportError
-from training.export.preflight import DEFAULT_FORMATS, preflight
+from training.export.preflight import DEFAULT_FORMATS, check_destination, check_formats, preflight
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,7 +21,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m training export",
         description="Export a checkpoint to a model folder: ONNX / TorchScript, manifest.json, README.md.",
     )
-    parser.add_argument("ckpt_dir", metavar="CKPT_DIR", help="checkpoint folder (checkpoint.json + model.safetensors)")
+    parser.add_argument(
+        "ckpt_dir", metavar="CKPT_DIR", nargs="?", help="checkpoint folder (checkpoint.json + model.safetensors)"
+    )
+    parser.add_argument(
+        "--from-model", metavar="MODEL_DIR", help="re-export a v2 model folder from its own weights and net_config"
+    )
     parser.add_argument("--out", required=True, help="model folder to create, e.g. models/names-gpt")
     parser.add_argument(
         "--formats",
@@ -38,16 +45,61 @@ def main_export(argv: list[str]) -> int:
     except SystemExit as exc:  # usage errors (argparse printed them) and --help: a code, not an exit
         return exc.code if isinstance(exc.code, int) else 2
     formats = args.formats.split(",")
+    if (args.ckpt_dir is None) == (args.from_model is None):
+        print("error: give either CKPT_DIR or --from-model MODEL_DIR", file=sys.stderr)
+        return 2
     try:
-        preflight(Path(args.ckpt_dir), Path(args.out), formats, args.force, args.name)  # before torch loads
-        from training.export.core import export_checkpoint
+        if args.from_model is not None:
+            manifest = _from_model(Path(args.from_model), Path(args.out), formats, args.force, args.name)
+        else:
+            preflight(Path(args.ckpt_dir), Path(args.out), formats, args.force, args.name)  # before torch loads
+            from training.export.core import export_checkpoint
 
-        manifest = export_checkpoint(args.ckpt_dir, args.out, formats=formats, force=args.force, name=args.name)
+            manifest = export_checkpoint(args.ckpt_dir, args.out, formats=formats, force=args.force, name=args.name)
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     files = ", ".join(f"{e.path} ({e.bytes:,} bytes)" for e in manifest.files.values())
     print(f"exported {manifest.name} ({manifest.arch}, {manifest.n_params:,} params) to {args.out}: {files}")
+    return 0
+
+
+def _from_model(src: Path, out: Path, formats: list[str], force: bool, name: str | None):
+    if not (src / MANIFEST_FILE).is_file():
+        raise ExportError(f"{src}: not a model folder (no {MANIFEST_FILE})")
+    formats = list(check_formats(formats))
+    check_destination(out, force)
+    from training.export.upgrade import reexport_folder
+
+    return reexport_folder(src, out, formats, force=force, name=name)
+
+
+def main_upgrade(argv: list[str]) -> int:
+    """Upgrade each v1 folder in place; 0 when every folder is (now) v2, 2 with one line on a failure."""
+    parser = argparse.ArgumentParser(
+        prog="python -m training upgrade",
+        description="Upgrade schema-1 model folders to graph contract v2 from the weights in their model.ts, "
+        "re-verify their test loss with ONNX Runtime and swap them in atomically.",
+    )
+    parser.add_argument("folders", nargs="+", metavar="MODEL_DIR")
+    parser.add_argument("--data", help="the data file, for a model trained on a user's file (re-verification)")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
+    from training.export.upgrade import AlreadyCurrent, upgrade_folder
+
+    for folder in args.folders:
+        try:
+            manifest = upgrade_folder(Path(folder), data_path=args.data)
+        except AlreadyCurrent as exc:
+            print(exc)
+            continue
+        except ExportError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        files = ", ".join(f"{e.path} ({e.bytes:,} bytes)" for e in [*manifest.files.values(), manifest.weights])
+        print(f"upgraded {folder} to schema_version 2: {files}; test loss {manifest.metrics.test_loss:.4f} re-verified")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""export_checkpoint: checkpoint folder -> model folder (exports, manifest.json, README.md).
+"""export_checkpoint: checkpoint folder -> model folder (exports, weights, manifest.json, README.md).
 
 Everything is written to a staging folder next to the destination and moved into place only after
 every format has passed its parity checks, so a failed export never leaves a half-written model.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from contract import Manifest
+from contract import WEIGHTS_FILE, Manifest
 from training.checkpoint import CheckpointError, load_checkpoint
 from training.export import onnx, torchscript
 from training.export.card import render_card
@@ -43,15 +43,19 @@ def export_checkpoint(
     formats: Iterable[str] = DEFAULT_FORMATS,
     force: bool = False,
     name: str | None = None,
+    command: str | None = None,
 ) -> Manifest:
-    """Export, check parity, write manifest and model card; raise ExportError (one line) on failure."""
+    """Export, check parity, write manifest and model card; raise ExportError (one line) on failure.
+
+    `command` is the export command the card shows (default: this export's own command line); the
+    upgrade and re-export paths pass theirs, since their checkpoint folder is a temporary one."""
     ckpt_dir, out_dir = Path(ckpt_dir), Path(out_dir)
     formats, name = preflight(ckpt_dir, out_dir, formats, force, name)
     with _one_thread():
-        return _export(ckpt_dir, out_dir, formats, name)
+        return _export(ckpt_dir, out_dir, formats, name, command)
 
 
-def _export(ckpt_dir: Path, out_dir: Path, formats: tuple[str, ...], name: str) -> Manifest:
+def _export(ckpt_dir: Path, out_dir: Path, formats: tuple[str, ...], name: str, command: str | None) -> Manifest:
     try:
         net, meta = load_checkpoint(ckpt_dir)  # full validation of checkpoint.json and the weights
     except CheckpointError as exc:
@@ -67,10 +71,12 @@ def _export(ckpt_dir: Path, out_dir: Path, formats: tuple[str, ...], name: str) 
             EXPORTERS[fmt](spec, path)
             check_parity(spec, LOADERS[fmt](path, spec), fmt)
             files[fmt] = file_entry(path)
-        manifest = build_manifest(name, meta, net, files)
+        weights = staging / WEIGHTS_FILE  # the very file the net was loaded from
+        shutil.copyfile(ckpt_dir / WEIGHTS_FILE, weights)
+        manifest = build_manifest(name, meta, net, files, file_entry(weights))
         manifest.save(staging)
         samples = draw_samples(net, meta.arch, meta.vocab, meta.boundary_token)
-        command = _export_command(ckpt_dir, out_dir, formats, name)
+        command = command or _export_command(ckpt_dir, out_dir, formats, name)
         (staging / "README.md").write_text(render_card(manifest, meta.model, samples, command))
         Manifest.load(staging).verify_files(staging)  # what the service will do at start-up
         _move_into_place(staging, out_dir)

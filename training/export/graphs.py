@@ -1,7 +1,8 @@
 """The exported graphs' I/O (contract/graph.py) as torch modules, plus example inputs to trace them with.
 
 Both exporters (ONNX and TorchScript) trace these wrappers rather than the nets themselves, so the
-graph signature is defined once: positional inputs `idx[, pos, *past]` -> flat tuple `(logits[, *presents])`.
+graph signature is defined once: positional inputs `idx[, pos, *past]` -> flat tuple `(logits[, *new_kv])`
+(graph contract v2, contract/graph.py).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from contract import IDX, LOGITS, POS, past_names, present_names
+from contract import IDX, LOGITS, POS, new_kv_names, past_names
 from training.export.errors import ExportError
 from training.nets import WINDOW_ARCHS
 
@@ -34,15 +35,15 @@ class WindowGraph(nn.Module):
 
 
 class StepGraph(nn.Module):
-    """GPT: idx [B, new], pos [1], *past -> (logits [B, V], *presents); see GPT.step."""
+    """GPT: idx [B, new], pos [B], *past -> (logits [B, new, V], *new_kv); see GPT.step."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net
 
     def forward(self, idx: torch.Tensor, pos: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        logits, presents = self.net.step(idx, pos, list(past))
-        return (logits, *presents)
+        logits, new_kv = self.net.step(idx, pos, list(past))
+        return (logits, *new_kv)
 
 
 @dataclass(frozen=True)
@@ -83,18 +84,17 @@ def graph_spec(arch: str, net: nn.Module) -> GraphSpec:
         raise ExportError(f"unknown architecture {arch!r}")
     if cfg.block_size < 2:
         raise ExportError("gpt block_size must be >= 2 to export a step graph with a dynamic length")
-    # Trace at batch, new and past > 1 so that no dimension is specialised to 0 or 1, and pairwise
-    # distinct so that no two of them can be mistaken for the same symbol.
+    # Trace at batch, new and past > 1 so that no dimension is specialised to 0 or 1, pairwise distinct
+    # so that no two of them can be mistaken for the same symbol, and with a different pos per row.
     batch, new, past = 5, min(3, cfg.block_size), 4
-    pos = past if past + new <= cfg.block_size else 0  # pos's value never changes the traced shapes
     idx = torch.randint(0, cfg.vocab_size, (batch, new), generator=gen)
-    shape = (batch, cfg.n_head, past, cfg.head_dim)
-    cache = [torch.randn(shape, generator=gen) for _ in range(2 * cfg.n_layer)]
+    pos = torch.arange(past, past - batch, -1).clamp(min=0)  # [4, 3, 2, 1, 0]
+    cache = [torch.randn(t.shape, generator=gen) for t in net.empty_cache(batch, past)]
     return GraphSpec(
         module=StepGraph(net).eval(),
         input_names=[IDX, POS, *past_names(cfg.n_layer)],
-        output_names=[LOGITS, *present_names(cfg.n_layer)],
-        example=(idx, torch.tensor([pos]), *cache),
+        output_names=[LOGITS, *new_kv_names(cfg.n_layer)],
+        example=(idx, pos, *cache),
         is_step=True,
         vocab_size=cfg.vocab_size,
         block_size=cfg.block_size,

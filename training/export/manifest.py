@@ -19,8 +19,11 @@ def file_entry(path: Path) -> FileEntry:
     return FileEntry(path=path.name, bytes=path.stat().st_size, sha256=sha256_of(path))
 
 
-def build_manifest(name: str, meta: CheckpointMeta, net: nn.Module, files: dict[str, FileEntry]) -> Manifest:
-    """Everything the service needs to serve the folder, and where the model came from."""
+def build_manifest(
+    name: str, meta: CheckpointMeta, net: nn.Module, files: dict[str, FileEntry], weights: FileEntry
+) -> Manifest:
+    """Everything the service needs to serve the folder, where the model came from, and the weights and
+    net config that let it be re-exported or fine-tuned without its run directory."""
     cfg = net.cfg
     gpt = {"n_layer": cfg.n_layer, "n_head": cfg.n_head, "head_dim": cfg.head_dim} if meta.arch == "gpt" else {}
     try:
@@ -34,7 +37,10 @@ def build_manifest(name: str, meta: CheckpointMeta, net: nn.Module, files: dict[
             block_size=cfg.block_size,
             **gpt,
             files=files,
-            metrics=Metrics(**{k: getattr(meta, k) for k in LOSSES}),
+            weights=weights,
+            net_config=dict(meta.model),
+            # test_loss_unseen: on checkpoints whose meta carries it (lines data, training v2)
+            metrics=Metrics(**{k: getattr(meta, k) for k in LOSSES}, test_loss_unseen=_unseen(meta)),
             data=DataInfo(**meta.data.model_dump()),
             training=TrainingInfo(
                 config=meta.train_config,
@@ -49,3 +55,8 @@ def build_manifest(name: str, meta: CheckpointMeta, net: nn.Module, files: dict[
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "manifest"
         raise ExportError(f"cannot write a valid manifest: {where}: {first['msg']}") from None
+
+
+def _unseen(meta: CheckpointMeta) -> float | None:
+    value = getattr(meta, "test_loss_unseen", None)
+    return float(value) if value is not None else None

@@ -2,8 +2,8 @@
 
 Exporter choice: the torch.export-based exporter (dynamo=True). Both exporters give correct numbers
 for the GPT step graph at dynamic batch / new / past (past=0 included) in torch 2.13, but:
-- dynamo=True emits opset 18 natively (torchlib), keeps the cache length symbolic in the outputs
-  (`past + new`), and gives a graph about 2.5x smaller (no Constant/Shape/Gather/Cast chains);
+- dynamo=True emits opset 18 natively (torchlib), keeps batch / new / past symbolic in the outputs,
+  and gives a graph about 2.5x smaller (no Constant/Shape/Gather/Cast chains);
 - dynamo=False (TorchScript-based) is deprecated and shares the fate of torch.jit.
 The price is export time (seconds rather than a fraction of one), which is paid once per model.
 """
@@ -29,14 +29,15 @@ OPSET = 18
 
 
 def export_onnx(spec: GraphSpec, path: Path) -> None:
-    """Write spec's graph to `path` with a dynamic batch (and, for GPT, dynamic new and past)."""
+    """Write spec's graph to `path` with a dynamic batch (and, for GPT, dynamic new, past and per-row pos)."""
     batch = Dim("batch", min=1)
     if spec.is_step:
-        cache = {0: batch, 2: Dim("past", min=0)}
+        past = Dim("past", min=0)
+        key, value = {0: batch, 3: past}, {0: batch, 2: past}  # keys are stored transposed
         shapes: dict = {
             "idx": {0: batch, 1: Dim("new", min=1, max=spec.block_size)},
-            "pos": None,
-            "past": tuple(cache for _ in range(2 * spec.n_layer)),
+            "pos": {0: batch},
+            "past": tuple(key if j % 2 == 0 else value for j in range(2 * spec.n_layer)),
         }
     else:
         shapes = {"idx": {0: batch}}
