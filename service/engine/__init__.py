@@ -15,6 +15,7 @@ from service.engine.types import (
     EngineError,
     InvalidPrompt,
     SamplingParams,
+    TokenLogprob,
 )
 
 __all__ = [
@@ -26,5 +27,6 @@ __all__ = [
     "Generator",
     "InvalidPrompt",
     "SamplingParams",
+    "TokenLogprob",
     "derive_seed",
 ]

@@ -16,6 +16,8 @@ import numpy as np
 
 from contract import Manifest
 from service.engine.backends import BackendName, Device, load_backend
+from service.engine.logprobs import prompt_logprobs, token_logprobs
+from service.engine.penalties import Penalties
 from service.engine.runners import GPTRunner, WindowRunner
 from service.engine.sampling import Sampler
 from service.engine.sequence import Sequence as Seq
@@ -41,8 +43,11 @@ class Engine:
         self._vocab = np.array(manifest.vocab, dtype=object)
         self._stoi = {ch: i for i, ch in enumerate(manifest.vocab)}
         self._sampler = Sampler(slots, manifest.vocab_size)
+        self._penalties = Penalties(slots, manifest.vocab_size, manifest.boundary_token)
+        self._top = np.full(slots, -1, dtype=np.int64)  # logprobs alternatives per row (-1: none asked)
         self._seqs: list[Seq | None] = [None] * slots
         self._row: dict[Hashable, int] = {}
+        self._contexts: list[tuple[list[int], int] | None] = [None] * slots  # kept until a prompt is scored
         self._n = 0
 
     @classmethod
@@ -123,6 +128,10 @@ class Engine:
         if bad:
             raise InvalidPrompt(f"prompt token ids outside {self.manifest.name}'s vocabulary: {bad[:8]}")
         max_new = self.max_new_for(sampling)
+        if sampling.logprobs is not None and sampling.logprobs > vocab:
+            raise ValueError(f"logprobs {sampling.logprobs} exceeds the vocabulary size {vocab}")
+        if any(not 0 <= t < vocab for t, _ in sampling.logit_bias):
+            raise ValueError(f"logit_bias has token ids outside the vocabulary (0..{vocab - 1})")
         if request_id in self._row:
             raise ValueError(f"request {request_id!r} is already running")
         if self._n == self.slots:
@@ -130,9 +139,13 @@ class Engine:
         row = self._n
         self._n += 1
         self._row[request_id] = row
-        self._seqs[row] = Seq(request_id, len(ids), max_new, sampling.stop, boundary)
+        context = [boundary, *ids] if boundary is not None else ids
+        self._seqs[row] = Seq(request_id, len(ids), max_new, sampling, boundary)
         self._sampler.set(row, sampling)
-        self.runner.start(row, [boundary, *ids] if boundary is not None else ids)
+        self._penalties.set(row, sampling, ids)
+        self._top[row] = -1 if sampling.logprobs is None else sampling.logprobs
+        self._contexts[row] = (context, len(ids)) if sampling.prompt_logprobs else None
+        self.runner.start(row, context, score=sampling.prompt_logprobs)
         return True
 
     def abort(self, request_id: Hashable) -> bool:
@@ -150,12 +163,20 @@ class Engine:
             return []
         rows = np.arange(n)
         logits = self.runner.forward(n)
-        tokens = self._sampler.sample(rows, logits)
+        tokens = self._sampler.sample(rows, self._penalties.apply(n, logits))
+        self._penalties.record(tokens)
         self.runner.feed(tokens)
-        deltas, done = [], []
+        lps = self._logprobs(logits, tokens)
         seqs = self._seqs
+        for row, scores in self.runner.scores.items():
+            context, n_prompt = self._contexts[row]
+            seqs[row].prompt_lps = prompt_logprobs(context, n_prompt, scores, max(0, int(self._top[row])))
+            self._contexts[row] = None
+        self.runner.scores.clear()
+        deltas, done = [], []
         for r, (t, ch) in enumerate(zip(tokens.tolist(), self._vocab[tokens].tolist(), strict=True)):
-            delta = seqs[r].push(t, ch)
+            seq = seqs[r]
+            delta = seq.push(t, ch, lps[r]) if seq.max_new else seq.finish_now()
             if delta is not None:
                 deltas.append(delta)
                 if delta.finish_reason is not None:
@@ -163,6 +184,17 @@ class Engine:
         if done:
             self._release(done)
         return deltas
+
+    def _logprobs(self, logits: np.ndarray, tokens: np.ndarray) -> list:
+        """Per row, the sampled token's raw logprob with its alternatives, for the rows that asked."""
+        top = self._top[: len(tokens)]
+        out: list = [None] * len(tokens)
+        asked = np.flatnonzero(top >= 0)
+        if asked.size:
+            k = int(top[asked].max())
+            for r, lp in zip(asked.tolist(), token_logprobs(logits[asked], tokens[asked], k), strict=True):
+                out[r] = lp if len(lp.top) == top[r] else type(lp)(lp.token, lp.logprob, lp.top[: top[r]])
+        return out
 
     def _release(self, rows: list[int]) -> None:
         """Free `rows`, filling each hole with the current last row (highest holes first)."""
@@ -173,8 +205,11 @@ class Engine:
                 self._seqs[row] = self._seqs[last]
                 self._row[self._seqs[row].request_id] = row
                 self._sampler.move(last, row)
+                self._penalties.move(last, row)
+                self._top[row] = self._top[last]
+                self._contexts[row] = self._contexts[last]
                 self.runner.move(last, row)
-            self._seqs[last] = None
+            self._seqs[last] = self._contexts[last] = None
             self._n = last
 
     def max_new_for(self, params: SamplingParams) -> int:

@@ -56,9 +56,10 @@ class KVCache:
         """Store what a step added: row rows[b] gets its new entries at columns start[b] .. start[b]+new-1.
 
         A prefill (start 0 for all) writes its whole width, padding included: columns past a row's
-        length are masked by the graph and overwritten as the row grows. A decode step (per-row start,
-        one token) writes through flat indices: one fancy index per layer instead of a 4-D scatter,
-        which took 9 ms a step at batch 128.
+        length are masked by the graph and overwritten as the row grows. In a decode step the keys'
+        transposed layout makes every new key a scattered write (1.4 ms of a batch-128 step against
+        0.2 ms for the values); the graph's attention gains more than that from it (kT: 14.6 ms a step
+        against 15.8 ms with keys [B, H, L, D], ONNX Runtime, batch 128, 64 columns).
         """
         if isinstance(start, int):
             new = new_kv[1].shape[2]
@@ -68,15 +69,11 @@ class KVCache:
                 else:
                     self.layers[j][rows, :, start : start + new, :] = t
             return
-        h, d, c = self.n_head, self.head_dim, self.columns
-        lines = (rows[:, None] * h + np.arange(h)[None, :]).ravel()  # (row, head) pairs
-        key_at = (lines[:, None] * d + np.arange(d)[None, :]).ravel() * c + np.repeat(start, h * d)
-        value_at = lines * c + np.repeat(start, h)
         for j, t in enumerate(new_kv):
             if j % 2 == 0:
-                self.layers[j].reshape(-1)[key_at] = t.reshape(-1)
+                self.layers[j][rows, :, :, start] = t[:, :, :, 0]
             else:
-                self.layers[j].reshape(-1, d)[value_at] = t.reshape(-1, d)
+                self.layers[j][rows, :, start, :] = t[:, :, 0, :]
 
     def move(self, src: int, dst: int) -> None:
         for a in self.layers:

@@ -55,15 +55,25 @@ class WindowRunner:
         self.block_size = manifest.block_size
         self.window = np.full((slots, manifest.block_size), pad, dtype=np.int64)
         self._spans = _Spans(threads)
+        self._to_score: dict[int, list[int]] = {}
+        self.scores: dict[int, np.ndarray] = {}
 
-    def start(self, row: int, context: Sequence[int]) -> None:
+    def start(self, row: int, context: Sequence[int], score: bool = False) -> None:
         tail = list(context)[-self.block_size :]
         self.window[row] = self.pad
         if tail:
             self.window[row, self.block_size - len(tail) :] = tail
+        self._to_score.pop(row, None)
+        if score:
+            self._to_score[row] = list(context)
 
     def forward(self, n: int) -> np.ndarray:
         parts = self._spans.map(n, lambda lo, hi: self.backend.run([self.window[lo:hi]])[:1])
+        for row, context in self._to_score.items():  # every window of the prompt, one call
+            padded = np.array([self.pad] * self.block_size + context, dtype=np.int64)
+            windows = np.lib.stride_tricks.sliding_window_view(padded, self.block_size)[1 : len(context)]
+            self.scores[row] = self.backend.run([np.ascontiguousarray(windows)])[0] if len(windows) else windows[:0]
+        self._to_score.clear()
         return np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
 
     def feed(self, tokens: np.ndarray) -> None:
@@ -73,6 +83,8 @@ class WindowRunner:
 
     def move(self, src: int, dst: int) -> None:
         self.window[dst] = self.window[src]
+        if src in self._to_score:
+            self._to_score[dst] = self._to_score.pop(src)
 
     def warmup(self) -> np.ndarray:
         return self.backend.run([self.window[:1]])[0]
@@ -100,11 +112,16 @@ class GPTRunner:
         self.fresh = np.zeros(slots, dtype=bool)  # to be prefilled from its history at the next step
         self.history: list[list[int]] = [[] for _ in range(slots)]
         self._spans = _Spans(threads)
+        self._to_score: set[int] = set()
+        self.scores: dict[int, np.ndarray] = {}
 
-    def start(self, row: int, context: Sequence[int]) -> None:
+    def start(self, row: int, context: Sequence[int], score: bool = False) -> None:
         self.history[row] = list(context)[-self.block_size :] or [self.pad]
         self.fresh[row] = True
         self.length[row] = 0
+        self._to_score.discard(row)
+        if score:
+            self._to_score.add(row)
 
     def forward(self, n: int) -> np.ndarray:
         fresh = self.fresh[:n]
@@ -137,6 +154,9 @@ class GPTRunner:
         for arr in (self.length, self.pending, self.fresh):
             arr[dst] = arr[src]
         self.history[dst] = self.history[src]
+        if src in self._to_score:
+            self._to_score.discard(src)
+            self._to_score.add(dst)
 
     def warmup(self) -> np.ndarray:
         """A 1-token prefill and a 1-token decode step on row 0 (the engine is empty at load)."""
@@ -156,13 +176,13 @@ class GPTRunner:
         self.kv.fit(int(pos.max()) + 1, rows=n)
 
         def call(lo: int, hi: int) -> list[np.ndarray]:
-            return self.backend.run([idx[lo:hi], pos[lo:hi], *self.kv.past(lo, hi)])
+            out = self.backend.run([idx[lo:hi], pos[lo:hi], *self.kv.past(lo, hi)])
+            self.kv.write(np.arange(lo, hi), pos[lo:hi], out[1:])  # each span writes its own rows
+            return out[:1]
 
-        parts = self._spans.map(n, call)
-        outs = [np.concatenate(col) for col in zip(*parts, strict=True)] if len(parts) > 1 else parts[0]
-        self.kv.write(np.arange(n), pos, outs[1:])
+        logits = np.concatenate([p[0] for p in self._spans.map(n, call)])
         self.length[:n] += ~fresh
-        return outs[0][:, 0, :]
+        return logits[:, 0, :]
 
     def _prefill(self, rows: np.ndarray, n: int) -> np.ndarray:
         contexts = [self.history[r] for r in rows.tolist()]
@@ -182,4 +202,8 @@ class GPTRunner:
         self.kv.write(rows, 0, outs[1:])
         self.length[rows] = lengths
         self.fresh[rows] = False
+        for i, r in enumerate(rows.tolist()):
+            if r in self._to_score:  # the prompt's own logits: row j predicts context token j + 1
+                self.scores[r] = outs[0][i, : lengths[i] - 1]
+        self._to_score.clear()
         return outs[0][np.arange(len(rows)), lengths - 1]
