@@ -19,7 +19,7 @@ $(PY) -m training train --config training/configs/$(1).toml --out runs/$(1)
 $(PY) -m training export runs/$(1) --out models/$(2) --force
 endef
 
-.PHONY: help serve test lint models bench docker docker-torch docker-smoke promtool clean
+.PHONY: help serve test lint lock models bench docker docker-torch docker-smoke promtool wrk clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -27,13 +27,14 @@ help: ## list the targets
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.serve-installed: pyproject.toml | $(PY)
-	$(PY) -m pip install -e '.[serve]'
+# requirements/dev.lock pins every dependency (`make lock` regenerates it); the image uses serve.lock.
+$(VENV)/.serve-installed: pyproject.toml requirements/dev.lock | $(PY)
+	$(PY) -m pip install -e '.[serve]' -c requirements/dev.lock
 	touch $@
 
 # dev includes serve, so it refreshes both stamps.
-$(VENV)/.dev-installed: pyproject.toml | $(PY)
-	$(PY) -m pip install -e '.[dev]'
+$(VENV)/.dev-installed: pyproject.toml requirements/dev.lock | $(PY)
+	$(PY) -m pip install -e '.[dev]' -c requirements/dev.lock
 	touch $@ $(VENV)/.serve-installed
 
 serve: $(VENV)/.serve-installed ## serve models/ on :8000 (ONNX Runtime, no torch); ARGS="--port 9000 ..."
@@ -55,6 +56,12 @@ promtool:
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
 	promtool --version | head -n 1
 
+# wrk (Debian's package) drives `make bench`'s HTTP runs; installed like promtool, as root.
+wrk:
+	@if command -v wrk >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then echo "wrk is missing and we are not root: apt-get install wrk" >&2; exit 1; fi; \
+	apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null
+
 test: $(VENV)/.dev-installed promtool ## run the test suite (installs the dev venv and promtool first)
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
@@ -67,16 +74,29 @@ models: $(VENV)/.dev-installed ## retrain and re-export the three shipped models
 	$(call train_export,names_gpt,names-gpt)
 	$(call train_export,shakespeare_gpt,shakespeare-gpt)
 
-bench: $(VENV)/.dev-installed ## run the benchmarks
+# Pins from the current lock are kept unless UPGRADE=1; both files come from pyproject.toml's extras.
+lock: $(VENV)/.dev-installed ## regenerate requirements/{serve,dev}.lock with uv (UPGRADE=1: newest versions)
+	$(VENV)/bin/uv pip compile pyproject.toml --extra serve --generate-hashes --universal --python-version 3.11 \
+	  --custom-compile-command 'make lock' -q $(if $(UPGRADE),--upgrade) -o requirements/serve.lock
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 \
+	  --custom-compile-command 'make lock' -q $(if $(UPGRADE),--upgrade) -o requirements/dev.lock
+
+# bench adds transformers (the engine benchmark's Hugging Face reference) to the dev venv.
+$(VENV)/.bench-installed: pyproject.toml $(VENV)/.dev-installed
+	$(PY) -m pip install -e '.[dev,bench]' -c requirements/dev.lock
+	touch $@
+
+bench: $(VENV)/.bench-installed wrk ## run the benchmarks (installs the bench extras: transformers)
 	$(PY) -m benchmarks
 
 docker: ## build the serving image (ONNX Runtime, no torch); IMAGE=charlm:latest
-	docker build --target serve -t $(IMAGE) .
+	docker build -t $(IMAGE) .
 
-docker-torch: ## build the TorchScript image as charlm:torch (see the Dockerfile about its size)
-	docker build --target torch -t charlm:torch .
+docker-torch: docker ## build the TorchScript image charlm:torch on top (deploy/torch.Dockerfile; TORCH_PIP_ARGS=...)
+	docker build -f deploy/torch.Dockerfile --build-arg BASE_IMAGE=$(IMAGE) \
+	  --build-arg TORCH_PIP_ARGS="$(TORCH_PIP_ARGS)" -t charlm:torch .
 
-docker-smoke: ## build the image, run it, and check ready time, a generation, metrics, stop time, size
+docker-smoke: ## build the image, run it read-only as uid 12345 with a key; check ready, auth, a generation, metrics, stop
 	bash deploy/smoke.sh
 
 clean: ## remove the venv and caches (not models/ nor runs/)

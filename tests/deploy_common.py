@@ -1,0 +1,78 @@
+"""What tests/test_deploy.py, test_k8s.py and test_docker.py share: paths, the service's metrics contract,
+a subprocess runner and the Dockerfile's stages. Imported as `from deploy_common import ...` (tests/ is on
+sys.path under pytest, as for serving.py)."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+PROM_DIR = DEPLOY / "prometheus"
+K8S_DIR = DEPLOY / "k8s"
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+# The service's metrics contract: family name -> type. The alerts and the dashboard may read only these.
+METRICS = {
+    "charlm_requests_total": "counter",
+    "charlm_request_duration_seconds": "histogram",
+    "charlm_time_to_first_token_seconds": "histogram",
+    "charlm_time_per_output_token_seconds": "histogram",
+    "charlm_queue_wait_seconds": "histogram",
+    "charlm_generated_tokens_total": "counter",
+    "charlm_batch_size": "histogram",
+    "charlm_requests_in_flight": "gauge",
+    "charlm_model_info": "gauge",
+    "charlm_build_info": "gauge",
+    "charlm_process_cpu_seconds_total": "counter",
+    "charlm_process_resident_memory_bytes": "gauge",
+}
+
+
+def run(*cmd: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=120, check=False, env=env)
+
+
+def load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+def require_module(name: str) -> Any:
+    """A dev dependency the checks need (kubernetes-validate); skip without it, but fail in CI."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        if IN_CI:
+            raise
+        pytest.skip(f"{name} is not installed: pip install -e .[dev]")
+
+
+def settings_fields() -> set[str]:
+    """Every CHARLM_* variable the service understands."""
+    from service.settings import ENV_PREFIX, Settings
+
+    return {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+
+
+def dockerfile_stages(path: Path = ROOT / "Dockerfile") -> dict[str | None, list[str]]:
+    """Stage name -> its instructions (continuation lines joined); an unnamed stage is None."""
+    text = re.sub(r"\\\n", " ", path.read_text())
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    stages: dict[str | None, list[str]] = {}
+    current: list[str] = []
+    for line in lines:
+        m = re.match(r"FROM\s+(\S+)(?:\s+AS\s+(\S+))?", line, re.IGNORECASE)
+        if m:
+            current = [line]
+            stages[m.group(2)] = current
+        elif stages:
+            current.append(line)
+    return stages
