@@ -91,7 +91,9 @@ def _serve(args: argparse.Namespace) -> int:
     settings = _settings(args, list(Settings.model_fields))
     if isinstance(settings, str):
         return _fail(settings)
-    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
+    problem = _configure_logging(settings)
+    if problem:
+        return _fail(problem)
     from service.lifecycle import prepare_multiproc_dir, remove_multiproc_dir
 
     # Before anything imports prometheus_client: it picks multiprocess mode at import time.
@@ -110,6 +112,21 @@ def _serve(args: argparse.Namespace) -> int:
             return _fail(str(exc), exc.exit_code)
     finally:
         remove_multiproc_dir(metrics_dir, created)
+
+
+def _configure_logging(settings: Settings) -> str | None:
+    """Logging in the chosen format (service.security, when present); a bad API key option, or None."""
+    try:
+        from service.security import configure_logging, load_api_keys
+    except ImportError:
+        logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
+        return None
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        load_api_keys(settings.api_key)
+    except ValueError as exc:
+        return f"invalid {flag_name('api_key')} / {env_name('api_key')}: {exc}"
+    return None
 
 
 def _without_backend_files(repo, backend: str):  # type: ignore[no-untyped-def]
@@ -174,7 +191,7 @@ def _generate(args: argparse.Namespace) -> int:
         available = ", ".join(sorted(repo.models)) or "none"
         return _fail(f"model {request.model!r} not found{why}; available models: {available}")
     try:
-        gen = Generator.load(entry, settings.backend, settings.device, settings.threads)
+        gen = Generator.load(entry, settings.backend, settings.device, settings.threads or 1)
         gen.encode_prompt(request.prompt)
     except (BackendUnavailable, InvalidPrompt) as exc:
         return _fail(exc.message)

@@ -1,11 +1,12 @@
 """Process lifecycle helpers: signals, orphan protection, the metrics directory (stdlib only).
 
-LitServe 0.2.19 shuts down cleanly only on KeyboardInterrupt (SIGINT) in the main process; a SIGTERM
-(docker stop, Kubernetes, systemd) kills the main process alone and orphans its workers. So:
-- the main process turns its first SIGTERM or SIGINT into KeyboardInterrupt, which LitServe's run()
-  answers with its graceful shutdown (HTTP servers, then workers, then the manager);
-- a watchdog started by that first signal kills whatever is left after GRACE_S and exits, so the whole
-  tree is gone within 10 s even if a step hangs; later signals during shutdown are ignored;
+LitServe 0.2.19 has no drain and shuts down cleanly only on KeyboardInterrupt in the main process; a
+SIGTERM (docker stop, Kubernetes, systemd) kills the main process alone and orphans its workers. So:
+- the main process drains on its first SIGTERM or SIGINT (ShutdownSignals), then raises
+  KeyboardInterrupt, which LitServe's run() answers with its graceful shutdown (HTTP servers, then
+  workers, then the manager); a second signal skips the rest of the drain;
+- a watchdog started once stopping kills whatever is left after GRACE_S and exits, so the tree is
+  gone even if a step hangs;
 - every child asks the kernel for SIGTERM when its parent dies (PR_SET_PDEATHSIG), so even a SIGKILLed
   server leaves nothing behind.
 """
@@ -29,7 +30,8 @@ from pathlib import Path
 log = logging.getLogger("charlm.lifecycle")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-GRACE_S = 8.0
+GRACE_S = 10.0  # LitServe's own shutdown (after the drain) must end within this
+CUT_GRACE_S = 3.0
 
 
 def die_with_parent() -> None:
@@ -45,41 +47,6 @@ def _after_fork_in_child() -> None:
     die_with_parent()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
-def close_inherited_listeners() -> None:
-    """Close the server's TCP socket inherited through fork: a worker must not keep the port bound.
-
-    uvicorn binds the socket in the main process and listens on it in the API server process, so at
-    fork time it is bound but not yet listening: close every unconnected TCP socket (a worker has no
-    other; its own connections to the manager are Unix sockets).
-    """
-    import socket
-
-    fd_dir = "/proc/self/fd"
-    if not os.path.isdir(fd_dir):
-        return
-    for name in os.listdir(fd_dir):
-        fd = int(name)
-        if fd < 3:
-            continue
-        try:
-            sock = socket.socket(fileno=fd)
-        except OSError:
-            continue  # not a socket (or the listing's own, now closed, descriptor)
-        try:
-            inet = sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM
-            if inet:
-                try:
-                    sock.getpeername()
-                    inet = False  # connected: not ours to close
-                except OSError:
-                    pass
-        finally:
-            if inet:
-                sock.close()
-            else:
-                sock.detach()
 
 
 def kill_children(timeout: float = 2.0) -> None:
@@ -98,30 +65,92 @@ def kill_children(timeout: float = 2.0) -> None:
 
 
 class ShutdownSignals:
-    """Turn the first SIGTERM/SIGINT into KeyboardInterrupt (LitServe's shutdown path), once."""
+    """SIGTERM/SIGINT to the main process: drain, then LitServe's shutdown; a second signal: stop now.
 
-    def __init__(self, on_first: Callable[[], None] | None = None, grace_s: float = GRACE_S):
-        self.requested = threading.Event()
+    First signal, once serving: `shared.draining` is set at once (/ready 503, new requests 503 +
+    Retry-After) and a thread waits until no request is in flight, or `drain_timeout` passed; then
+    `shared.cut` ends what is left (an SSE error event or a 503 body), and the main thread gets a
+    KeyboardInterrupt, which LitServer.run answers with its graceful shutdown. Before the server
+    serves, or on a second signal, that KeyboardInterrupt comes at once. `cut` is True when some
+    request did not finish: the exit code is then 1. A watchdog bounds the shutdown itself.
+    """
+
+    def __init__(self, shared, drain_timeout: float, serving: Callable[[], bool], grace_s: float = GRACE_S):  # type: ignore[no-untyped-def]
+        self.shared = shared
+        self.drain_timeout = drain_timeout
+        self.serving = serving
         self.signal_name: str | None = None
-        self._on_first = on_first
+        self.cut = False
+        self.state = "running"  # -> draining -> stopping
         self._grace_s = grace_s
+        self._main = threading.main_thread().ident
 
     def install(self) -> None:
         signal.signal(signal.SIGTERM, self._handle)
         signal.signal(signal.SIGINT, self._handle)
         os.register_at_fork(after_in_child=_after_fork_in_child)
 
-    def _handle(self, signum: int, frame: object) -> None:
-        if self.requested.is_set():
-            log.info("%s received again: already shutting down", signal.Signals(signum).name)
+    def stop_now(self, reason: str) -> None:
+        """From any thread: skip the drain (a process died, a worker could not start)."""
+        if self.state in ("stopping", "stop-requested"):
             return
-        self.requested.set()
-        self.signal_name = signal.Signals(signum).name
-        log.info("%s received: shutting down", self.signal_name)
-        if self._on_first is not None:
-            self._on_first()
-        threading.Thread(target=self._watchdog, name="charlm-shutdown-watchdog", daemon=True).start()
+        log.info("stopping: %s", reason)
+        self.state = "stop-requested"
+        signal.pthread_kill(self._main, signal.SIGINT)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
+        if self.state == "stopping":
+            log.info("%s received: already stopping", name)
+            return
+        if self.state == "stop-requested":  # our own SIGINT: the drain is over, or stop_now()
+            self._stopping()
+            raise KeyboardInterrupt
+        if self.state == "draining":
+            log.info("%s received again: stopping now", name)
+            self._cut_in_flight()
+            self._stopping()
+            raise KeyboardInterrupt
+        self.signal_name = name
+        if self.serving():
+            self.state = "draining"
+            self.shared.draining.value = 1
+            n = self.shared.in_flight.value
+            log.info("%s received: draining (up to %g s for %d request(s) in flight)", name, self.drain_timeout, n)
+            threading.Thread(target=self._drain, name="charlm-drain", daemon=True).start()
+            return
+        log.info("%s received: stopping", name)
+        self._stopping()
         raise KeyboardInterrupt
+
+    def _stopping(self) -> None:
+        if self.state != "stopping":
+            self.state = "stopping"
+            threading.Thread(target=self._watchdog, name="charlm-shutdown-watchdog", daemon=True).start()
+
+    def _cut_in_flight(self) -> None:
+        if self.shared.in_flight.value > 0:
+            self.cut = True
+        self.shared.cut.value = 1
+
+    def _drain(self) -> None:
+        deadline = time.monotonic() + self.drain_timeout
+        while self.shared.in_flight.value > 0 and time.monotonic() < deadline and self.state == "draining":
+            time.sleep(0.05)
+        if self.state != "draining":
+            return
+        left = self.shared.in_flight.value
+        if left:
+            log.warning("drain window (%g s) over: ending %d request(s) still in flight", self.drain_timeout, left)
+            self._cut_in_flight()
+            end = time.monotonic() + CUT_GRACE_S  # the API servers answer them within POLL_S
+            while self.shared.in_flight.value > 0 and time.monotonic() < end:
+                time.sleep(0.05)
+        else:
+            log.info("drained: no request in flight")
+        if self.state == "draining":
+            self.state = "stop-requested"
+            signal.pthread_kill(self._main, signal.SIGINT)
 
     def _watchdog(self) -> None:
         time.sleep(self._grace_s)

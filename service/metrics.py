@@ -9,6 +9,7 @@ plain in-process ones and nobody reads them.
 from __future__ import annotations
 
 import os
+import time
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -18,6 +19,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -49,6 +51,12 @@ QUEUE_WAIT = Histogram(
     ["model"],
     buckets=LATENCY_BUCKETS,
 )
+TIME_PER_OUTPUT_TOKEN = Histogram(
+    "charlm_time_per_output_token_seconds",
+    "Time between generated characters of a request (first to last, over its longest choice)",
+    ["model"],
+    buckets=LATENCY_BUCKETS,
+)
 GENERATED_TOKENS = Counter("charlm_generated_tokens_total", "Characters generated (end markers included)", ["model"])
 BATCH_SIZE = Histogram(
     "charlm_batch_size", "Sequences per engine call (requests x n) on a worker", ["model"], buckets=BATCH_BUCKETS
@@ -71,15 +79,56 @@ MODEL_INFO = Gauge(
     multiprocess_mode="max",
 )
 
+BUILD_INFO = Gauge("charlm_build_info", "The running charlm version (value 1)", ["version"], multiprocess_mode="max")
+GENERATION_ROUTES = ("/v1/generate", "/v1/completions")
+NO_MODEL = "none"  # the model label when the request named no served model
 
-def render() -> tuple[bytes, str]:
-    """Every process's metrics merged (or this process's alone outside multiprocess mode)."""
+
+def render(processes: dict[int, str] | None = None) -> tuple[bytes, str]:
+    """Every process's metrics merged (or this process's alone outside multiprocess mode), and the
+    CPU time and memory of `processes` (pid -> role, see service.processes)."""
     if os.environ.get(MULTIPROC_ENV):
         from prometheus_client import multiprocess
 
+        from service.processes import ProcessCollector
+
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
+        if processes:
+            registry.register(ProcessCollector(processes))
         return generate_latest(registry), CONTENT_TYPE_LATEST
     from prometheus_client import REGISTRY
 
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+class MetricsMiddleware:
+    """charlm_requests_total and charlm_request_duration_seconds for every generation request.
+
+    Pure ASGI (not BaseHTTPMiddleware) so streamed bodies pass through untouched; the duration ends with
+    the last byte, and requests rejected before the handler (bad JSON, 413) are counted too.
+    """
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in GENERATION_ROUTES:
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            model = (scope.get("state") or {}).get("charlm_model", NO_MODEL)
+            route = scope["path"]
+            REQUESTS.labels(model, route, str(status)).inc()
+            REQUEST_DURATION.labels(model, route).observe(time.perf_counter() - t0)

@@ -11,12 +11,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-MAX_CHOICES = 64
-MAX_NEW_TOKENS_CAP = 2048
-MAX_STOP = 4
-SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+from service.protocol import MAX_CHOICES, MAX_NEW_TOKENS_CAP, MAX_STOP, EngineRequest, FinishReason
 
-FinishReason = Literal["stop", "length"]
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
 StopString = Annotated[str, Field(min_length=1, max_length=256)]
 Stop = Annotated[list[StopString], Field(max_length=MAX_STOP)] | None
 
@@ -61,6 +58,22 @@ class GenerateRequest(BaseModel):
     stream: bool = Field(False, description="Server-Sent Events instead of one JSON body")
 
     _stop = field_validator("stop", mode="before")(lambda cls, v: _one_or_many(v))
+
+    def to_engine(self, rid: str, deadline: float) -> EngineRequest:
+        return EngineRequest(
+            rid=rid,
+            model=self.model,
+            prompts=(self.prompt,),
+            n=self.n,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            seed=self.seed,
+            max_new_tokens=self.max_new_tokens,
+            stop=tuple(self.stop or ()),
+            stream=self.stream,
+            deadline=deadline,
+        )
 
 
 class CompletionRequest(BaseModel):
@@ -155,8 +168,24 @@ class CompletionRequest(BaseModel):
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
 
+    def to_engine(self, rid: str, deadline: float) -> EngineRequest:
+        return EngineRequest(
+            rid=rid,
+            model=self.model,
+            prompts=tuple(self.prompts),
+            n=self.n or 1,
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_k=self.top_k,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            seed=self.seed,
+            max_new_tokens=self.max_tokens,
+            stop=tuple(self.stop or ()),
+            stream=bool(self.stream),
+            deadline=deadline,
+        )
 
-# ----- responses (documentation of what the handlers return) -----
+
+# ----- responses: the gateway builds every body by instantiating these -----
 
 
 class GenerateChoice(BaseModel):
@@ -184,6 +213,22 @@ class GenerateResponse(BaseModel):
     timing: Timing
 
 
+class GenerateStreamChoice(BaseModel):
+    index: int
+    text: str
+    finish_reason: FinishReason | None = None
+
+
+class GenerateChunk(BaseModel):
+    """One SSE event of /v1/generate; the last one has every finish_reason, `usage` and `timing`."""
+
+    id: str
+    model: str
+    choices: list[GenerateStreamChoice]
+    usage: GenerateUsage | None = None
+    timing: Timing | None = None
+
+
 class CompletionChoice(BaseModel):
     text: str
     index: int
@@ -204,6 +249,24 @@ class CompletionResponse(BaseModel):
     model: str
     choices: list[CompletionChoice]
     usage: CompletionUsage
+
+
+class CompletionStreamChoice(BaseModel):
+    text: str
+    index: int
+    logprobs: None = None
+    finish_reason: FinishReason | None = None
+
+
+class CompletionChunk(BaseModel):
+    """One SSE event of /v1/completions (OpenAI's text_completion chunk); usage only on the last."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionStreamChoice]
+    usage: CompletionUsage | None = None
 
 
 class ModelCard(BaseModel):

@@ -23,6 +23,7 @@ Device = Literal["cpu", "cuda"]
 # LitServe 0.2.19 refuses any other bind address (LitServer.run checks the host against this list).
 Host = Literal["127.0.0.1", "0.0.0.0", "::"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+LogFormat = Literal["text", "json"]
 
 
 class Settings(BaseSettings):
@@ -35,16 +36,23 @@ class Settings(BaseSettings):
     device: Device = Field("cpu", description="cpu, or cuda for one GPU")
     host: Host = Field("127.0.0.1", description="bind address; 0.0.0.0 in Docker")
     port: int = Field(8000, ge=1024, le=65535, description="TCP port (LitServe accepts 1024-65535)")
-    workers: int = Field(1, ge=1, le=64, description="inference worker processes per route")
+    workers: int = Field(1, ge=1, le=64, description="inference worker processes (both routes, every model)")
     api_servers: int = Field(1, ge=1, le=64, description="HTTP (uvicorn) processes")
-    max_batch_size: int = Field(32, ge=1, le=1024, description="requests per engine batch")
+    max_batch_size: int = Field(32, ge=1, le=1024, description="sequences per engine step (default of --slots)")
+    slots: int | None = Field(None, ge=1, le=1024, description="sequence slots per model per worker")
     batch_timeout_ms: float = Field(
-        5.0, gt=0, le=1000, description="how long a batch waits for more requests (0 would spin a core)"
+        5.0, gt=0, le=1000, description="a busy worker looks for new requests at least this often"
     )
     timeout: float = Field(30.0, gt=0, le=3600, description="seconds a request may take in all before 504")
     max_queue: int = Field(256, ge=1, le=100_000, description="admitted, unfinished requests before 503")
-    threads: int | None = Field(None, ge=1, le=256, description="ONNX Runtime threads per model per worker")
+    threads: int | None = Field(
+        None, ge=1, le=256, description="cores per model engine (rows split across graph calls)"
+    )
+    drain_timeout: float = Field(20.0, ge=0, le=3600, description="seconds in-flight requests get after SIGTERM")
+    stall_timeout: float = Field(10.0, gt=0, le=3600, description="seconds without a step before /health is 503")
+    api_key: str | None = Field(None, description="API key(s): k1,k2 or @FILE; every route but /health, /ready")
     log_level: LogLevel = Field("info", description="log verbosity")
+    log_format: LogFormat = Field("text", description="text or json (one object per line)")
 
     @field_validator("timeout")
     @classmethod
@@ -54,17 +62,20 @@ class Settings(BaseSettings):
             raise ValueError(f"must be longer than the batch timeout ({batch_ms:g} ms)")
         return value
 
-    @field_validator("log_level", mode="before")
+    @field_validator("log_level", "log_format", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
     def engine_threads(self) -> int:
-        """Default threads: share the visible cores among every worker process (both routes)."""
+        """Default threads: share the visible cores among the worker processes."""
         if self.threads is not None:
             return self.threads
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        return max(1, cores // (2 * self.workers))
+        return max(1, cores // self.workers)
+
+    def engine_slots(self) -> int:
+        return self.slots if self.slots is not None else self.max_batch_size
 
 
 def env_name(field: str) -> str:

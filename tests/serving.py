@@ -1,13 +1,15 @@
-"""Start the real charlm server in a subprocess for tests: free loopback port, wait for /ready, stop.
+"""Start the real charlm server in a subprocess: free loopback port, wait for /ready, stop. Shared by
+tests/ (the `server` fixture in conftest.py) and benchmarks/, so it imports no pytest at module level.
 
-    from serving import running_server, start_server   # tests/ is on sys.path under pytest
+    from serving import ServerProcess, running_server, start_server   # tests/ is on sys.path under pytest
 
     with running_server() as srv:                      # shipped models, ONNX, defaults
         httpx.get(srv.url("/ready"))
     srv = start_server("--backend", "torchscript", env={"CHARLM_MAX_QUEUE": "2"}); ...; srv.stop()
 
 The server's output goes to a temp log file (a pipe could fill up and block it); a server that does
-not become ready fails with the log's tail. stop() sends SIGTERM (or the given signal) and waits.
+not become ready fails with the log's tail. stop() sends SIGTERM (or the given signal) and waits,
+which includes the drain (--drain-timeout) of requests still in flight.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 # The shipped models; CHARLM_TEST_MODELS points the tests at another folder (same model names).
@@ -78,8 +79,15 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 @dataclass
-class Server:
+class ServerProcess:
     proc: subprocess.Popen
     port: int
     log_path: Path
@@ -110,10 +118,14 @@ class Server:
             time.sleep(0.1)
         raise RuntimeError(f"server not ready after {timeout:.0f} s:\n{self.log()[-4000:]}")
 
+    def worker_pids(self) -> list[int]:
+        """The inference workers (LitServe spawns them: multiprocessing's spawn_main)."""
+        return [pid for pid in descendants(self.proc.pid) if "spawn_main" in cmdline(pid) and alive(pid)]
+
     def remove_log(self) -> None:
         self.log_path.unlink(missing_ok=True)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> float:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> float:
         """Signal the server and wait for it to exit; seconds it took (kills it if it does not)."""
         t0 = time.monotonic()
         if self.proc.poll() is None:
@@ -137,7 +149,7 @@ def start_server(
     env: dict[str, str] | None = None,
     wait: bool = True,
     ready_timeout: float = 60.0,
-) -> Server:
+) -> ServerProcess:
     """`python -m service serve --port <free> [args]` with the shipped models unless told otherwise."""
     port = free_port()
     log_file = tempfile.NamedTemporaryFile(prefix="charlm-server-", suffix=".log", delete=False)  # noqa: SIM115
@@ -146,7 +158,7 @@ def start_server(
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("CHARLM_") and k != "PROMETHEUS_MULTIPROC_DIR"}
     full_env.update(env or {})
     proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=log_file, stderr=subprocess.STDOUT)
-    server = Server(proc, port, Path(log_file.name), time.monotonic(), _log=log_file)
+    server = ServerProcess(proc, port, Path(log_file.name), time.monotonic(), _log=log_file)
     if wait:
         try:
             server.wait_ready(ready_timeout)
@@ -157,7 +169,7 @@ def start_server(
 
 
 @contextlib.contextmanager
-def running_server(*args: str, **kwargs) -> Iterator[Server]:  # type: ignore[no-untyped-def]
+def running_server(*args: str, **kwargs) -> Iterator[ServerProcess]:  # type: ignore[no-untyped-def]
     """start_server() as a context manager; the log is kept only if the block failed."""
     server = start_server(*args, **kwargs)
     try:
@@ -170,12 +182,16 @@ def running_server(*args: str, **kwargs) -> Iterator[Server]:  # type: ignore[no
     server.remove_log()
 
 
+Server = ServerProcess  # the name the tests used first
+
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
 def require_binary(name: str) -> str:
     """Path of a tool a test needs (promtool, prometheus); skip without it, but fail in CI, which installs it."""
     import shutil
+
+    import pytest
 
     path = shutil.which(name)
     if path:

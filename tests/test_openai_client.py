@@ -5,20 +5,15 @@ from __future__ import annotations
 import openai
 import pytest
 from openai import OpenAI
-from serving import Server, running_server
+from serving import ServerProcess
 
 NAMES = "names-gpt"
 SHAKESPEARE = "shakespeare-gpt"
 
 
 @pytest.fixture(scope="module")
-def server():
-    with running_server() as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def client(server: Server) -> OpenAI:
+def client(server: ServerProcess) -> OpenAI:
+    """The openai client against conftest's `server` (this module's own `client`)."""
     return OpenAI(base_url=f"http://127.0.0.1:{server.port}/v1", api_key="x", max_retries=0, timeout=60)
 
 

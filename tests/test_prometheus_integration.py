@@ -21,7 +21,6 @@ import socket
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,14 +40,6 @@ SERVICE_READY_S = 120  # a cold start on a busy 2-core machine; the deploy targe
 STOP_BUDGET_S = 10  # the service's contract: SIGTERM stops it within 10 s
 API_KEY = "sk-integration-test-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
-# Series the service issue adds (time per output token, build and per-process metrics). Until its change
-# lands they only warn here; then this set should be emptied.
-PENDING_SERIES = {
-    "charlm_time_per_output_token_seconds_bucket",
-    "charlm_build_info",
-    "charlm_process_cpu_seconds_total",
-    "charlm_process_resident_memory_bytes",
-}
 
 T = TypeVar("T")
 
@@ -249,12 +240,7 @@ def test_prometheus_scrapes_the_running_service(prometheus: Proc, service: Proc)
         missing -= {s["metric"]["__name__"] for s in series}
         return not missing
 
-    def all_but_pending_present() -> bool:
-        return all_present() or not (missing - PENDING_SERIES)
-
-    wait_for(lambda: f"the series {sorted(missing - PENDING_SERIES)}", all_but_pending_present, 15)
-    if missing:
-        warnings.warn(f"the service does not export {sorted(missing)} yet (PENDING_SERIES)", stacklevel=1)
+    wait_for(lambda: f"the series {sorted(missing)}", all_present, 15)
 
     # The alert rules loaded and evaluate without errors against the real series.
     def evaluated() -> dict[str, dict[str, Any]]:

@@ -103,8 +103,8 @@ def test_health_and_ready(client: httpx.Client) -> None:
     assert body["status"] == "ready" and body["reason"] is None
     assert sorted(body["models"]) == sorted(SHIPPED)
     assert "broken-model" in body["failed"] and body["failed"]["broken-model"]
-    assert set(body["workers"]) == {"generate_0", "completions_0"}
-    assert all(w["status"] == "ready" for w in body["workers"].values())
+    assert set(body["workers"]) == {"worker_0"}  # one pool serves both routes
+    assert all(w["status"] == "ready" and w["last_step_age_s"] < 5 for w in body["workers"].values())
 
 
 def test_no_torch_anywhere_in_the_onnx_server(server: Server, client: httpx.Client) -> None:
@@ -114,7 +114,8 @@ def test_no_torch_anywhere_in_the_onnx_server(server: Server, client: httpx.Clie
     assert all(w["torch_imported"] is False for w in body["workers"].values())
     # And from the outside, for every process of the server: no libtorch mapped into memory.
     pids = [server.proc.pid, *descendants(server.proc.pid)]
-    assert len(pids) >= 5  # main, manager, API server, 2 workers
+    assert len(pids) >= 4  # main, manager, API server, worker (+ multiprocessing's resource tracker)
+    assert len(server.worker_pids()) == 1
     for pid in pids:
         maps = Path(f"/proc/{pid}/maps").read_text()
         assert "libtorch" not in maps, f"pid {pid} has torch loaded"
@@ -228,16 +229,16 @@ def test_n_runs_as_one_batch(client: httpx.Client) -> None:
     before = client.get("/metrics").text
     r = client.post(GEN, json={"model": WAVENET, "n": 7, "seed": 1})
     assert len(r.json()["choices"]) == 7
+
+    def delta(name: str, **labels: str) -> float:
+        return metric(after, name, model=WAVENET, **labels) - metric(before, name, model=WAVENET, **labels)
+
     after = client.get("/metrics").text
-    assert (
-        metric(after, "charlm_batch_size_count", model=WAVENET)
-        - metric(before, "charlm_batch_size_count", model=WAVENET)
-        == 1
-    )
-    assert (
-        metric(after, "charlm_batch_size_sum", model=WAVENET) - metric(before, "charlm_batch_size_sum", model=WAVENET)
-        == 7
-    )
+    # Every generated token came out of an engine step (one observation per step, of its live sequences) ...
+    assert delta("charlm_batch_size_sum") == r.json()["usage"]["completion_tokens"]
+    # ... and the 7 choices ran in the same steps: the first ones held all 7, not 7 steps of one.
+    assert delta("charlm_batch_size_bucket", le="8.0") - delta("charlm_batch_size_bucket", le="4.0") >= 1
+    assert delta("charlm_batch_size_count") < r.json()["usage"]["completion_tokens"]
 
 
 def test_32_concurrent_requests_succeed_and_are_batched(server: Server, client: httpx.Client) -> None:
@@ -247,13 +248,17 @@ def test_32_concurrent_requests_succeed_and_are_batched(server: Server, client: 
         results = list(pool.map(lambda b: c.post(GEN, json=b, timeout=60), bodies))
     assert [r.status_code for r in results] == [200] * 32
     after = client.get("/metrics").text
-    batches = metric(after, "charlm_batch_size_count", model=NAMES) - metric(
+    steps = metric(after, "charlm_batch_size_count", model=NAMES) - metric(
         before, "charlm_batch_size_count", model=NAMES
     )
     singles = metric(after, "charlm_batch_size_bucket", model=NAMES, le="1.0") - metric(
         before, "charlm_batch_size_bucket", model=NAMES, le="1.0"
     )
-    assert batches < 32 and batches - singles >= 1, (batches, singles)
+    sequences = metric(after, "charlm_batch_size_sum", model=NAMES) - metric(
+        before, "charlm_batch_size_sum", model=NAMES
+    )
+    # Requests joined each other's steps: more sequence-steps than steps, and steps with several.
+    assert sequences > steps and steps - singles >= 1, (steps, singles, sequences)
 
 
 # ----- streaming -----
@@ -442,6 +447,8 @@ def test_metrics_after_traffic_pass_promtool(client: httpx.Client) -> None:
         "charlm_batch_size_bucket",
         "charlm_requests_in_flight",
         "charlm_model_info",
+        "charlm_time_per_output_token_seconds_bucket",
+        "charlm_build_info",
     ):
         assert name in text, name
     assert metric(text, "charlm_requests_total", model=NAMES, route=GEN, status="200") >= 1

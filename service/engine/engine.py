@@ -22,17 +22,16 @@ from service.engine.runners import GPTRunner, WindowRunner
 from service.engine.sampling import Sampler
 from service.engine.sequence import Sequence as Seq
 from service.engine.types import BackendUnavailable, Delta, EngineError, InvalidPrompt, SamplingParams
+from service.protocol import MAX_NEW_TOKENS_CAP, default_max_new_tokens, offending_chars, prompt_problem
 from service.repository import ModelEntry
 
-LINES_DEFAULT_MAX_NEW = 64
-STREAM_DEFAULT_MAX_NEW = 256
 DEFAULT_SLOTS = 32
 
 
 class Engine:
     """A loaded model with `slots` preallocated sequences; not thread-safe (one scheduler drives it)."""
 
-    max_new_tokens_cap: int = 2048
+    max_new_tokens_cap: int = MAX_NEW_TOKENS_CAP
 
     def __init__(
         self, manifest: Manifest, runner: GPTRunner | WindowRunner, backend: str, device: str, slots: int, threads: int
@@ -95,26 +94,16 @@ class Engine:
     # -- requests ------------------------------------------------------------------------------------
     def default_max_new_tokens(self) -> int:
         """lines: until the boundary, at most 64; stream: 256."""
-        return LINES_DEFAULT_MAX_NEW if self.manifest.format == "lines" else STREAM_DEFAULT_MAX_NEW
+        return default_max_new_tokens(self.manifest)
 
     def encode_prompt(self, prompt: str) -> list[int]:
-        """Token ids of `prompt`; InvalidPrompt naming every character the model cannot take."""
-        ids = [self._stoi.get(ch, -1) for ch in prompt]
-        boundary = self.manifest.boundary_token
-        if -1 not in ids and (boundary is None or boundary not in ids):
-            return ids
-        name = self.manifest.name
-        outside = tuple(dict.fromkeys(ch for ch, i in zip(prompt, ids, strict=True) if i == -1))
-        parts = []
-        if outside:
-            listed = ", ".join(repr(ch) for ch in outside)
-            parts.append(f"prompt has characters outside {name}'s vocabulary: {listed}")
-        chars = outside
-        if boundary is not None and boundary in ids:
-            mark = self.manifest.vocab[boundary]
-            parts.append(f"prompt contains {mark!r}, {name}'s line boundary, which ends a sequence")
-            chars = (*outside, mark)
-        raise InvalidPrompt("; ".join(parts), chars)
+        """Token ids of `prompt`; InvalidPrompt naming every character the model cannot take (the rule
+        the HTTP side checks too, from service.protocol)."""
+        problem = prompt_problem(self.manifest, prompt)
+        if problem is not None:
+            outside, mark = offending_chars(self.manifest, prompt)
+            raise InvalidPrompt(problem, (*outside, mark) if mark is not None else outside)
+        return [self._stoi[ch] for ch in prompt]
 
     def add(self, request_id: Hashable, prompt_ids: Sequence[int], sampling: SamplingParams) -> bool:
         """Take a free slot for this request; False when there is none (nothing else changes then).

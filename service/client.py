@@ -1,0 +1,74 @@
+"""How the Gateway reaches the workers: an `EngineClient` opens an `EventStream` of a request's events.
+
+`LitServeClient` puts requests on LitServe's own queue and reads the answers from its response transport
+through LitServe's StreamingRequestHandler (not underscored, though not exported from litserve's
+top level: the one way to get streamed worker answers without touching its response buffer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+from service.protocol import EngineRequest, WorkerEvent
+from service.shared import SharedState
+
+
+class EventStream(Protocol):
+    async def next(self, timeout: float) -> WorkerEvent | None:
+        """The next event, None if none came within `timeout`; StopAsyncIteration once it ended."""
+
+    async def close(self) -> None: ...
+
+
+class EngineClient(Protocol):
+    async def open(self, req: EngineRequest) -> EventStream: ...
+
+    def cancel(self, rid: str) -> None: ...
+
+
+class IteratorStream:
+    """An EventStream over an async iterator, waited on without cancelling it at each timeout."""
+
+    def __init__(self, iterator: AsyncIterator[Any]):
+        self._it = iterator
+        self._next: asyncio.Task | None = None
+
+    async def _anext(self) -> Any:
+        return await self._it.__anext__()
+
+    async def next(self, timeout: float) -> WorkerEvent | None:
+        if self._next is None:
+            self._next = asyncio.ensure_future(self._anext())
+        done, _ = await asyncio.wait({self._next}, timeout=max(0.0, timeout))
+        if not done:
+            return None
+        task, self._next = self._next, None
+        return task.result()
+
+    async def close(self) -> None:
+        if self._next is not None:
+            self._next.cancel()
+            with contextlib.suppress(BaseException):
+                await self._next
+        with contextlib.suppress(Exception):
+            await self._it.aclose()  # type: ignore[attr-defined]
+
+
+class LitServeClient:
+    """Requests through LitServe's queue to the workers, answers through its transport (public handler)."""
+
+    def __init__(self, lit_api: Any, server: Any, shared: SharedState):
+        from litserve.server import StreamingRequestHandler
+
+        self._handler = StreamingRequestHandler(lit_api, server)
+        self.shared = shared
+
+    async def open(self, req: EngineRequest) -> EventStream:
+        response = await self._handler.handle_request(req, EngineRequest)
+        return IteratorStream(response.body_iterator)
+
+    def cancel(self, rid: str) -> None:
+        self.shared.cancel(rid)

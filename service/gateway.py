@@ -1,0 +1,265 @@
+"""The HTTP side of generation: a LitSpec that owns both routes, and the Gateway behind them.
+
+The Gateway checks everything it can before a worker sees the request (schema, model, prompt), admits
+it by count and by cost (503 + Retry-After), hands one EngineRequest to an `EngineClient` and turns the
+worker's events into responses. A deadline covers the whole request (504); a client that leaves, or a
+request past its deadline, is cancelled on the worker; when the drain window closes, what still runs
+ends properly (503, or an SSE error event `shutting_down`). A stream starts (200) only once a worker
+accepted the request, so a worker-side refusal is still a plain 4xx.
+
+The `EngineClient` (service/client.py) moves requests to the workers and their events back; tests plug
+in an in-process client over a fake engine instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Body, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from litserve.specs.base import LitSpec
+from starlette.types import Receive, Scope, Send
+
+from service import metrics, sse
+from service.catalog import Catalog
+from service.client import EngineClient, EventStream
+from service.errors import APIError
+from service.protocol import Accepted, Chunk, EngineRequest, Failed, Final, WorkerEvent, prompt_problem
+from service.responses import CompletionShape, GenerateShape, Reply, Shape
+from service.schemas import (
+    TEXT_CHOICE,
+    CompletionRequest,
+    CompletionResponse,
+    GenerateRequest,
+    GenerateResponse,
+    Timing,
+)
+from service.shared import SharedState
+
+log = logging.getLogger("charlm.http")
+
+POLL_S = 0.25  # how often a waiting request looks at its deadline and the drain flag
+DISCONNECT_POLL_S = 0.5
+
+
+class ClientGone(Exception):
+    """The client closed the connection while its request was running."""
+
+
+@dataclass(eq=False)
+class Ticket:
+    req: EngineRequest
+    cost_s: float
+    t_admit: float
+    events: EventStream | None = None
+    checked: float = 0.0
+    finished: bool = False
+    closed: bool = False
+
+
+class Gateway:
+    def __init__(self, catalog: Catalog, client: EngineClient, shared: SharedState, timeout: float, max_queue: int):
+        self.catalog = catalog
+        self.client = client
+        self.shared = shared
+        self.timeout = timeout
+        self.max_queue = max_queue
+
+    async def handle(self, request: Request, shape: Shape, body: GenerateRequest | CompletionRequest) -> Response:
+        manifest = self.catalog.resolve(body.model)
+        request.state.charlm_model = body.model
+        req = body.to_engine(shape.prefix + uuid.uuid4().hex, time.monotonic() + self.timeout)
+        for prompt in req.prompts:
+            problem = prompt_problem(manifest, prompt)
+            if problem:
+                raise APIError(400, problem, param="prompt", code="invalid_prompt")
+        ticket = self._admit(req, req.cost_tokens(manifest))
+        try:
+            ticket.events = await self.client.open(req)
+        except BaseException:
+            await self._close(ticket)
+            raise
+        reply = Reply(req, echo=shape is GenerateShape or bool(getattr(body, "echo", False)))
+        if req.stream:
+            return await self._start_stream(request, shape, reply, ticket)
+        try:
+            while True:
+                event = await self._receive(ticket, request)
+                if isinstance(event, (Final, Failed)):
+                    ticket.finished = True
+                    break
+        except ClientGone:
+            return Response(status_code=499)
+        finally:
+            await self._close(ticket)
+        if isinstance(event, Failed):
+            raise _error(event)
+        return JSONResponse(shape.full(reply, event, self._observe(ticket, event)))
+
+    def _admit(self, req: EngineRequest, cost_tokens: int) -> Ticket:
+        cost_s, refusal = self.shared.admit(cost_tokens, req.model, self.timeout, self.max_queue)
+        if refusal is not None:
+            log.warning("503 %s for %s: %s", refusal.code, req.model, refusal.message)
+            raise APIError(503, refusal.message, code=refusal.code, headers={"Retry-After": str(refusal.retry_after)})
+        metrics.IN_FLIGHT.labels(req.model).inc()
+        now = time.monotonic()
+        return Ticket(req, cost_s, now, checked=now)
+
+    async def _receive(self, t: Ticket, request: Request) -> WorkerEvent:
+        """The next worker event; APIError 504 past the deadline, 503 once the drain is over; ClientGone."""
+        assert t.events is not None
+        while True:
+            now = time.monotonic()
+            remaining = t.req.deadline - now
+            if remaining <= 0:  # checked first: a fast stream must not outrun its deadline
+                log.warning("504 for %s: %s did not finish within %g s", t.req.model, t.req.rid, self.timeout)
+                raise APIError(504, f"the request did not finish within the {self.timeout:g} s timeout")
+            if self.shared.cut.value:
+                log.warning("503 shutting_down for %s: %s cut at the end of the drain", t.req.model, t.req.rid)
+                raise APIError(503, "the server shut down before the request finished", code="shutting_down")
+            if now - t.checked >= DISCONNECT_POLL_S:  # also while events flow
+                t.checked = now
+                if await request.is_disconnected():
+                    raise ClientGone
+            try:
+                event = await t.events.next(min(remaining, POLL_S))
+            except StopAsyncIteration:
+                t.finished = True
+                log.error("a worker ended %s without an answer", t.req.rid)
+                raise APIError(500, "internal error: the worker ended the request without an answer") from None
+            if event is not None:
+                return event
+
+    async def _close(self, t: Ticket) -> None:
+        """Idempotent clean-up; a request that did not finish is cancelled on the worker."""
+        if t.closed:
+            return
+        t.closed = True
+        if not t.finished:
+            self.client.cancel(t.req.rid)
+        if t.events is not None:
+            await t.events.close()
+        self.shared.release(t.cost_s)
+        metrics.IN_FLIGHT.labels(t.req.model).dec()
+
+    def _observe(self, t: Ticket, final: Final) -> Timing:
+        model, now = t.req.model, time.monotonic()
+        queue, first = max(0.0, final.t_start - t.t_admit), max(0.0, final.t_first - t.t_admit)
+        metrics.QUEUE_WAIT.labels(model).observe(queue)
+        metrics.TIME_TO_FIRST_TOKEN.labels(model).observe(first)
+        metrics.GENERATED_TOKENS.labels(model).inc(final.completion_tokens)
+        longest = max((c.completion_tokens for c in final.choices), default=0)
+        if longest > 1:
+            metrics.TIME_PER_OUTPUT_TOKEN.labels(model).observe(max(0.0, final.t_end - final.t_first) / (longest - 1))
+        ms = 1000.0
+        return Timing(
+            queue_ms=round(queue * ms, 3),
+            first_token_ms=round(first * ms, 3),
+            total_ms=round((now - t.t_admit) * ms, 3),
+        )
+
+    async def _start_stream(self, request: Request, shape: Shape, reply: Reply, t: Ticket) -> Response:
+        try:
+            first = await self._receive(t, request)
+            if isinstance(first, Failed):
+                t.finished = True
+                raise _error(first)
+        except ClientGone:
+            await self._close(t)
+            return Response(status_code=499)
+        except BaseException:
+            await self._close(t)
+            raise
+        return EventStreamResponse(self._events(request, shape, reply, t, first), on_close=lambda: self._close(t))
+
+    async def _events(
+        self, request: Request, shape: Shape, r: Reply, t: Ticket, first: WorkerEvent
+    ) -> AsyncIterator[bytes]:
+        event: WorkerEvent = first
+        try:
+            while True:
+                if isinstance(event, Accepted):
+                    if r.echo:
+                        for i in range(r.req.choices):
+                            if r.req.prompt_of(i):
+                                yield sse.event(shape.chunk(r, i, r.req.prompt_of(i)))
+                elif isinstance(event, Chunk):
+                    for i, text in event.deltas:
+                        yield sse.event(shape.chunk(r, i, text))
+                elif isinstance(event, Final):
+                    t.finished = True
+                    yield sse.event(shape.last(r, event, self._observe(t, event)))
+                    yield sse.DONE
+                    return
+                else:
+                    t.finished = True
+                    yield sse.event(_error(event).body())
+                    return
+                event = await self._receive(t, request)
+        except APIError as exc:
+            yield sse.event(exc.body())
+        except ClientGone:
+            return
+        finally:
+            await self._close(t)
+
+
+def _error(failed: Failed) -> APIError:
+    return APIError(failed.status, failed.message, code=failed.code, param=failed.param)
+
+
+class EventStreamResponse(StreamingResponse):
+    """text/event-stream that always releases its request, even if the body never got iterated."""
+
+    def __init__(self, content: Any, on_close: Callable[[], Awaitable[None]]):
+        super().__init__(content, media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._on_close()
+
+
+class CharLMSpec(LitSpec):
+    """Both generation routes on one LitAPI (one worker pool), as LitServe's OpenAISpec owns its route."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.api_path = "/v1"  # LitServe's key for the request queue and worker status (not a route)
+        self.gateway: Gateway | None = None  # set once the LitServer exists (service.server.build)
+        self.add_endpoint(GenerateShape.api_path, self.generate, ["POST"])
+        self.add_endpoint(CompletionShape.api_path, self.completions, ["POST"])
+
+    @property
+    def stream(self) -> bool:
+        return True  # LitServe then keeps every worker event, in order, per request
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["gateway"] = None  # the HTTP side stays in the API servers
+        return state
+
+    def decode_request(self, request: Any, context_kwargs: Any = None) -> Any:
+        return request
+
+    def encode_response(self, output: Any, context_kwargs: Any = None) -> Any:
+        return output
+
+    async def generate(self, request: Request, body: Annotated[GenerateRequest, Body()]) -> GenerateResponse:
+        assert self.gateway is not None
+        return await self.gateway.handle(request, GenerateShape, body)  # type: ignore[return-value]
+
+    async def completions(self, request: Request, body: Annotated[CompletionRequest, Body()]) -> CompletionResponse:
+        assert self.gateway is not None
+        return await self.gateway.handle(request, CompletionShape, body)  # type: ignore[return-value]
+
+
+CharLMSpec.generate.__doc__ = "Generate samples (native API).\n\n" + TEXT_CHOICE
+CharLMSpec.completions.__doc__ = "OpenAI's /v1/completions.\n\n" + TEXT_CHOICE

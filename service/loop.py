@@ -1,0 +1,92 @@
+"""LitServe's worker loop around a Scheduler: LitLoop through its public `run`, one iteration per call."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+from litserve.loops.base import LitLoop
+from litserve.utils import LitAPIStatus, LoopResponseType
+
+from service.protocol import EngineRequest, WorkerEvent
+from service.scheduler import Job, Orphan, Scheduler
+
+log = logging.getLogger("charlm.worker")
+
+IDLE_WAIT_S = 1.0  # an idle worker blocks on its queue this long at a time, then heartbeats
+MAX_INTAKE = 64  # requests read per intake: bounds the time a step waits for the queue
+
+
+class SchedulerLoop(LitLoop):
+    """LitServe's worker loop (through `run`, one scheduler iteration per call) around a Scheduler.
+
+    Idle: block on the request queue (IDLE_WAIT_S at a time, heartbeating in between: no CPU).
+    Busy: read what is queued every `intake_s` without waiting (choices that find their model's slots
+    full wait here, first come first served, while other models go on), then fill slots and step.
+    """
+
+    def __init__(self, intake_s: float = 0.005):
+        super().__init__()
+        self.intake_s = intake_s
+        self.scheduler: Scheduler | None = None
+        self.last_intake = 0.0
+
+    def run(
+        self,
+        lit_api: Any,
+        device: str,
+        worker_id: int,
+        request_queue: Any,
+        transport: Any,
+        workers_setup_status: dict,
+        callback_runner: Any,
+    ) -> None:
+        try:
+            self._iterate(lit_api, worker_id, request_queue, transport)
+        except (KeyboardInterrupt, EOFError, BrokenPipeError, ConnectionError):
+            sys.exit(0)  # the server is stopping: the manager (its queues) is gone or going
+
+    def _iterate(self, lit_api: Any, worker_id: int, request_queue: Any, transport: Any) -> None:
+        sched = self.scheduler
+        if sched is None:
+
+            def emit(job: Job | Orphan, event: WorkerEvent) -> None:
+                self.put_response(transport, job.rqid, job.uid, event, LitAPIStatus.OK, LoopResponseType.STREAMING)
+
+            sched = self.scheduler = lit_api.make_scheduler(emit)
+        shared = lit_api.shared
+        if sched.idle():
+            shared.heartbeat(worker_id, 0)
+            item = self.get_request(request_queue, timeout=IDLE_WAIT_S)
+            if item is None:
+                return
+            self._admit(sched, item)
+            self.last_intake = 0.0
+        now = time.monotonic()
+        if now - self.last_intake >= self.intake_s:
+            self.last_intake = now
+            for _ in range(MAX_INTAKE):
+                item = self.get_request(request_queue, block=False)
+                if item is None:
+                    break
+                self._admit(sched, item)
+                sched.fill()
+        for rid in shared.cancelled(worker_id):
+            sched.cancel(rid)
+        sched.expire()
+        sched.fill()
+        sched.step()
+        shared.heartbeat(worker_id, sched.live())
+        lit_api.publish_rates(sched.rates)
+
+    @staticmethod
+    def _admit(sched: Scheduler, item: Any) -> None:
+        if item is None:
+            raise KeyboardInterrupt  # a stop sentinel
+        rqid, uid, _t_submit, req = item
+        if not isinstance(req, EngineRequest):
+            log.error("dropped a request of type %s: only EngineRequest crosses to a worker", type(req).__name__)
+            return
+        sched.admit(req, uid, rqid)

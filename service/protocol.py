@@ -1,0 +1,136 @@
+"""What crosses between the HTTP side and the workers, and the request rules both sides share.
+
+One `EngineRequest` (frozen, picklable, plain data) is the only thing an API server puts on LitServe's
+request queue; a worker answers with the typed events below, in this order: `Accepted` (streamed
+requests only, so a stream starts only once a worker took the request), `Chunk`s (streamed text),
+then exactly one `Final` or `Failed`. Nothing here imports the engine, numpy or LitServe, so the API
+servers stay light; the limits are the ones `schemas.py` validates and the worker enforces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from contract import Manifest
+
+MAX_CHOICES = 64  # prompts x n per request
+MAX_NEW_TOKENS_CAP = 2048
+MAX_STOP = 4
+LINES_DEFAULT_MAX_NEW = 64  # lines models stop at their end marker, at most this
+STREAM_DEFAULT_MAX_NEW = 256
+
+FinishReason = Literal["stop", "length"]
+
+
+def default_max_new_tokens(manifest: Manifest) -> int:
+    """The token budget of a sequence that did not ask for one (the engine applies the same rule)."""
+    return LINES_DEFAULT_MAX_NEW if manifest.format == "lines" else STREAM_DEFAULT_MAX_NEW
+
+
+def offending_chars(manifest: Manifest, prompt: str) -> tuple[tuple[str, ...], str | None]:
+    """The prompt's characters outside the vocabulary (in order of appearance), and the line boundary
+    mark if the prompt contains it (a `lines` model's end marker cannot stand inside a prompt)."""
+    vocab = set(manifest.vocab)
+    outside = tuple(dict.fromkeys(ch for ch in prompt if ch not in vocab))
+    mark = manifest.vocab[manifest.boundary_token] if manifest.boundary_token is not None else None
+    return outside, mark if mark is not None and mark in prompt else None
+
+
+def prompt_problem(manifest: Manifest, prompt: str) -> str | None:
+    """Why `manifest`'s model cannot take `prompt` (every offending character named), or None."""
+    outside, mark = offending_chars(manifest, prompt)
+    problems = []
+    if outside:
+        listed = ", ".join(repr(ch) for ch in outside)
+        problems.append(f"prompt has characters outside {manifest.name}'s vocabulary: {listed}")
+    if mark is not None:
+        problems.append(f"prompt contains {mark!r}, {manifest.name}'s line boundary, which ends a sequence")
+    return "; ".join(problems) or None
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    """One admitted request: its prompts, n samples of each, how to sample, and when it must end.
+
+    Choice i samples prompt i // n with seed derive_seed(seed, i). `deadline` is on the monotonic
+    clock, which every process of the server shares.
+    """
+
+    rid: str
+    model: str
+    prompts: tuple[str, ...]
+    n: int = 1
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float = 1.0
+    seed: int | None = None
+    max_new_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+    stream: bool = False
+    deadline: float = float("inf")
+
+    @property
+    def choices(self) -> int:
+        return len(self.prompts) * self.n
+
+    def prompt_of(self, choice: int) -> str:
+        return self.prompts[choice // self.n]
+
+    def cost_tokens(self, manifest: Manifest) -> int:
+        """The most tokens it can take: what admission by cost weighs."""
+        return self.choices * (self.max_new_tokens or default_max_new_tokens(manifest))
+
+
+# ----- worker -> API server -----
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A worker took the request (sent for streamed requests: the 200 goes out only then)."""
+
+    t_start: float
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """New text of some choices: (choice index, text) pairs, in order."""
+
+    deltas: tuple[tuple[int, str], ...]
+
+
+@dataclass(frozen=True)
+class ChoiceResult:
+    """How one choice ended; `text` is None for a streamed request (its text went out in Chunks)."""
+
+    text: str | None
+    finish_reason: FinishReason
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class Final:
+    """Every choice ended. Times are monotonic: start of generation, first token, last token."""
+
+    t_start: float
+    t_first: float
+    t_end: float
+    prompt_tokens: int
+    choices: tuple[ChoiceResult, ...] = field(default=())
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(c.completion_tokens for c in self.choices)
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The worker refused or lost the request; the fields of the error body."""
+
+    status: int
+    message: str
+    code: str | None = None
+    param: str | None = None
+
+
+WorkerEvent = Accepted | Chunk | Final | Failed

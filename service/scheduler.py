@@ -1,0 +1,246 @@
+"""Continuous batching over the slot engines of one worker process: the `Scheduler` and its LitLoop.
+
+Every iteration: requests that arrived are admitted (each choice is one engine sequence, seeded
+derive_seed(seed, i)) into free slots, then every model with live slots advances by one step (one model
+call for all its sequences, prefill of the new ones included), then finished, cancelled and timed-out
+requests leave. A short request therefore starts at the next step and never waits for a long one to
+end. The Scheduler knows nothing about LitServe, so tests drive it in-process over a fake engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.engine import EngineError, InvalidPrompt, SamplingParams, derive_seed
+from service.protocol import Accepted, ChoiceResult, Chunk, EngineRequest, Failed, Final, WorkerEvent
+
+log = logging.getLogger("charlm.scheduler")
+
+CANCEL_TTL_S = 600.0  # ids cancelled before this worker saw them are forgotten after this
+RATE_DECAY = 0.995  # the best measured tokens/s fades slowly, so a slower mix shows up in time
+
+
+@dataclass(eq=False)
+class Job:
+    """One admitted request on this worker and what its choices produced so far."""
+
+    req: EngineRequest
+    uid: Any
+    rqid: int
+    t_start: float
+    prompt_tokens: int
+    t_first: float | None = None
+    texts: list[str] = field(default_factory=list)
+    finish: list[str | None] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    remaining: int = 0
+    chunk: list[tuple[int, str]] = field(default_factory=list)
+    done: bool = False
+
+    def __post_init__(self) -> None:
+        n = self.req.choices
+        self.texts, self.finish, self.tokens, self.remaining = [""] * n, [None] * n, [0] * n, n
+
+    def final(self, now: float) -> Final:
+        stream = self.req.stream
+        choices = tuple(
+            ChoiceResult(None if stream else text, reason or "length", tokens)
+            for text, reason, tokens in zip(self.texts, self.finish, self.tokens, strict=True)
+        )
+        return Final(self.t_start, self.t_first or now, now, self.prompt_tokens, choices)
+
+
+Emit = Callable[[Job, WorkerEvent], None]
+
+
+class Scheduler:
+    """Admits requests into the engines' slots and steps them; events go to `emit(job, event)`."""
+
+    def __init__(
+        self,
+        engines: Mapping[str, Any],
+        emit: Emit,
+        on_batch: Callable[[str, int], None] | None = None,
+        on_cancel: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.engines = engines
+        self.emit = emit
+        self.on_batch = on_batch or (lambda model, size: None)
+        self.on_cancel = on_cancel or (lambda model: None)
+        self.clock = clock
+        self.jobs: dict[str, Job] = {}
+        self.waiting: deque[tuple[Job, int, list[int], SamplingParams]] = deque()  # choices without a slot
+        self.early_cancels: dict[str, float] = {}  # cancelled before they arrived here
+        self.rates: dict[str, float] = {}  # best recent tokens/s per model
+
+    def idle(self) -> bool:
+        return not self.jobs
+
+    def live(self) -> int:
+        return sum(e.active() for e in self.engines.values()) + len(self.waiting)
+
+    def admit(self, req: EngineRequest, uid: Any = None, rqid: int = 0) -> None:
+        """Take a request: refuse it alone if it cannot run here, else queue its choices for slots."""
+        now = self.clock()
+        if self.early_cancels.pop(req.rid, None) is not None:
+            self.on_cancel(req.model)
+            return
+        if now >= req.deadline:  # its client already got its 504
+            self.on_cancel(req.model)
+            return
+        engine = self.engines.get(req.model)
+        if engine is None:
+            failed = Failed(404, f"model {req.model!r} is not loaded on this worker", "model_not_found", "model")
+            self.emit(Orphan(req, uid, rqid), failed)
+            return
+        try:
+            ids = [engine.encode_prompt(p) for p in req.prompts]
+            params = [
+                SamplingParams(
+                    temperature=req.temperature,
+                    top_k=req.top_k,
+                    top_p=req.top_p,
+                    seed=derive_seed(req.seed, i),
+                    max_new_tokens=req.max_new_tokens,
+                    stop=req.stop,
+                )
+                for i in range(req.choices)
+            ]
+        except InvalidPrompt as exc:
+            self.emit(Orphan(req, uid, rqid), Failed(400, exc.message, "invalid_prompt", "prompt"))
+            return
+        except (ValueError, EngineError) as exc:
+            self.emit(Orphan(req, uid, rqid), Failed(400, getattr(exc, "message", str(exc)), "invalid_value"))
+            return
+        job = Job(req, uid, rqid, now, sum(len(i) for i in ids))
+        self.jobs[req.rid] = job
+        for i in range(req.choices):
+            self.waiting.append((job, i, ids[i // req.n], params[i]))
+        if req.stream:
+            self.emit(job, Accepted(now))
+
+    def cancel(self, rid: str) -> None:
+        """Drop a request now (its slots are freed); remembered for a while if it has not arrived yet."""
+        job = self.jobs.pop(rid, None)
+        if job is None:
+            self.early_cancels[rid] = self.clock()
+            return
+        self._drop(job)
+        self.on_cancel(job.req.model)
+
+    def expire(self) -> None:
+        """Drop requests past their deadline (the API server has answered 504 already)."""
+        now = self.clock()
+        for job in [j for j in self.jobs.values() if now >= j.req.deadline]:
+            del self.jobs[job.req.rid]
+            self._drop(job)
+            self.on_cancel(job.req.model)
+        stale = [rid for rid, t in self.early_cancels.items() if now - t > CANCEL_TTL_S]
+        for rid in stale:
+            del self.early_cancels[rid]
+
+    def fill(self) -> None:
+        """Waiting choices into free slots, first come first served per model."""
+        full: set[str] = set()
+        kept: deque[tuple[Job, int, list[int], SamplingParams]] = deque()
+        while self.waiting:
+            item = self.waiting.popleft()
+            job, i, ids, params = item
+            model = job.req.model
+            if job.done:
+                continue
+            if model in full:
+                kept.append(item)
+                continue
+            try:
+                added = self.engines[model].add((job.req.rid, i), ids, params)
+            except Exception as exc:  # a request the engine refuses fails alone
+                log.exception("the %s engine refused %s", model, job.req.rid)
+                if self.jobs.pop(job.req.rid, None) is not None:
+                    self._drop(job)
+                    message = getattr(exc, "message", None) or "internal error while starting generation"
+                    status = 400 if isinstance(exc, (InvalidPrompt, ValueError)) else 500
+                    self.emit(job, Failed(status, message, "invalid_value" if status == 400 else "internal_error"))
+                continue
+            if not added:
+                full.add(model)
+                kept.append(item)
+        self.waiting = kept
+
+    def step(self) -> int:
+        """One step of every model with live slots; the number of sequences advanced."""
+        advanced = 0
+        for model, engine in self.engines.items():
+            size = engine.active()
+            if size == 0:
+                continue
+            t0 = self.clock()
+            try:
+                deltas = engine.step()
+            except Exception:
+                log.exception("the %s engine failed a step", model)
+                self._fail_model(model)
+                continue
+            now = self.clock()
+            self.on_batch(model, size)
+            advanced += size
+            if now > t0:
+                self.rates[model] = max(size / (now - t0), self.rates.get(model, 0.0) * RATE_DECAY)
+            self._apply(deltas, now)
+        return advanced
+
+    def _apply(self, deltas: list[Any], now: float) -> None:
+        touched: dict[str, Job] = {}
+        for d in deltas:
+            rid, i = d.request_id
+            job = self.jobs.get(rid)
+            if job is None:
+                continue
+            if job.t_first is None:
+                job.t_first = now
+            if d.text:
+                if job.req.stream:
+                    job.chunk.append((i, d.text))
+                else:
+                    job.texts[i] += d.text
+            if d.finish_reason is not None and job.finish[i] is None:
+                job.finish[i] = d.finish_reason
+                job.tokens[i] = d.completion_tokens or 0
+                job.remaining -= 1
+            touched[rid] = job
+        for rid, job in touched.items():
+            if job.chunk:
+                self.emit(job, Chunk(tuple(job.chunk)))
+                job.chunk = []
+            if job.remaining == 0:
+                job.done = True
+                del self.jobs[rid]
+                self.emit(job, job.final(now))
+
+    def _drop(self, job: Job) -> None:
+        job.done = True
+        engine = self.engines.get(job.req.model)
+        if engine is not None:
+            for i in range(job.req.choices):
+                engine.abort((job.req.rid, i))
+
+    def _fail_model(self, model: str) -> None:
+        for job in [j for j in self.jobs.values() if j.req.model == model]:
+            del self.jobs[job.req.rid]
+            self._drop(job)
+            self.emit(job, Failed(500, "internal error while generating", "internal_error"))
+
+
+@dataclass(eq=False)
+class Orphan:
+    """Where to send the answer of a request that never became a Job."""
+
+    req: EngineRequest
+    uid: Any
+    rqid: int
