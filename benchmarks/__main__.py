@@ -1,9 +1,9 @@
-"""`python -m benchmarks`: run the engine, HTTP and training benchmarks; write the JSON and the docs table.
+"""`python -m benchmarks`: run the engine, arrivals, HTTP and training benchmarks; write the JSON and the docs.
 
-A full run (`make bench`, < 10 minutes on 2 cores: engine ~2-3, HTTP ~4-5, training ~1-1.5) writes
-benchmarks/results/<UTC timestamp>.json and rewrites docs/benchmarks.md. `--quick` is a smoke run of the
-same code (about a minute per part on a quiet machine, more on a busy one); its JSON goes to the temp
-folder and the docs are left alone (unless --out / --docs).
+A full run (`make bench`, about 20 minutes on 2 cores: engine ~10 (1 and 2 threads, batch 1-128, HF),
+arrivals ~1, HTTP ~6-8, training ~1-1.5) writes benchmarks/results/<UTC timestamp>.json and rewrites the
+results section of docs/benchmarks.md. `--quick` is a smoke run of the same code (a minute or two per part);
+its JSON goes to the temp folder and the docs are left alone (unless --out / --docs).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from benchmarks.common import DOCS_FILE, MODELS_DIR, REPO, RESULTS_DIR, BenchError, cores, machine_info, utc_stamp
 
-PARTS = ("engine", "http", "training")
+PARTS = ("engine", "arrivals", "http", "training")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smoke run, ~1 minute per part (numbers not representative)")
     p.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts to run (default {','.join(PARTS)})")
     p.add_argument("--models", type=Path, default=MODELS_DIR, help="models folder (default: the repo's models/)")
-    p.add_argument("--threads", type=int, default=None, help="torch / ONNX Runtime threads (default: all cores)")
+    p.add_argument("--threads", type=int, default=None, help="training's torch threads (default: all cores)")
+    p.add_argument(
+        "--engine-threads", default="1,2", help="engine thread counts, comma-separated (default 1,2; each its own rows)"
+    )
     p.add_argument(
         "--baseline-threads",
         type=int,
@@ -64,9 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     baseline_threads = args.baseline_threads or max(1, cores() // 2)
     quick = args.quick
 
-    from benchmarks import engine, http_bench, report, training_bench
+    from benchmarks import arrivals, engine, http_bench, report, training_bench
 
-    engine_settings = engine.EngineSettings.quick(threads) if quick else engine.EngineSettings(threads=threads)
+    engine_threads = tuple(int(x) for x in args.engine_threads.split(",") if x.strip())
+    engine_settings = (
+        engine.EngineSettings.quick(engine_threads) if quick else engine.EngineSettings(threads=engine_threads)
+    )
+    arrival_settings = arrivals.ArrivalSettings.quick() if quick else arrivals.ArrivalSettings()
     http_settings = (
         http_bench.HttpSettings.quick(baseline_threads)
         if quick
@@ -88,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {
         "machine": machine_info(),
         "engine": [],
+        "engine_info": {},
+        "arrivals": [],
         "http": [],
         "training": [],
         "run": {
@@ -100,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                 part: settings
                 for part, settings in (
                     ("engine", engine.settings_dict(engine_settings)),
+                    ("arrivals", arrivals.settings_dict(arrival_settings)),
                     ("http", http_bench.settings_dict(http_settings)),
                     ("training", training_bench.settings_dict(training_settings)),
                 )
@@ -109,12 +119,14 @@ def main(argv: list[str] | None = None) -> int:
             "errors": {},
         },
     }
-    print(f"charlm benchmarks{' (quick smoke run)' if quick else ''}: {', '.join(parts)}; {threads} thread(s)")
+    print(f"charlm benchmarks{' (quick smoke run)' if quick else ''}: {', '.join(parts)}")
     for part in parts:
         t0 = time.time()
         try:
             if part == "engine":
-                result["engine"] = engine.run_engine(args.models, engine_settings)
+                result["engine"], result["engine_info"] = engine.run_engine(args.models, engine_settings)
+            elif part == "arrivals":
+                result["arrivals"] = arrivals.run_arrivals(args.models, arrival_settings)
             elif part == "http":
                 result["http"], result["run"]["servers"] = http_bench.run_http(args.models, http_settings)
                 for kind, info in result["run"]["servers"].items():

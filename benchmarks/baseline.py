@@ -104,7 +104,7 @@ class NoopAPI(ls.LitAPI):
 
 
 class BaselineAPI(ls.LitAPI):
-    """One request at a time through nanoGPT's sampler on the eager net (weights from model.ts)."""
+    """One request at a time through nanoGPT's sampler on the eager net (the shipped weights)."""
 
     def __init__(self, models_dir: Path, model: str, threads: int):
         super().__init__(max_batch_size=1, api_path=ROUTE)
@@ -113,13 +113,14 @@ class BaselineAPI(ls.LitAPI):
     def setup(self, device: str) -> None:
         import torch
 
-        from benchmarks.common import load_eager_gpt, model_entry
+        from benchmarks.common import model_entry
+        from benchmarks.weights import load_eager
 
         torch.set_num_threads(self.threads)
         entry = model_entry(self.models_dir, self.model)
         if entry.manifest.format != "stream":
             raise ValueError("the baseline server serves stream models only (no end-of-line handling)")
-        self.net = load_eager_gpt(entry)
+        self.net = load_eager(entry.folder)
         self.vocab = entry.manifest.vocab
         self.stoi = {ch: i for i, ch in enumerate(self.vocab)}
         self.pad = self.stoi.get("\n", 0)

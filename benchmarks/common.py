@@ -6,7 +6,6 @@ import os
 import platform
 import statistics
 import time
-import warnings
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -56,6 +55,7 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": _version("torch"),
         "onnxruntime": _version("onnxruntime"),
+        "transformers": _version("transformers"),
         "litserve": _version("litserve"),
     }
 
@@ -80,63 +80,10 @@ def model_entry(models_dir: Path, name: str) -> Any:
     repo = scan_repository(Path(models_dir))
     if name not in repo.models:
         why = repo.failed.get(name)
-        detail = f" (its folder failed validation: {why})" if why else ""
-        raise BenchError(f"model {name!r} is not in {models_dir}{detail}: run `make models` first")
+        if why:
+            raise BenchError(f"model {name!r} in {models_dir} failed validation: {why}")
+        raise BenchError(f"model {name!r} is not in {models_dir}: run `make models` first")
     return repo.models[name]
-
-
-def load_eager_gpt(entry: Any) -> Any:
-    """The eager `training.nets` GPT with the weights of the model's model.ts, in eval mode.
-
-    models/ holds no torch checkpoint, but the TorchScript file is the traced export wrapper
-    (training.export.graphs.StepGraph, attribute `net`) around the very same net, so its state_dict
-    is the net's with a `net.` prefix. The config comes from the manifest and the weight shapes.
-    """
-    import torch
-
-    from training.nets import build
-
-    manifest = entry.manifest
-    if manifest.arch != "gpt":
-        raise BenchError(f"{manifest.name} is a {manifest.arch}, not a gpt")
-    if "torchscript" not in manifest.files:
-        raise BenchError(f"{manifest.name} has no model.ts to take the eager weights from: run `make models`")
-    with warnings.catch_warnings():  # torch 2.13 deprecates torch.jit: one warning per load
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        traced = torch.jit.load(str(entry.folder / manifest.files["torchscript"].path), map_location="cpu")
-    state = {k.removeprefix("net."): v for k, v in traced.state_dict().items()}
-    cfg = {
-        "vocab_size": manifest.vocab_size,
-        "block_size": manifest.block_size,
-        "n_layer": manifest.n_layer,
-        "n_head": manifest.n_head,
-        "n_embd": (manifest.n_head or 0) * (manifest.head_dim or 0),
-        "dropout": 0.0,
-        "bias": "blocks.0.attn.c_attn.bias" in state,
-    }
-    net = build("gpt", cfg)
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise BenchError(
-            f"{manifest.name}: model.ts weights do not map onto training.nets' gpt "
-            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
-    net.eval()
-    _check_same_function(net, traced, manifest)
-    return net
-
-
-def _check_same_function(net: Any, traced: Any, manifest: Any) -> None:
-    """One step through both: the eager net must compute what the shipped file computes."""
-    import torch
-
-    idx = torch.arange(min(5, manifest.block_size))[None, :] % manifest.vocab_size
-    with torch.no_grad():
-        ours, _ = net.step(idx, torch.tensor([0]), net.empty_cache(1))
-        theirs = traced(idx, torch.tensor([0]), *net.empty_cache(1))[0]
-    if not torch.allclose(ours, theirs, atol=1e-4, rtol=1e-4):
-        diff = (ours - theirs).abs().max().item()
-        raise BenchError(f"{manifest.name}: eager net and model.ts disagree (max |diff| {diff:.2e})")
 
 
 def utc_stamp() -> str:

@@ -1,0 +1,141 @@
+"""The targets of issues 10 (engine v2) and 11 (service v2), judged on one result JSON.
+
+Reported, never asserted: each verdict is met (bool, or None when not measured), the figure and how far
+from the threshold. Thresholds live here once; docs/benchmarks.md lists them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+ENGINE_OVER_HF = {1: 2.0, 2: 1.5}  # charlm's engine (ONNX) over HF generate, by thread count, batch 1/32/128
+HF_BATCHES = (1, 32, 128)
+SGEMM_USE = {32: 0.35, 128: 0.40}  # ONNX, 1 thread, 256 new tokens
+ENGINE_OVER_BASELINE = 10.0  # ONNX over nanoGPT's sampler at batch 32 (the first engine's target)
+ARRIVAL_STEPS = 2.0  # p99 add -> first token, in median scheduler steps
+HOL_P99_MS = 50.0  # a names request's p99 while two long shakespeare requests run
+HTTP_OVER_ENGINE = 0.80  # shakespeare chars/s at concurrency 32 over the engine's best batch-32 tokens/s
+TTFT_P50_MS, TTFT_P99_MS = 20.0, 50.0  # shakespeare at concurrency 32, both routes
+HTTP_OVER_BASELINE = 10.0
+NAMES_OVER_NOOP, NAMES_P99_MS = 0.90, 150.0  # names n=1 at concurrency 64
+OVER_HF_SERVER = 2.0  # chars/s over shakespeare-hf at concurrency 32 (and TTFT <= half of its)
+
+
+def _find(rows: list[dict], **match: Any) -> dict | None:
+    return next((r for r in rows if all(r.get(k) == v for k, v in match.items())), None)
+
+
+def _margin(value: float, threshold: float, higher_is_better: bool = True) -> str:
+    rel = (value / threshold - 1) * 100 if threshold else 0.0
+    if higher_is_better:
+        return f"{'met' if rel >= 0 else 'missed'} by {abs(rel):.0f}%"
+    return f"{abs(rel):.0f}% {'under' if rel <= 0 else 'over'} the limit"
+
+
+def _verdict(name: str, checks: list[tuple[bool, str]]) -> dict:
+    if not checks:
+        return {"target": name, "met": None, "detail": "not measured"}
+    return {"target": name, "met": all(ok for ok, _ in checks), "detail": "; ".join(d for _, d in checks)}
+
+
+def engine_targets(result: dict) -> list[dict]:
+    rows = [r for r in result.get("engine") or [] if "threads" in r]  # rows of v1-era JSONs have no threads
+    short = [r for r in rows if r.get("new_tokens") is not None and r.get("vs") == "hf"]
+    long = [r for r in rows if r.get("vs") == "baseline"]
+    out = []
+    for t, need in ENGINE_OVER_HF.items():
+        checks = []
+        for b in HF_BATCHES:
+            r = _find(short, method="onnx", threads=t, batch=b)
+            if r and r["ratio"] is not None:
+                checks.append((r["ratio"] >= need, f"batch {b} {r['ratio']:.2f}x"))
+        out.append(_verdict(f"engine: ONNX >= {need:g}x HF generate at batch 1, 32, 128, {t} thread(s)", checks))
+    checks = []
+    for b, need in SGEMM_USE.items():
+        r = _find(long, method="onnx", threads=1, batch=b)
+        if r:
+            checks.append((r["utilisation"] >= need, f"batch {b} {r['utilisation']:.0%} (>= {need:.0%})"))
+    out.append(_verdict("engine: ONNX use of the 1-thread sgemm ceiling >= 35% at batch 32, >= 40% at 128", checks))
+    checks = []
+    for r in rows:
+        if r["method"] in ("onnx", "torchscript") and r["batch"] >= 32 and r["threads"] > 1:
+            fewer = _find(rows, method=r["method"], batch=r["batch"], new_tokens=r["new_tokens"], threads=1)
+            if fewer:
+                ratio = r["tokens_per_s"] / fewer["tokens_per_s"]
+                label = f"{r['method']} b{r['batch']}/{r['new_tokens']}: {r['threads']}t/1t {ratio:.2f}x"
+                checks.append((ratio >= 1.0, label))
+    out.append(_verdict("engine: more threads never slower than fewer at batch >= 32", checks))
+    checks = []
+    for r in rows:
+        if r["method"] == "onnx":
+            ts = _find(rows, method="torchscript", batch=r["batch"], threads=r["threads"], new_tokens=r["new_tokens"])
+            if ts:
+                ratio = r["tokens_per_s"] / ts["tokens_per_s"]
+                checks.append((ratio >= 1.0, f"{r['threads']}t b{r['batch']}/{r['new_tokens']}: {ratio:.2f}x"))
+    out.append(_verdict("engine: ONNX >= TorchScript at every batch size", checks))
+    r = _find(long, method="onnx", threads=1, batch=32)
+    checks = [(r["ratio"] >= ENGINE_OVER_BASELINE, f"{r['ratio']:.2f}x")] if r and r["ratio"] else []
+    out.append(_verdict("engine: ONNX >= 10x nanoGPT's sampler at batch 32, 1 thread", checks))
+    v2 = _find(result.get("arrivals") or [], engine="v2")
+    checks = []
+    if v2:
+        steps = v2["add_to_first_p99_steps"]
+        checks.append((steps <= ARRIVAL_STEPS, f"p99 add -> first token {steps:.2f} steps"))
+        waited = v2.get("waited_for_capacity", 0)
+        checks.append((waited == 0, f"{waited} request(s) found no free slot"))
+    out.append(_verdict("arrivals: p99 add -> first token <= 2 steps; no request waits for another", checks))
+    return out
+
+
+def http_targets(result: dict) -> list[dict]:
+    http, engine = result.get("http") or [], result.get("engine") or []
+    out = []
+    r = _find(http, scenario="head-of-line")
+    checks = [(r["p99_ms"] <= HOL_P99_MS, f"p99 {r['p99_ms']:.0f} ms")] if r and r.get("p99_ms") is not None else []
+    out.append(_verdict("HTTP: names request p99 <= 50 ms while two shakespeare n=64 x 2,048 run", checks))
+    best = max(
+        (e["tokens_per_s"] for e in engine if e["method"] == "onnx" and e["batch"] == 32 and e.get("vs") == "baseline"),
+        default=None,
+    )
+    r = _find(http, scenario="shakespeare", concurrency=32)
+    checks = []
+    if r and best:
+        share = r["chars_per_s"] / best
+        checks.append((share >= HTTP_OVER_ENGINE, f"{share:.0%} of the engine's {best:,.0f} tok/s"))
+    out.append(_verdict("HTTP: shakespeare chars/s at concurrency 32 >= 80% of the engine's batch 32", checks))
+    checks = []
+    for scenario in ("shakespeare", "shakespeare-openai"):
+        r = _find(http, scenario=scenario, concurrency=32)
+        if r and r.get("ttft_ms") is not None:
+            p99 = r.get("ttft_p99_ms") or r["ttft_ms"]
+            ok = r["ttft_ms"] <= TTFT_P50_MS and p99 <= TTFT_P99_MS
+            checks.append((ok, f"{r['route']} p50 {r['ttft_ms']:.0f} / p99 {p99:.0f} ms"))
+    out.append(_verdict("HTTP: shakespeare TTFT p50 <= 20 ms, p99 <= 50 ms at concurrency 32, both routes", checks))
+    r = _find(http, scenario="shakespeare", concurrency=32)
+    checks = []
+    if r and r.get("ratio") is not None:
+        checks.append((r["ratio"] >= HTTP_OVER_BASELINE and r["errors"] == 0, f"{r['ratio']:.2f}x, {r['errors']} err"))
+    out.append(_verdict("HTTP: shakespeare at concurrency 32 >= 10x the baseline server, zero errors", checks))
+    r = _find(http, scenario="names", concurrency=64)
+    checks = []
+    if r and r.get("ratio") is not None and r.get("p99_ms") is not None:
+        checks.append((r["ratio"] >= NAMES_OVER_NOOP, f"{r['ratio']:.0%} of noop"))
+        checks.append((r["p99_ms"] < NAMES_P99_MS, f"p99 {r['p99_ms']:.0f} ms"))
+    out.append(_verdict("HTTP: names n=1 at concurrency 64 >= 90% of noop's req/s, p99 < 150 ms", checks))
+    r, hf = _find(http, scenario="shakespeare", concurrency=32), _find(http, scenario="shakespeare-hf", concurrency=32)
+    checks = []
+    if r and hf and hf.get("chars_per_s"):
+        ratio = r["chars_per_s"] / hf["chars_per_s"]
+        checks.append((ratio >= OVER_HF_SERVER, f"{ratio:.2f}x its chars/s"))
+        if r.get("ttft_ms") is not None and hf.get("p50_ms"):  # HF answers whole: its first token is its reply
+            checks.append((r["ttft_ms"] <= hf["p50_ms"] / 2, f"TTFT {r['ttft_ms']:.0f} vs {hf['p50_ms']:.0f} ms"))
+    out.append(_verdict("HTTP: >= 2x shakespeare-hf's chars/s at concurrency 32, <= 1/2 its first-token time", checks))
+    singles = [r for r in http if r.get("concurrency") == 1 and r.get("ttft_ms") is not None]
+    worst = max((r["ttft_ms"] for r in singles), default=None)
+    checks = [(worst < 10.0, f"worst {worst:.1f} ms")] if worst is not None else []
+    out.append(_verdict("HTTP: single-request time to first token < 10 ms", checks))
+    return out
+
+
+def targets(result: dict) -> list[dict]:
+    return engine_targets(result) + http_targets(result)
