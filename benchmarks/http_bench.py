@@ -54,6 +54,7 @@ class HttpSettings:
     wrk_timeout_s: int = 60
     ready_timeout_s: float = 180.0
     long_n: int = 64  # head-of-line: the two long requests
+    charlm_timeout_s: float = 300.0  # so that admission by cost takes both long requests (see http_servers)
     long_tokens: int = 2048
     scenarios: tuple[str, ...] = ()  # empty: all
 

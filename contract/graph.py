@@ -13,8 +13,9 @@ GPT, one step graph for prefill and decode, over a KV cache the *caller* owns:
           `new_value_i` float32 [batch, n_head, new, head_dim]
 
 Masking rule: the new token i of row b sits at position pos[b] + i; it attends to cache column j iff
-j < pos[b], and to new token j iff j <= i. Cache columns at or past pos[b] may hold anything (stale
-entries of an earlier sequence): they never reach a result. Positions past block_size - 1 are clamped,
+j < pos[b], and to new token j iff j <= i. Cache columns at or past pos[b] may hold any finite values
+(stale entries of an earlier sequence, zeros): they never reach a result (a NaN or inf would, through
+0 * x in the weighted sum of values). Positions past block_size - 1 are clamped,
 so right-padding a row is harmless; the caller ignores the outputs of its padding. The caller writes
 new_key_i[b, :, :, i] into its cache column pos[b] + i (likewise values) before the next step; the graph
 never copies the cache. `past` may be anything >= max(pos) (0 for a fresh prefill), so a caller can pass

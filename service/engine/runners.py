@@ -23,6 +23,10 @@ from service.engine.backends import Backend
 from service.engine.kv import KVCache
 
 MIN_SPAN = 4  # rows per concurrent call: below this, a second call costs more than it saves
+# A prefill call's attention among its new tokens is elementwise (see training/nets/gpt.py): its scratch
+# is rows x new^2 x n_embd floats, so long prompts are prefilled a few rows per call (shakespeare-gpt at
+# 128 characters: 8 MiB a row).
+PREFILL_SCRATCH_BYTES = 64 << 20
 
 
 class _Spans:
@@ -107,6 +111,7 @@ class GPTRunner:
         self.block_size = manifest.block_size
         self.keep = max(1, manifest.block_size // 2)
         self.kv = KVCache(slots, manifest.n_layer or 0, manifest.n_head or 0, manifest.head_dim or 0, self.block_size)
+        self.n_embd = (manifest.n_head or 0) * (manifest.head_dim or 0)
         self.length = np.zeros(slots, dtype=np.int64)  # cached positions per row
         self.pending = np.zeros(slots, dtype=np.int64)  # sampled, not yet fed
         self.fresh = np.zeros(slots, dtype=bool)  # to be prefilled from its history at the next step
@@ -192,8 +197,15 @@ class GPTRunner:
             idx[i, : len(c)] = c
         zeros = np.zeros(len(rows), dtype=np.int64)
 
+        width = idx.shape[1]
+        per_call = max(1, PREFILL_SCRATCH_BYTES // (4 * width * width * self.n_embd))
+
         def call(lo: int, hi: int) -> list[np.ndarray]:
-            return self.backend.run([idx[lo:hi], zeros[lo:hi], *self.kv.empty(hi - lo)])
+            chunks = [
+                self.backend.run([idx[a:b], zeros[a:b], *self.kv.empty(b - a)])
+                for a, b in itertools.pairwise([*range(lo, hi, per_call), hi])
+            ]
+            return [np.concatenate(col) for col in zip(*chunks, strict=True)] if len(chunks) > 1 else chunks[0]
 
         parts = self._spans.map(len(rows), call)
         outs = [np.concatenate(col) for col in zip(*parts, strict=True)] if len(parts) > 1 else parts[0]

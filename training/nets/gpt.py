@@ -54,25 +54,27 @@ class CausalSelfAttention(nn.Module):
         p = self.dropout if self.training else 0.0
         return self._merge(F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True))
 
-    def step(self, x: torch.Tensor, pos: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor):
+    def step(
+        self, x: torch.Tensor, masks: tuple[torch.Tensor, torch.Tensor], past_k: torch.Tensor, past_v: torch.Tensor
+    ):
         """Graph contract v2 (contract/graph.py): attend the new positions to the caller's cache and to
         each other; return only the new keys (transposed, [B, H, D, new]) and values ([B, H, new, D]).
 
         Scores of cache and new keys are computed apart and joined before the softmax, so the cache is
-        read once and never concatenated or transposed (v1's concat was 37% of a batch-32 step).
+        read once and never concatenated or transposed (v1's concat was 37% of a batch-32 step). The
+        new-with-new part is elementwise, not a MatMul: at decode it is one dot product per row and head,
+        and ONNX Runtime ran the 512 one-element MatMuls of a batch-128 step at 95 + 74 us a layer
+        against 17 + 19 us for Mul and ReduceSum.
         """
+        past_mask, new_mask = masks  # additive: [B, 1, 1, past] and [new, new]
         q, k, v = self._heads(x)  # [B, H, new, D]
-        new, past = q.shape[2], past_v.shape[2]
-        scale = 1.0 / math.sqrt(q.shape[-1])
-        k_t = k.transpose(-1, -2)  # [B, H, D, new]: the cache's key layout
-        valid = torch.arange(past, device=x.device)[None, :] < pos[:, None]  # [B, past]: j < pos[b]
-        s_past = (q @ past_k) * scale  # [B, H, new, past]
-        s_past = s_past.masked_fill(~valid[:, None, None, :], float("-inf"))
-        causal = torch.ones(new, new, dtype=torch.bool, device=x.device).tril()
-        s_new = ((q @ k_t) * scale).masked_fill(~causal, float("-inf"))
+        past = past_v.shape[2]
+        q = q * (1.0 / math.sqrt(q.shape[-1]))
+        s_past = q @ past_k + past_mask  # [B, H, new, past]
+        s_new = (q.unsqueeze(3) * k.unsqueeze(2)).sum(-1) + new_mask  # [B, H, new, new]
         p = torch.softmax(torch.cat([s_past, s_new], dim=-1), dim=-1)  # the diagonal keeps every row finite
-        y = p[..., :past] @ past_v + p[..., past:] @ v
-        return self._merge(y), k_t, v
+        y = p[..., :past] @ past_v + (p[..., past:].unsqueeze(-1) * v.unsqueeze(2)).sum(3)
+        return self._merge(y), k.transpose(-1, -2), v
 
 
 class MLP(nn.Module):
@@ -100,8 +102,10 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x))
         return x + self.mlp(self.ln_2(x))
 
-    def step(self, x: torch.Tensor, pos: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor):
-        a, k, v = self.attn.step(self.ln_1(x), pos, past_k, past_v)
+    def step(
+        self, x: torch.Tensor, masks: tuple[torch.Tensor, torch.Tensor], past_k: torch.Tensor, past_v: torch.Tensor
+    ):
+        a, k, v = self.attn.step(self.ln_1(x), masks, past_k, past_v)
         x = x + a
         return x + self.mlp(self.ln_2(x)), k, v
 
@@ -154,11 +158,18 @@ class GPT(nn.Module):
         [B, new, V] for every new position, and the new keys/values (same layouts, `new` long).
         """
         limit = self.cfg.block_size - 1  # padding past a row's end may run off the table: clamp it
-        positions = (pos[:, None] + torch.arange(idx.shape[1], device=idx.device)[None, :]).clamp(max=limit)
+        new, past_len = idx.shape[1], past[1].shape[2]
+        positions = (pos[:, None] + torch.arange(new, device=idx.device)[None, :]).clamp(max=limit)
         x = self.wte(idx) + self.wpe(positions)
+        # The masking rule, once for every layer: row b sees cache column j iff j < pos[b], new token j
+        # from new token i iff j <= i (additive masks: 0 or -inf).
+        hidden = torch.arange(past_len, device=idx.device)[None, :] >= pos[:, None]
+        past_mask = torch.zeros(hidden.shape, device=idx.device).masked_fill(hidden, float("-inf"))[:, None, None, :]
+        future = torch.ones(new, new, dtype=torch.bool, device=idx.device).triu(1)
+        masks = (past_mask, torch.zeros(new, new, device=idx.device).masked_fill(future, float("-inf")))
         new_kv: list[torch.Tensor] = []
         for i, block in enumerate(self.blocks):
-            x, k, v = block.step(x, pos, past[2 * i], past[2 * i + 1])
+            x, k, v = block.step(x, masks, past[2 * i], past[2 * i + 1])
             new_kv += [k, v]
         return self.lm_head(self.ln_f(x)), new_kv
 
