@@ -19,7 +19,7 @@ $(PY) -m training train --config training/configs/$(1).toml --out runs/$(1)
 $(PY) -m training export runs/$(1) --out models/$(2) --force
 endef
 
-.PHONY: help serve test lint lock models bench docker docker-torch docker-smoke promtool wrk clean
+.PHONY: help serve test lint lock models bench docker docker-torch docker-smoke promtool chromium wrk clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -56,13 +56,28 @@ promtool:
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
 	promtool --version | head -n 1
 
+# Debian's chromium + chromium-driver: tests/test_playground.py drives the web page with Selenium, headless.
+chromium:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+	  echo "chromium is missing and we are not root: apt-get install chromium chromium-driver to run the playground tests" >&2; \
+	  exit 0; \
+	fi; \
+	if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	  trap 'rm -f /usr/sbin/policy-rc.d' EXIT; \
+	  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; \
+	fi; \
+	apt-get update -qq; \
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; \
+	chromedriver --version | head -n 1
+
 # wrk (Debian's package) drives `make bench`'s HTTP runs; installed like promtool, as root.
 wrk:
 	@if command -v wrk >/dev/null; then exit 0; fi; \
 	if [ "$$(id -u)" != 0 ]; then echo "wrk is missing and we are not root: apt-get install wrk" >&2; exit 1; fi; \
 	apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null
 
-test: $(VENV)/.dev-installed promtool ## run the test suite (installs the dev venv and promtool first)
+test: $(VENV)/.dev-installed promtool chromium ## run the test suite (installs the dev venv, promtool and chromium first)
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 lint: $(VENV)/.dev-installed ## ruff check + ruff format --check

@@ -1,10 +1,11 @@
 """Training throughput: charlm's trainer step against a plain nanoGPT-style loop, same model, same init.
 
 charlm: the body of `training.trainer.train`'s loop, run in-process with the trainer's own pieces
-(`Run` for data/vocab/task/model, `make_optimizer`, `lr_at`, `Task.batch`, clipping), minus eval,
-checkpointing and the progress bar. Running `python -m training train --set max_iters=N` instead
-would fold process start-up, the initial-loss check and the eval passes into its tokens_per_s
-(metrics.jsonl measures between evals, evals included), which is not training throughput.
+(`Run` for data/vocab/task/model, `make_optimizer`, `lr_at`, `Task.batch` and the one `train_step`
+the trainer and lr-find also call), minus eval, checkpointing and the progress bar. Running
+`python -m training train --set max_iters=N` instead would fold process start-up, the initial-loss
+check and the eval passes into its tokens_per_s (metrics.jsonl measures between evals, evals
+included), which is not training throughput.
 
 baseline: nanoGPT's train.py loop: get_batch by Python-level torch.stack of random windows of the
 train token stream (for `lines` data, the names joined by the boundary token), plain
@@ -52,32 +53,22 @@ class _Charlm:
     def __init__(self, run: Any, cfg: Any, model: Any):
         import torch
 
-        from training.trainer import lr_at, make_optimizer
+        from training.step import lr_at, make_optimizer, train_step, weight_average
 
         self.run, self.cfg, self.model = run, cfg, model
         self.optimizer = make_optimizer(model, cfg)
+        self.ema = weight_average(model, cfg.ema_decay)  # the trainer updates it every step: so does this
         self.gen = torch.Generator().manual_seed(cfg.seed)
-        self.lr_at = lr_at
+        self.lr_at, self.train_step = lr_at, train_step
         self.step_no = 0
 
     def step(self) -> int:
-        """One optimizer step; returns the targets it trained on."""
-        import torch
-
-        cfg, model, optimizer = self.cfg, self.model, self.optimizer
-        lr = self.lr_at(self.step_no, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        """One optimizer step (the trainer's train_step); returns the targets it trained on."""
+        cfg = self.cfg
         x, y = self.run.task.batch("train", cfg.batch_size, self.gen)
-        _, loss = model(x, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
+        lr = self.lr_at(self.step_no, cfg)
+        self.train_step(self.model, self.optimizer, (x, y), lr, cfg.grad_clip, ema=self.ema)
         self.step_no += 1
-        if self.step_no % 10 == 0:
-            loss.item()  # the trainer's progress bar reads the loss every 10 steps
         return int((y != -1).sum())
 
 
@@ -143,7 +134,7 @@ def _bench_config(name: str, steps: int, settings: TrainingSettings, log: Callab
     import torch
 
     from training.config import load_config
-    from training.trainer import Run
+    from training.run import Run
 
     cfg = load_config(name, overrides=[f"threads={settings.threads}", "device=cpu"])
     torch.manual_seed(cfg.seed)

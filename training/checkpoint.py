@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
@@ -35,6 +35,16 @@ class SplitInfo(BaseModel):
     split_fractions: tuple[float, float, float]
 
 
+class LinesInfo(BaseModel):
+    """How a GPT's block_size relates to `lines` data: chosen, and whether any sample was cut."""
+
+    model_config = ConfigDict(extra="forbid")
+    longest: int  # characters in the longest sample
+    block_size: int
+    block_size_from: Literal["config", "auto"]
+    over_block: int  # samples longer than block_size - 1, which would be cut (training refuses them: 0)
+
+
 class CheckpointMeta(BaseModel):
     model_config = ConfigDict(extra="forbid")
     arch: Literal["bigram", "mlp", "wavenet", "gpt"]
@@ -48,10 +58,13 @@ class CheckpointMeta(BaseModel):
     train_loss: float | None = None
     val_loss: float | None = None
     test_loss: float | None = None
+    test_loss_unseen: float | None = None  # lines data: test samples that do not occur in the train split
+    weights: Literal["raw", "ema"] = "raw"  # which weights were kept (with ema_decay: the better on val)
+    lines: LinesInfo | None = None  # a GPT on lines data: its block size against the longest sample
     wall_seconds: float = 0.0
     device: str = "cpu"
     torch_version: str = torch.__version__
-    created_at: datetime = datetime.now(UTC)
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))  # per checkpoint, not per import
 
 
 def save_checkpoint(

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl+C
 
 
 class CLIError(Exception):
@@ -43,7 +46,12 @@ def _parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="mean NLL (nats/char) of a checkpoint on a split")
     e.add_argument("ckpt")
-    e.add_argument("--split", default="test", choices=["train", "val", "test"])
+    e.add_argument(
+        "--split",
+        default="test",
+        choices=["train", "val", "test", "test_unseen"],
+        help="test_unseen: test samples that do not occur in the train split (lines data)",
+    )
     e.add_argument("--data", help="the data file, when the checkpoint was trained on one")
 
     lr = sub.add_parser("lr-find", help="sweep the learning rate and suggest one")
@@ -56,8 +64,15 @@ def _parser() -> argparse.ArgumentParser:
     lr.add_argument("--min-lr", type=float, default=1e-3)
     lr.add_argument("--max-lr", type=float, default=1.0)
 
+    m = sub.add_parser("micrograd", help="train a tiny MLP on scalar autograd (micrograd) and plot its boundary")
+    m.add_argument("--out", default="runs/micrograd", help="folder for boundary.png")
+    m.add_argument("--steps", type=int, default=60)
+    m.add_argument("--samples", type=int, default=60, help="points of the two-moons dataset")
+    m.add_argument("--seed", type=int, default=1337)
+
     sub.add_parser("export", help="export a checkpoint to models/<name> (python -m training export -h)")
     sub.add_parser("verify", help="re-measure shipped models' test loss with ONNX Runtime alone")
+    sub.add_parser("upgrade", help="upgrade v1 model folders to graph contract v2 (python -m training upgrade -h)")
     return p
 
 
@@ -69,13 +84,36 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.config, args.set, data=args.data, format=args.format, device=args.device, diagnostics=args.diagnostics
     )
     out = Path(args.out or f"runs/{cfg.name}")
+    check_out_dir(out)
     if not args.resume and (out / "checkpoint.json").exists():
         raise CLIError(f"{out} already holds a checkpoint: pass --resume to continue or choose another --out")
+    signal.signal(signal.SIGINT, _interrupt_once)
     try:
         train(cfg, out, resume=args.resume)
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception:
+        if _interrupted:  # under torchrun a peer that stopped first breaks this rank's collective: still Ctrl+C
+            return EXIT_INTERRUPTED
+        raise
     return 0
+
+
+_interrupted = False
+
+
+def _interrupt_once(signum, frame) -> None:
+    """Ctrl+C: raise KeyboardInterrupt once, then ignore SIGINT, so that the one torchrun forwards to its
+    workers (on top of the terminal's) cannot interrupt the state being saved into a traceback."""
+    global _interrupted
+    _interrupted = True
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def check_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} is a file, not a folder; choose a folder for the run")
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -103,6 +141,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     vocab = Vocab.build(corpus.text, corpus.format)
     splits = split_corpus(corpus, vocab, meta.data.split_seed)
     task = Task(meta.arch, splits, model.cfg.block_size, vocab.boundary)
+    if not task.has(args.split):
+        raise CLIError(f"--split {args.split}: only lines data has unseen test samples (or none are unseen)")
     print(f"{task.exact_loss(model, args.split):.4f}")
     return 0
 
@@ -110,7 +150,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_lr_find(args: argparse.Namespace) -> int:
     from training.lr_find import lr_find_command
 
+    if args.out:
+        check_out_dir(Path(args.out))
     return lr_find_command(args)
+
+
+def cmd_micrograd(args: argparse.Namespace) -> int:
+    from training.micrograd.demo import micrograd_command
+
+    if args.steps < 1 or args.samples < 4:
+        raise CLIError("need --steps >= 1 and --samples >= 4")
+    check_out_dir(Path(args.out))
+    return micrograd_command(args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
         from training.export.cli import main_export
 
         return main_export(argv[1:])
+    if argv and argv[0] == "upgrade":
+        from training.export.cli import main_upgrade
+
+        return main_upgrade(argv[1:])
     if argv and argv[0] == "verify":
         from training.verify import main as verify_main
 
@@ -129,10 +184,12 @@ def main(argv: list[str] | None = None) -> int:
         "sample": cmd_sample,
         "eval": cmd_eval,
         "lr-find": cmd_lr_find,
+        "micrograd": cmd_micrograd,
     }
     try:
         return commands[args.command](args)
     except (CLIError, ValueError, FileNotFoundError, RuntimeError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"error: {message}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun: one line from rank 0, not one per rank
+            print(f"error: {message}", file=sys.stderr)
         return EXIT_USAGE

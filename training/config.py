@@ -46,8 +46,10 @@ class TrainConfig(BaseModel):
     seed: int = 1337
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compile: bool = False
-    threads: int | None = Field(None, ge=1, description="torch intra-op threads on CPU")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads on CPU (default 1: measured fastest)")
     diagnostics: bool = False
+    diagnostics_interval: int = Field(100, ge=1, description="steps between diagnostics records")
+    tensorboard: bool = Field(True, description="write TensorBoard event files next to metrics.jsonl")
     samples: int = Field(10, ge=0, description="samples printed at the end")
 
     @model_validator(mode="after")
@@ -61,6 +63,8 @@ class TrainConfig(BaseModel):
         unknown = sorted(set(self.model) - allowed)
         if unknown:
             raise ValueError(f"unknown model key(s) for {self.arch}: {', '.join(unknown)}")
+        if self.model.get("block_size") == "auto" and self.arch != "gpt":
+            raise ValueError(f'model.block_size = "auto" is for a gpt on lines data, not {self.arch}')
         return self
 
     @property
@@ -103,6 +107,27 @@ def load_config(path: Path | str, overrides: list[str] = (), **extra: Any) -> Tr
     if extra.get("data") is not None:
         raw["dataset"] = None  # a data file replaces the config's built-in dataset
     return validate_config(raw, str(path))
+
+
+# Keys that shape the weights or the data: a resumed run must keep them (dropout and the schedule may change).
+RESUME_KEYS = ("arch", "dataset", "data", "format", "split_seed", "model")
+
+
+def resume_mismatch(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
+    """'key (saved -> now)' for every key a --resume cannot change; [] when the run can continue."""
+    now = cfg.model_dump()
+    diffs = []
+    for key in RESUME_KEYS:
+        a, b = saved.get(key), now.get(key)
+        if key == "model":
+            for k in sorted(set(a or {}) | set(b or {})):
+                if k != "dropout" and (a or {}).get(k) != (b or {}).get(k):
+                    diffs.append(f"model.{k} ({(a or {}).get(k)} -> {(b or {}).get(k)})")
+        elif a != b:
+            diffs.append(f"{key} ({a} -> {b})")
+    if bool(saved.get("ema_decay")) != bool(now["ema_decay"]):
+        diffs.append(f"ema_decay ({saved.get('ema_decay')} -> {now['ema_decay']})")
+    return diffs
 
 
 def validate_config(raw: dict[str, Any], where: str = "config") -> TrainConfig:

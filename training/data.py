@@ -225,6 +225,43 @@ def split_corpus(corpus: Corpus, vocab: Vocab, seed: int = DEFAULT_SPLIT_SEED) -
     return Splits([ids[:n1]], [ids[n1:n2]], [ids[n2:]], seed, fractions)
 
 
+@dataclass(frozen=True)
+class LineLengths:
+    """The longest sample of `lines` data and where it is: what decides a GPT's block_size."""
+
+    longest: int
+    line_no: int  # 1-based, in the file
+    text: str
+    lengths: tuple[int, ...]
+
+    def over(self, max_len: int) -> int:
+        return sum(n > max_len for n in self.lengths)
+
+
+def line_lengths(corpus: Corpus) -> LineLengths:
+    """Lengths of the non-empty lines of a `lines` corpus (what split_corpus turns into samples)."""
+    best, where, text, lengths = -1, 0, "", []
+    for i, line in enumerate(corpus.text.split("\n"), start=1):
+        line = line.rstrip("\r")
+        if line:
+            lengths.append(len(line))
+            if len(line) > best:
+                best, where, text = len(line), i, line
+    return LineLengths(best, where, text, tuple(lengths))
+
+
+def check_stream_length(splits: Splits, block_size: int, name: str) -> None:
+    """Each `stream` split must hold a window plus its next character, or batching fails inside torch."""
+    for split in ("train", "val", "test"):
+        n = len(splits.get(split)[0])
+        if n < block_size + 1:
+            share = dict(zip(("train", "val", "test"), splits.fractions, strict=True))[split]
+            raise DataError(
+                f"{name}: the {split} split ({share:.0%} of the data) has {n} characters, fewer than "
+                f"block_size + 1 = {block_size + 1}; use more data or a smaller model.block_size"
+            )
+
+
 def window_examples(samples: list[np.ndarray], block_size: int, boundary: int | None) -> tuple[np.ndarray, ...]:
     """(contexts [N, block_size], targets [N]) for next-character prediction with a fixed window.
 
@@ -251,7 +288,8 @@ def sequence_examples(samples: list[np.ndarray], block_size: int, boundary: int)
     """(inputs [N, block_size], targets [N, block_size]) for a GPT on `lines` data.
 
     Input = boundary + sample, target = sample + boundary, padded (targets with -1, ignored in the loss).
-    Samples longer than block_size - 1 are cut (their tail is not learned).
+    Samples longer than block_size - 1 are cut (their tail is not learned): the trainer refuses such data
+    (training.run.resolve_block_size); this cut remains for evaluating other data on a trained model.
     """
     x = np.full((len(samples), block_size), boundary, dtype=np.int64)
     y = np.full((len(samples), block_size), -1, dtype=np.int64)

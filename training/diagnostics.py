@@ -20,10 +20,12 @@ from typing import Any
 import torch
 from torch import nn
 
-PLOTS_DIR = "plots"
+from training.plots import plot_diagnostics, plot_losses, read_jsonl
+
+__all__ = ["Diagnostics", "activation_taps", "plot_diagnostics", "plot_losses"]
+
 RECORDS_FILE = "diagnostics.jsonl"
 SATURATION = 0.97  # |tanh| above this: the unit passes almost no gradient
-UPDATE_RATIO_GUIDE = -3.0  # log10 of the update:data ratio Karpathy calls about right
 HIST_BINS = 60
 # Early steps are where initialisation problems show; record them even when `every` is large.
 EARLY_STEPS = frozenset({1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 70})
@@ -83,8 +85,15 @@ def _std(t: torch.Tensor) -> float:
 class Diagnostics:
     """Per-layer statistics every `every` steps (plus a few early steps), written and plotted at the end."""
 
-    def __init__(self, model: nn.Module, out_dir: Path | str, every: int = 100):
+    def __init__(
+        self,
+        model: nn.Module,
+        out_dir: Path | str,
+        every: int = 100,
+        on_record: Callable[[dict[str, Any]], None] | None = None,
+    ):
         self.model = model
+        self.on_record = on_record  # e.g. the TensorBoard writer (training.curves)
         self.out = Path(out_dir)
         self.every = max(1, every)
         self.records: list[dict[str, Any]] = []
@@ -175,6 +184,8 @@ class Diagnostics:
                 record["params"][name]["update_ratio_log10"] = math.log10(ratio) if ratio > 0 else None
             record.update(lr=lr, loss=loss)
             self.records.append(record)
+            if self.on_record is not None:
+                self.on_record(record)
         self._pending, self._before = None, {}
         self._armed = self.records_step(step + 1)
 
@@ -185,7 +196,7 @@ class Diagnostics:
         self._handles = []
         path = self.out / RECORDS_FILE
         first = self.records[0]["step"] if self.records else math.inf
-        kept = [r for r in _read_jsonl(path) if r.get("step", math.inf) < first and "hist" not in r]
+        kept = [r for r in read_jsonl(path) if r.get("step", math.inf) < first and "hist" not in r]
         records = kept + self.records
         lines = [json.dumps(r) for r in records]
         if self.first_hists is not None:
@@ -203,146 +214,3 @@ class Diagnostics:
 
 def _grad_stats(g: torch.Tensor) -> dict[str, Any]:
     return {"std": _std(g), "hist": _histogram(g)}
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut by an interrupted write: skip it
-    return rows
-
-
-def _run_name(out_dir: Path) -> str:
-    """The config's name from config.json (written by the trainer), else the folder's name."""
-    try:
-        return str(json.loads((out_dir / "config.json").read_text())["name"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return out_dir.name
-
-
-def _figure(width: float, height: float, ncols: int = 1):
-    """A figure on the Agg canvas (no pyplot: no global state, nothing to close, no display needed)."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), layout="constrained")
-    axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
-    return fig, axes
-
-
-def plot_losses(out_dir: Path | str, log: Callable[[str], None] | None = None) -> Path | None:
-    """plots/loss.png from metrics.jsonl: train and val loss per eval. Never fails a finished run."""
-    out_dir = Path(out_dir)
-    rows = [r for r in _read_jsonl(out_dir / "metrics.jsonl") if "step" in r]
-    if not rows:
-        return None
-    try:
-        fig, (ax,) = _figure(7, 4.5)
-        steps = [r["step"] for r in rows]
-        for key, style in (("train_loss", "o-"), ("val_loss", "s-")):
-            ax.plot(steps, [r.get(key) for r in rows], style, ms=3, label=key.removesuffix("_loss"))
-        best = min(rows, key=lambda r: r.get("val_loss", math.inf))
-        ax.axhline(best["val_loss"], color="grey", lw=0.8, ls=":", label=f"best val {best['val_loss']:.4f}")
-        ax.set(xlabel="step", ylabel="loss (nats/char)", title=f"{_run_name(out_dir)}: loss")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        path = out_dir / PLOTS_DIR / "loss.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-    except Exception as exc:  # a plot is never worth losing a finished training run over
-        if log is not None:
-            log(f"warning: could not plot the loss curves ({type(exc).__name__}: {exc})")
-        return None
-    if log is not None:
-        log(f"loss curves: {path}")
-    return path
-
-
-def plot_diagnostics(
-    out_dir: Path,
-    records: list[dict[str, Any]],
-    first: dict[str, Any] | None,
-    last: dict[str, Any] | None,
-) -> list[Path]:
-    """activations.png, activation_grads.png, weight_grads.png (histograms at the first and last
-    recorded step) and update_ratio.png (log10 update:data per weight matrix over time)."""
-    plots = Path(out_dir) / PLOTS_DIR
-    plots.mkdir(parents=True, exist_ok=True)
-    written = []
-    if first is not None and last is not None:
-        act_stats = {r["step"]: r["activations"] for r in records}
-        param_stats = {r["step"]: r["params"] for r in records}
-        specs = [
-            ("activations", "activation distribution", _act_legend(act_stats)),
-            ("activation_grads", "activation gradient distribution", _grad_legend(act_stats)),
-            ("weight_grads", "weight gradient distribution", _weight_legend(param_stats)),
-        ]
-        for key, title, legend in specs:
-            if not first[key] and not last[key]:
-                continue
-            fig, axes = _figure(13, 4.5, ncols=2)
-            for ax, hists in zip(axes, (first, last), strict=True):
-                for label, h in hists[key].items():
-                    ax.plot(h["x"], h["density"], label=legend(hists["step"], label))
-                ax.set(title=f"{title}, step {hists['step']}", xlabel="value", ylabel="density")
-                ax.grid(alpha=0.3)
-                ax.legend(fontsize=7)
-            path = plots / f"{key}.png"
-            fig.savefig(path, dpi=110)
-            written.append(path)
-    series: dict[str, tuple[list[int], list[float]]] = {}
-    for r in records:
-        for name, p in r["params"].items():
-            value = p.get("update_ratio_log10")
-            if len(p["shape"]) == 2 and value is not None:
-                steps, values = series.setdefault(name, ([], []))
-                steps.append(r["step"])
-                values.append(value)
-    if series:
-        fig, (ax,) = _figure(9, 4.5)
-        for name, (steps, values) in series.items():
-            ax.plot(steps, values, label=name)
-        ax.axhline(UPDATE_RATIO_GUIDE, color="black", ls="--", lw=1, label="1e-3 guide")
-        ax.set(
-            title="update:data ratio per weight matrix",
-            xlabel="step",
-            ylabel="log10(update std / weight std)",
-        )
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        path = plots / "update_ratio.png"
-        fig.savefig(path, dpi=110)
-        written.append(path)
-    return written
-
-
-def _act_legend(stats: dict[int, dict[str, Any]]) -> Callable[[int, str], str]:
-    def legend(step: int, label: str) -> str:
-        s = stats.get(step, {}).get(label, {})
-        text = f"{label}: mean {s.get('mean', math.nan):+.2f}, std {s.get('std', math.nan):.2f}"
-        return text + (f", saturated {100 * s['saturation']:.1f}%" if "saturation" in s else "")
-
-    return legend
-
-
-def _grad_legend(stats: dict[int, dict[str, Any]]) -> Callable[[int, str], str]:
-    def legend(step: int, label: str) -> str:
-        return f"{label}: std {stats.get(step, {}).get(label, {}).get('grad_std', math.nan):.2e}"
-
-    return legend
-
-
-def _weight_legend(stats: dict[int, dict[str, Any]]) -> Callable[[int, str], str]:
-    def legend(step: int, name: str) -> str:
-        p = stats.get(step, {}).get(name, {})
-        ratio = p.get("grad_data")
-        return (
-            f"{name} {tuple(p.get('shape', ()))}: grad std {p.get('grad_std', math.nan):.2e}, "
-            f"grad:data {ratio if ratio is not None else math.nan:.2e}"
-        )
-
-    return legend

@@ -1,0 +1,124 @@
+"""Setting a run up: the device, the CPU threads, the data, the vocabulary, the block size and the net."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training.checkpoint import CheckpointMeta, LinesInfo, SplitInfo
+from training.config import TrainConfig
+from training.data import DataError, Splits, Vocab, check_stream_length, line_lengths, load_corpus, split_corpus
+from training.nets import build
+from training.tasks import Task
+
+# Thread default, measured on the 2-core development machine shared with other jobs (load 5-8 throughout:
+# a quiet measurement was not possible there): alternating ~3 s rounds of train_step with 1 and 2 torch
+# threads, median tokens/s, 1 thread -> 2 threads: names_bigram 272,348 -> 11,359; names_mlp 14,032 ->
+# 1,086; names_wavenet 3,852 -> 224; names_gpt 4,332 -> 262; shakespeare_gpt 7,872 -> 1,472. A second
+# thread that has to wait for a busy core stalls every op of these small nets; one thread never waits
+# on a sibling. On a quiet multi-core machine, --set threads=N may help the GPTs.
+DEFAULT_THREADS = 1
+
+
+def pick_device(choice: str) -> str:
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: no CUDA device is available")
+    return choice
+
+
+def set_threads(cfg: TrainConfig, processes: int = 1) -> tuple[int, str | None]:
+    """Apply cfg.threads (default 1) and return it with a warning when the machine is already busy:
+    more runnable processes (1-minute load average) than the cores this run leaves free."""
+    threads = cfg.threads or DEFAULT_THREADS
+    torch.set_num_threads(threads)
+    cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # not available on this platform
+        return threads, None
+    free = cores - load
+    wanted = threads * processes
+    if wanted > free:
+        note = (
+            f"WARNING: the machine is busy (load {load:.1f} on {cores} cores): {wanted} training thread(s) will "
+            f"contend for about {max(free, 0):.1f} free cores; expect it slower than on a quiet machine"
+        )
+        return threads, note
+    return threads, None
+
+
+def resolve_block_size(cfg: TrainConfig, corpus_lines, fmt: str) -> tuple[int | None, LinesInfo | None]:
+    """A GPT on `lines` data sees one sample per row, so block_size must fit the longest sample plus the
+    boundary token. Unset or "auto": derived from the data. Too small: an error naming the longest line
+    (before, such lines were cut silently: 197 of 200 samples of a 30-60 character file came out 15 long)."""
+    set_to = cfg.model.get("block_size", "auto" if cfg.arch == "gpt" else None)
+    if fmt != "lines" or cfg.arch != "gpt":
+        if set_to == "auto":
+            raise DataError(f'model.block_size = "auto" needs a gpt on lines data (this is {cfg.arch} on {fmt})')
+        return set_to, None
+    lengths = corpus_lines
+    need = lengths.longest + 1
+    if set_to == "auto":
+        return need, LinesInfo(longest=lengths.longest, block_size=need, block_size_from="auto", over_block=0)
+    if not isinstance(set_to, int) or isinstance(set_to, bool):
+        raise DataError(f'model.block_size must be an integer or "auto", not {set_to!r}')
+    over = lengths.over(set_to - 1)
+    if over:
+        preview = lengths.text if len(lengths.text) <= 40 else lengths.text[:37] + "..."
+        raise DataError(
+            f"{over} of {len(lengths.lengths)} lines are longer than block_size - 1 = {set_to - 1} characters and "
+            f"would be cut; the longest (line {lengths.line_no}, {lengths.longest} characters: {preview!r}) needs "
+            f'block_size >= {need}: --set model.block_size={need} (or "auto")'
+        )
+    return set_to, LinesInfo(longest=lengths.longest, block_size=set_to, block_size_from="config", over_block=0)
+
+
+class Run:
+    """Everything a training run needs, set up once: data, vocab, task, model, output folder."""
+
+    def __init__(self, cfg: TrainConfig, out: Path):
+        self.cfg, self.out = cfg, Path(out)
+        corpus = load_corpus(cfg.dataset, cfg.data, cfg.format)
+        self.vocab = Vocab.build(corpus.text, corpus.format)
+        self.splits: Splits = split_corpus(corpus, self.vocab, cfg.split_seed)
+        self.corpus = corpus
+        lengths = line_lengths(corpus) if corpus.format == "lines" else None
+        block, self.lines = resolve_block_size(cfg, lengths, corpus.format)
+        self.model_config: dict[str, Any] = {**cfg.model, "vocab_size": self.vocab.size}
+        if block is not None:
+            self.model_config["block_size"] = block
+        self.model = build(cfg.arch, self.model_config)
+        self.block_size = self.model.cfg.block_size
+        if corpus.format == "stream":
+            check_stream_length(self.splits, self.block_size, corpus.name)
+        self.task = Task(cfg.arch, self.splits, self.block_size, self.vocab.boundary)
+
+    def describe_block(self) -> str:
+        """The block size and, for a GPT on lines, why it is what it is."""
+        if self.lines is None:
+            return f"block {self.block_size}"
+        how = "derived from the data" if self.lines.block_size_from == "auto" else "from the config"
+        return f"block {self.block_size} ({how}; longest line {self.lines.longest}, 0 lines cut)"
+
+    def meta(self, **fields) -> CheckpointMeta:
+        return CheckpointMeta(
+            arch=self.cfg.arch,
+            model=self.model.cfg.model_dump(),
+            vocab=list(self.vocab.chars),
+            format=self.corpus.format,
+            boundary_token=self.vocab.boundary,
+            data=SplitInfo(
+                name=self.corpus.name,
+                sha256=self.corpus.sha256,
+                split_seed=self.splits.seed,
+                split_fractions=self.splits.fractions,
+            ),
+            train_config=self.cfg.model_dump(),
+            lines=self.lines,
+            **fields,
+        )
