@@ -40,42 +40,29 @@ $(VENV)/.dev-installed: pyproject.toml requirements/dev.lock | $(PY)
 serve: $(VENV)/.serve-installed ## serve models/ on :8000 (ONNX Runtime, no torch); ARGS="--port 9000 ..."
 	$(PY) -m service serve $(ARGS)
 
-# promtool (Debian's prometheus package) is what tests/test_deploy.py checks the Prometheus files with.
-# A policy-rc.d keeps apt from starting the packaged Prometheus daemon.
-promtool:
-	@if command -v promtool >/dev/null; then exit 0; fi; \
-	if [ "$$(id -u)" != 0 ]; then \
-	  echo "promtool is missing and we are not root: apt-get install prometheus to run the deploy tests" >&2; \
-	  exit 0; \
-	fi; \
-	if [ ! -e /usr/sbin/policy-rc.d ]; then \
-	  trap 'rm -f /usr/sbin/policy-rc.d' EXIT; \
-	  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; \
-	fi; \
-	apt-get update -qq; \
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
-	promtool --version | head -n 1
+# Debian packages the tests and benchmarks drive, installed as root once (a test that needs one and does
+# not find it says so): $(1) the commands that must exist, $(2) the packages, $(3) what needs them,
+# $(4) the exit code when we are not root (0: the tests skip; 1: the benchmark cannot run). A policy-rc.d
+# keeps apt from starting packaged daemons (Prometheus).
+define apt_install
+@if $(foreach c,$(1),command -v $(c) >/dev/null &&) true; then exit 0; fi; \
+if [ "$$(id -u)" != 0 ]; then echo "$(firstword $(1)) is missing and we are not root: apt-get install $(2) for $(3)" >&2; exit $(4); fi; \
+if [ ! -e /usr/sbin/policy-rc.d ]; then \
+  trap 'rm -f /usr/sbin/policy-rc.d' EXIT; \
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; \
+fi; \
+apt-get update -qq; \
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(2) >/dev/null
+endef
 
-# Debian's chromium + chromium-driver: tests/test_playground.py drives the web page with Selenium, headless.
-chromium:
-	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then exit 0; fi; \
-	if [ "$$(id -u)" != 0 ]; then \
-	  echo "chromium is missing and we are not root: apt-get install chromium chromium-driver to run the playground tests" >&2; \
-	  exit 0; \
-	fi; \
-	if [ ! -e /usr/sbin/policy-rc.d ]; then \
-	  trap 'rm -f /usr/sbin/policy-rc.d' EXIT; \
-	  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; \
-	fi; \
-	apt-get update -qq; \
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; \
-	chromedriver --version | head -n 1
+promtool: ## promtool (Debian's prometheus): tests/test_deploy.py checks the Prometheus files with it
+	$(call apt_install,promtool,prometheus,the deploy tests,0)
 
-# wrk (Debian's package) drives `make bench`'s HTTP runs; installed like promtool, as root.
-wrk:
-	@if command -v wrk >/dev/null; then exit 0; fi; \
-	if [ "$$(id -u)" != 0 ]; then echo "wrk is missing and we are not root: apt-get install wrk" >&2; exit 1; fi; \
-	apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null
+chromium: ## chromium + chromedriver: tests/test_playground.py drives the web page with Selenium, headless
+	$(call apt_install,chromium chromedriver,chromium chromium-driver,the playground tests,0)
+
+wrk: ## wrk drives `make bench`'s HTTP runs
+	$(call apt_install,wrk,wrk,make bench,1)
 
 test: $(VENV)/.dev-installed promtool chromium ## run the test suite (installs the dev venv, promtool and chromium first)
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
