@@ -26,20 +26,16 @@ from litserve.specs.base import LitSpec
 from starlette.types import Receive, Scope, Send
 
 from service import metrics, sse
+from service.bodies import ChatResponse, CompletionResponse, GenerateResponse, Timing
 from service.catalog import Catalog
+from service.chat import ChatRequest, prepare_chat
 from service.client import EngineClient, EventStream
 from service.errors import APIError
-from service.protocol import Accepted, Chunk, EngineRequest, Failed, Final, WorkerEvent, prompt_problem
-from service.responses import CompletionShape, GenerateShape, Reply, Shape
-from service.schemas import (
-    TEXT_CHOICE,
-    CompletionRequest,
-    CompletionResponse,
-    GenerateRequest,
-    GenerateResponse,
-    Timing,
-)
+from service.protocol import Accepted, Chunk, EngineRequest, Failed, Final, WorkerEvent
+from service.responses import ChatShape, CompletionShape, GenerateShape, Reply, Shape
+from service.schemas import TEXT_CHOICE, CompletionRequest, GenerateRequest, OpenAIFields
 from service.shared import SharedState
+from service.translate import prepare
 
 log = logging.getLogger("charlm.http")
 
@@ -70,21 +66,36 @@ class Gateway:
         self.timeout = timeout
         self.max_queue = max_queue
 
-    async def handle(self, request: Request, shape: Shape, body: GenerateRequest | CompletionRequest) -> Response:
+    async def handle(
+        self, request: Request, shape: Shape, body: GenerateRequest | CompletionRequest | ChatRequest
+    ) -> Response:
         manifest = self.catalog.resolve(body.model)
         request.state.charlm_model = body.model
-        req = body.to_engine(shape.prefix + uuid.uuid4().hex, time.monotonic() + self.timeout)
-        for prompt in req.prompts:
-            problem = prompt_problem(manifest, prompt)
-            if problem:
-                raise APIError(400, problem, param="prompt", code="invalid_prompt")
+        rid, deadline = shape.prefix + uuid.uuid4().hex, time.monotonic() + self.timeout
+        if isinstance(body, OpenAIFields) and body.unknown_fields():
+            log.info("%s: ignored unknown fields %s", shape.api_path, ", ".join(body.unknown_fields()))
+        if isinstance(body, ChatRequest):
+            prepared = prepare_chat(body, manifest, rid, deadline)
+        else:
+            prepared = prepare(body, manifest, rid, deadline)
+        req = prepared.req
+        options = body.stream_options if isinstance(body, OpenAIFields) else None
+        include_usage = bool(options and options.include_usage)
+        reply = Reply(
+            req,
+            echo=prepared.echo,
+            vocab=tuple(manifest.vocab),
+            mark=manifest.vocab[manifest.boundary_token] if manifest.boundary_token is not None else None,
+            lead=prepared.lead,
+            include_usage=include_usage,
+            continuous_usage=include_usage and bool(options and options.continuous_usage_stats),
+        )
         ticket = self._admit(req, req.cost_tokens(manifest))
         try:
             ticket.events = await self.client.open(req)
         except BaseException:
             await self._close(ticket)
             raise
-        reply = Reply(req, echo=shape is GenerateShape or bool(getattr(body, "echo", False)))
         if req.stream:
             return await self._start_stream(request, shape, reply, ticket)
         try:
@@ -184,16 +195,15 @@ class Gateway:
         try:
             while True:
                 if isinstance(event, Accepted):
-                    if r.echo:
-                        for i in range(r.req.choices):
-                            if r.req.prompt_of(i):
-                                yield sse.event(shape.chunk(r, i, r.req.prompt_of(i)))
+                    for body in shape.opening(r):
+                        yield sse.event(body)
                 elif isinstance(event, Chunk):
-                    for i, text in event.deltas:
-                        yield sse.event(shape.chunk(r, i, text))
+                    for delta in event.deltas:
+                        yield sse.event(shape.chunk(r, delta, event.completion_tokens))
                 elif isinstance(event, Final):
                     t.finished = True
-                    yield sse.event(shape.last(r, event, self._observe(t, event)))
+                    for body in shape.closing(r, event, self._observe(t, event)):
+                        yield sse.event(body)
                     yield sse.DONE
                     return
                 else:
@@ -236,6 +246,9 @@ class CharLMSpec(LitSpec):
         self.gateway: Gateway | None = None  # set once the LitServer exists (service.server.build)
         self.add_endpoint(GenerateShape.api_path, self.generate, ["POST"])
         self.add_endpoint(CompletionShape.api_path, self.completions, ["POST"])
+        self.add_endpoint(ChatShape.api_path, self.chat, ["POST"])
+        # lm-evaluation-harness finds its tokenizer next to the completions URL: one base URL per model
+        self.add_endpoint("/models/{model_id}" + CompletionShape.api_path, self.model_completions, ["POST"])
 
     @property
     def stream(self) -> bool:
@@ -260,6 +273,22 @@ class CharLMSpec(LitSpec):
         assert self.gateway is not None
         return await self.gateway.handle(request, CompletionShape, body)  # type: ignore[return-value]
 
+    async def model_completions(
+        self, model_id: str, request: Request, body: Annotated[CompletionRequest, Body()]
+    ) -> CompletionResponse:
+        assert self.gateway is not None
+        if body.model != model_id:
+            raise APIError(
+                400, f"'model' is {body.model!r} on the route of {model_id!r}", param="model", code="invalid_value"
+            )
+        return await self.gateway.handle(request, CompletionShape, body)  # type: ignore[return-value]
+
+    async def chat(self, request: Request, body: Annotated[ChatRequest, Body()]) -> ChatResponse:
+        assert self.gateway is not None
+        return await self.gateway.handle(request, ChatShape, body)  # type: ignore[return-value]
+
 
 CharLMSpec.generate.__doc__ = "Generate samples (native API).\n\n" + TEXT_CHOICE
 CharLMSpec.completions.__doc__ = "OpenAI's /v1/completions.\n\n" + TEXT_CHOICE
+CharLMSpec.model_completions.__doc__ = "/v1/completions under /models/{model_id}, where its tokenizer routes are."
+CharLMSpec.chat.__doc__ = "OpenAI's /v1/chat/completions, with the character-model mapping of docs/api.md."

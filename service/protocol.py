@@ -69,17 +69,38 @@ class EngineRequest:
     stop: tuple[str, ...] = ()
     stream: bool = False
     deadline: float = float("inf")
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    logprobs: int | None = None  # alternatives per token (0: the chosen one only); None: no logprobs
+    prompt_logprobs: bool = False  # score the prompt's characters too (echo, native logprobs)
+    best_of: int | None = None  # sample best_of per prompt, keep the n with the highest summed logprob
+
+    @property
+    def samples(self) -> int:
+        """Sequences run per prompt: best_of when it asks for more than n."""
+        return max(self.n, self.best_of or 0)
 
     @property
     def choices(self) -> int:
+        """Choices answered: prompts x n."""
         return len(self.prompts) * self.n
+
+    @property
+    def sequences(self) -> int:
+        """Engine sequences run: prompts x samples."""
+        return len(self.prompts) * self.samples
 
     def prompt_of(self, choice: int) -> str:
         return self.prompts[choice // self.n]
 
     def cost_tokens(self, manifest: Manifest) -> int:
-        """The most tokens it can take: what admission by cost weighs."""
-        return self.choices * (self.max_new_tokens or default_max_new_tokens(manifest))
+        """The most tokens it can take: what admission by cost weighs (a scored prompt counts as one)."""
+        budget = default_max_new_tokens(manifest) if self.max_new_tokens is None else self.max_new_tokens
+        return self.sequences * max(1, budget)
 
 
 # ----- worker -> API server -----
@@ -93,19 +114,46 @@ class Accepted:
 
 
 @dataclass(frozen=True)
-class Chunk:
-    """New text of some choices: (choice index, text) pairs, in order."""
+class TokenScore:
+    """The model's raw log-probability of one token and its `top` alternatives (token id, logprob)."""
 
-    deltas: tuple[tuple[int, str], ...]
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class ChoiceDelta:
+    """New text of one choice. With logprobs: one score per character of `text`, the prompt's scores
+    on the choice's first delta (None where the model saw no context), and the end-of-sample boundary
+    of a `lines` model where it was sampled (it ends the choice and is never part of the text)."""
+
+    index: int
+    text: str
+    logprobs: tuple[TokenScore, ...] | None = None
+    prompt_logprobs: tuple[TokenScore | None, ...] | None = None
+    boundary: TokenScore | None = None
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """New text of some choices, in order; `completion_tokens`: generated so far, over all choices."""
+
+    deltas: tuple[ChoiceDelta, ...]
+    completion_tokens: int = 0
 
 
 @dataclass(frozen=True)
 class ChoiceResult:
-    """How one choice ended; `text` is None for a streamed request (its text went out in Chunks)."""
+    """How one choice ended; `text` is None for a streamed request (its text went out in Chunks), and
+    so are the scores (`logprobs`, `prompt_logprobs`, `boundary`: as in ChoiceDelta)."""
 
     text: str | None
     finish_reason: FinishReason
     completion_tokens: int
+    logprobs: tuple[TokenScore, ...] | None = None
+    prompt_logprobs: tuple[TokenScore | None, ...] | None = None
+    boundary: TokenScore | None = None
 
 
 @dataclass(frozen=True)
@@ -117,9 +165,12 @@ class Final:
     t_end: float
     prompt_tokens: int
     choices: tuple[ChoiceResult, ...] = field(default=())
+    sampled_tokens: int | None = None  # every token sampled (best_of's unkept samples too)
 
     @property
     def completion_tokens(self) -> int:
+        if self.sampled_tokens is not None:
+            return self.sampled_tokens
         return sum(c.completion_tokens for c in self.choices)
 
 

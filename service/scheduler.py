@@ -13,46 +13,17 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from service.engine import EngineError, InvalidPrompt, SamplingParams, derive_seed
-from service.protocol import Accepted, ChoiceResult, Chunk, EngineRequest, Failed, Final, WorkerEvent
+from service.jobs import Job, score_of
+from service.protocol import Accepted, ChoiceDelta, Chunk, EngineRequest, Failed, WorkerEvent
 
 log = logging.getLogger("charlm.scheduler")
 
 CANCEL_TTL_S = 600.0  # ids cancelled before this worker saw them are forgotten after this
 RATE_DECAY = 0.995  # the best measured tokens/s fades slowly, so a slower mix shows up in time
-
-
-@dataclass(eq=False)
-class Job:
-    """One admitted request on this worker and what its choices produced so far."""
-
-    req: EngineRequest
-    uid: Any
-    rqid: int
-    t_start: float
-    prompt_tokens: int
-    t_first: float | None = None
-    texts: list[str] = field(default_factory=list)
-    finish: list[str | None] = field(default_factory=list)
-    tokens: list[int] = field(default_factory=list)
-    remaining: int = 0
-    chunk: list[tuple[int, str]] = field(default_factory=list)
-    done: bool = False
-
-    def __post_init__(self) -> None:
-        n = self.req.choices
-        self.texts, self.finish, self.tokens, self.remaining = [""] * n, [None] * n, [0] * n, n
-
-    def final(self, now: float) -> Final:
-        stream = self.req.stream
-        choices = tuple(
-            ChoiceResult(None if stream else text, reason or "length", tokens)
-            for text, reason, tokens in zip(self.texts, self.finish, self.tokens, strict=True)
-        )
-        return Final(self.t_start, self.t_first or now, now, self.prompt_tokens, choices)
 
 
 Emit = Callable[[Job, WorkerEvent], None]
@@ -101,17 +72,7 @@ class Scheduler:
             return
         try:
             ids = [engine.encode_prompt(p) for p in req.prompts]
-            params = [
-                SamplingParams(
-                    temperature=req.temperature,
-                    top_k=req.top_k,
-                    top_p=req.top_p,
-                    seed=derive_seed(req.seed, i),
-                    max_new_tokens=req.max_new_tokens,
-                    stop=req.stop,
-                )
-                for i in range(req.choices)
-            ]
+            params = [sampling(req, i) for i in range(req.sequences)]
         except InvalidPrompt as exc:
             self.emit(Orphan(req, uid, rqid), Failed(400, exc.message, "invalid_prompt", "prompt"))
             return
@@ -120,8 +81,8 @@ class Scheduler:
             return
         job = Job(req, uid, rqid, now, sum(len(i) for i in ids))
         self.jobs[req.rid] = job
-        for i in range(req.choices):
-            self.waiting.append((job, i, ids[i // req.n], params[i]))
+        for i in range(req.sequences):
+            self.waiting.append((job, i, ids[i // req.samples], params[i]))
         if req.stream:
             self.emit(job, Accepted(now))
 
@@ -204,30 +165,46 @@ class Scheduler:
                 continue
             if job.t_first is None:
                 job.t_first = now
-            if d.text:
-                if job.req.stream:
-                    job.chunk.append((i, d.text))
-                else:
-                    job.texts[i] += d.text
-            if d.finish_reason is not None and job.finish[i] is None:
-                job.finish[i] = d.finish_reason
-                job.tokens[i] = d.completion_tokens or 0
-                job.remaining -= 1
+            self._record(job, i, d)
             touched[rid] = job
         for rid, job in touched.items():
             if job.chunk:
-                self.emit(job, Chunk(tuple(job.chunk)))
+                self.emit(job, Chunk(tuple(job.chunk), job.sent))
                 job.chunk = []
             if job.remaining == 0:
                 job.done = True
                 del self.jobs[rid]
                 self.emit(job, job.final(now))
 
+    @staticmethod
+    def _record(job: Job, i: int, d: Any) -> None:
+        """One engine delta into the job: kept for the Final, or queued for the next Chunk."""
+        seq = job.seqs[i]
+        lps = tuple(score_of(lp) for lp in d.logprobs) if d.logprobs is not None else None
+        prompt = tuple(score_of(lp) for lp in d.prompt_logprobs) if d.prompt_logprobs is not None else None
+        boundary = score_of(d.boundary_logprob)
+        if d.finish_reason is not None and seq.finish is None:
+            seq.finish = d.finish_reason
+            seq.tokens = d.completion_tokens or 0
+            job.remaining -= 1
+        if job.req.stream:
+            job.sent += len(d.text) + (boundary is not None)
+            if d.text or prompt is not None or boundary is not None:
+                want = job.req.logprobs is not None
+                job.chunk.append(
+                    ChoiceDelta(i, d.text, lps if want else None, prompt if want else None, boundary if want else None)
+                )
+            return
+        seq.text += d.text
+        seq.lps.extend(lps or ())
+        seq.prompt_lps = prompt if prompt is not None else seq.prompt_lps
+        seq.boundary = boundary or seq.boundary
+
     def _drop(self, job: Job) -> None:
         job.done = True
         engine = self.engines.get(job.req.model)
         if engine is not None:
-            for i in range(job.req.choices):
+            for i in range(job.req.sequences):
                 engine.abort((job.req.rid, i))
 
     def _fail_model(self, model: str) -> None:
@@ -235,6 +212,27 @@ class Scheduler:
             del self.jobs[job.req.rid]
             self._drop(job)
             self.emit(job, Failed(500, "internal error while generating", "internal_error"))
+
+
+def sampling(req: EngineRequest, i: int) -> SamplingParams:
+    """Sequence i's sampling settings (best_of needs each sample's logprobs to pick from)."""
+    logprobs = req.logprobs if req.logprobs is not None else (0 if req.samples > req.n else None)
+    return SamplingParams(
+        temperature=req.temperature,
+        top_k=req.top_k,
+        top_p=req.top_p,
+        seed=derive_seed(req.seed, i),
+        max_new_tokens=req.max_new_tokens,
+        stop=req.stop,
+        min_tokens=req.min_tokens,
+        ignore_eos=req.ignore_eos,
+        repetition_penalty=req.repetition_penalty,
+        presence_penalty=req.presence_penalty,
+        frequency_penalty=req.frequency_penalty,
+        logit_bias=req.logit_bias,
+        logprobs=logprobs,
+        prompt_logprobs=req.prompt_logprobs,
+    )
 
 
 @dataclass(eq=False)

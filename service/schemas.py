@@ -1,23 +1,30 @@
-"""Request and response bodies of the HTTP API, as pydantic models (they also make the OpenAPI docs).
+"""Request bodies of the HTTP API, as pydantic models (they also make the OpenAPI docs).
 
-Requests are strict (no "1" for 1, no unknown fields) so that a typo is a 400 naming the field rather
-than a silently ignored option.
+Requests are strict (no "1" for 1). The native route refuses unknown fields (a typo is a 400 naming
+the field); the OpenAI routes accept them, as vLLM does, and the gateway logs the ones it does not
+know (see IGNORED for the fields documented as accepted and ignored). What needs the model (token ids,
+logprobs against the vocabulary, logit_bias ids, prompt characters) is checked in service.translate.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from service.protocol import MAX_CHOICES, MAX_NEW_TOKENS_CAP, MAX_STOP, EngineRequest, FinishReason
+from service.protocol import MAX_CHOICES, MAX_NEW_TOKENS_CAP, MAX_STOP
 
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
 StopString = Annotated[str, Field(min_length=1, max_length=256)]
 Stop = Annotated[list[StopString], Field(max_length=MAX_STOP)] | None
+Bias = Annotated[float, Field(ge=-100, le=100, allow_inf_nan=False)]
+
+# Fields of OpenAI's requests that cannot change the output: accepted and ignored without a log line.
+IGNORED = frozenset({"user", "metadata", "service_tier", "store", "parallel_tool_calls", "prediction", "modalities"})
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
+_OPENAI = ConfigDict(extra="allow", strict=True)
 
 TEXT_CHOICE = (
     "/v1/generate returns the whole sample in `text`: the prompt followed by what the model generated "
@@ -36,7 +43,40 @@ def _unsupported(field: str, hint: str) -> PydanticCustomError:
     return PydanticCustomError("unsupported", f"{field} is not supported by charlm; {hint}")
 
 
-class GenerateRequest(BaseModel):
+class Sampling(BaseModel):
+    """The sampling fields every generation route shares (OpenAI's ranges; extensions as in vLLM)."""
+
+    temperature: float | None = Field(1.0, ge=0, allow_inf_nan=False, description="0 = greedy (argmax)")
+    top_k: int | None = Field(None, ge=1, description="sample among the k most likely characters (extension)")
+    top_p: float | None = Field(1.0, gt=0, le=1, allow_inf_nan=False, description="nucleus sampling mass")
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX, description="same seed, same text (alone or batched)")
+    stop: Stop = Field(None, description=f"a string or up to {MAX_STOP} strings that end a sample (left out)")
+    min_tokens: int | None = Field(0, ge=0, le=MAX_NEW_TOKENS_CAP, description="no end before this many tokens")
+    ignore_eos: bool | None = Field(False, description="a `lines` model writes its end marker and goes on")
+    repetition_penalty: float | None = Field(1.0, gt=0, le=2, allow_inf_nan=False, description="vLLM's; 1 = off")
+    presence_penalty: float | None = Field(0.0, ge=-2, le=2, allow_inf_nan=False)
+    frequency_penalty: float | None = Field(0.0, ge=-2, le=2, allow_inf_nan=False)
+    logit_bias: dict[str, Bias] | None = Field(None, description="token id (as a string) -> bias in [-100, 100]")
+
+    _stop = field_validator("stop", mode="before")(lambda cls, v: _one_or_many(v))
+
+    def engine_fields(self) -> dict[str, Any]:
+        """The EngineRequest fields these give (logit_bias is resolved against the vocabulary later)."""
+        return {
+            "temperature": 1.0 if self.temperature is None else self.temperature,
+            "top_k": self.top_k,
+            "top_p": 1.0 if self.top_p is None else self.top_p,
+            "seed": self.seed,
+            "stop": tuple(self.stop or ()),
+            "min_tokens": self.min_tokens or 0,
+            "ignore_eos": bool(self.ignore_eos),
+            "repetition_penalty": 1.0 if self.repetition_penalty is None else self.repetition_penalty,
+            "presence_penalty": self.presence_penalty or 0.0,
+            "frequency_penalty": self.frequency_penalty or 0.0,
+        }
+
+
+class GenerateRequest(Sampling):
     """POST /v1/generate."""
 
     model_config = _STRICT
@@ -46,78 +86,66 @@ class GenerateRequest(BaseModel):
     n: int = Field(1, ge=1, le=MAX_CHOICES, description="independent samples, run as one batch")
     max_new_tokens: int | None = Field(
         None,
-        ge=1,
+        ge=0,
         le=MAX_NEW_TOKENS_CAP,
-        description="default: lines models run to their end marker (at most 64), stream models 256",
+        description="default: lines models run to their end marker (at most 64), stream models 256; "
+        "0 with logprobs scores the prompt",
     )
-    temperature: float = Field(1.0, ge=0, allow_inf_nan=False, description="0 = greedy (argmax)")
-    top_k: int | None = Field(None, ge=1, description="sample among the k most likely characters")
-    top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False, description="nucleus sampling mass")
-    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX, description="same seed, same text (alone or in a batch)")
-    stop: Stop = Field(None, description=f"a string or up to {MAX_STOP} strings that end a sample (left out of text)")
+    logprobs: int | None = Field(None, ge=0, description="alternatives per character (0: the chosen one only)")
     stream: bool = Field(False, description="Server-Sent Events instead of one JSON body")
 
-    _stop = field_validator("stop", mode="before")(lambda cls, v: _one_or_many(v))
-
-    def to_engine(self, rid: str, deadline: float) -> EngineRequest:
-        return EngineRequest(
-            rid=rid,
-            model=self.model,
-            prompts=(self.prompt,),
-            n=self.n,
-            temperature=self.temperature,
-            top_k=self.top_k,
-            top_p=self.top_p,
-            seed=self.seed,
-            max_new_tokens=self.max_new_tokens,
-            stop=tuple(self.stop or ()),
-            stream=self.stream,
-            deadline=deadline,
-        )
+    @property
+    def prompts(self) -> list[str | list[int]]:
+        return [self.prompt]
 
 
-class CompletionRequest(BaseModel):
-    """POST /v1/completions: OpenAI's legacy completions request; unsupported options must stay default."""
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
 
-    model_config = _STRICT
+    include_usage: bool | None = Field(None, description="a last chunk with `choices: []` and the usage")
+    continuous_usage_stats: bool | None = Field(None, description="usage so far on every chunk (vLLM)")
+
+
+TokenIds = Annotated[list[StrictInt], Field(min_length=1)]
+PromptList = Annotated[list[str], Field(min_length=1, max_length=MAX_CHOICES)]
+IdsList = Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_CHOICES)]
+
+
+class OpenAIFields(Sampling):
+    """What /v1/completions and /v1/chat/completions share."""
+
+    model_config = _OPENAI
 
     model: str = Field(min_length=1)
-    prompt: str | Annotated[list[str], Field(min_length=1, max_length=MAX_CHOICES)] = ""
-    max_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS_CAP, description="default as max_new_tokens")
-    temperature: float | None = Field(1.0, ge=0, allow_inf_nan=False)
-    top_p: float | None = Field(1.0, gt=0, le=1, allow_inf_nan=False)
+    max_tokens: int | None = Field(None, ge=0, le=MAX_NEW_TOKENS_CAP, description="default as max_new_tokens")
+    max_completion_tokens: int | None = Field(None, ge=0, le=MAX_NEW_TOKENS_CAP, description="wins over max_tokens")
     n: int | None = Field(1, ge=1, le=MAX_CHOICES)
-    stop: Stop = None
-    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
     stream: bool | None = False
-    stream_options: dict[str, Any] | None = Field(None, description="accepted; usage is always sent")
-    echo: bool | None = Field(False, description="prepend the prompt to each choice's text")
-    user: str | None = Field(None, description="ignored")
-    top_k: int | None = Field(None, ge=1, description="extension: not an OpenAI field")
-    logprobs: int | None = None
-    suffix: str | None = None
-    best_of: int | None = None
-    presence_penalty: float | None = 0.0
-    frequency_penalty: float | None = 0.0
-    logit_bias: dict[str, Any] | None = None
+    stream_options: StreamOptions | None = None
 
-    _stop = field_validator("stop", mode="before")(lambda cls, v: _one_or_many(v))
+    @property
+    def budget(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    def unknown_fields(self) -> list[str]:
+        """Fields sent that this route does not know and that are not in IGNORED (the gateway logs them)."""
+        return sorted(set(self.model_extra or {}) - IGNORED)
+
+
+class CompletionRequest(OpenAIFields):
+    """POST /v1/completions: OpenAI's legacy completions request."""
+
+    prompt: str | PromptList | TokenIds | IdsList = Field("", description="text, texts, token ids, or lists of ids")
+    echo: bool | None = Field(False, description="prepend the prompt (and its logprobs) to each choice")
+    logprobs: int | None = Field(None, ge=0, description="alternatives per token: 0-5 (OpenAI), up to the vocabulary")
+    best_of: int | None = Field(None, ge=1, le=MAX_CHOICES, description="samples per prompt; the n best are kept")
+    suffix: str | None = None
 
     @field_validator("prompt", mode="before")
     @classmethod
-    def _text_prompt(cls, value: object) -> object:
-        if isinstance(value, list):
-            if not value:
-                raise PydanticCustomError("too_short", "a prompt list must not be empty")
-            if not all(isinstance(p, str) for p in value):
-                raise _unsupported("a token-id prompt", "send text")
-        return value
-
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, value: int | None) -> int | None:
-        if value is not None:
-            raise _unsupported("logprobs", "leave it null")
+    def _nonempty(cls, value: object) -> object:
+        if isinstance(value, list) and not value:
+            raise PydanticCustomError("too_short", "a prompt list must not be empty")
         return value
 
     @field_validator("suffix")
@@ -127,32 +155,10 @@ class CompletionRequest(BaseModel):
             raise _unsupported("suffix", "leave it null")
         return value
 
-    @field_validator("presence_penalty", "frequency_penalty")
-    @classmethod
-    def _no_penalty(cls, value: float | None) -> float | None:
-        if value:
-            raise _unsupported("penalties", "leave them at 0")
-        return value
-
-    @field_validator("logit_bias")
-    @classmethod
-    def _no_bias(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value:
-            raise _unsupported("logit_bias", "leave it null")
-        return value
-
-    @field_validator("stream_options")
-    @classmethod
-    def _stream_options(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value and set(value) - {"include_usage", "include_obfuscation"}:
-            raise _unsupported("stream_options other than include_usage", "leave them out")
-        return value
-
     @field_validator("n")
     @classmethod
     def _choices(cls, value: int | None, info: ValidationInfo) -> int | None:
-        prompt = info.data.get("prompt", "")
-        total = (1 if isinstance(prompt, str) else len(prompt)) * (value or 1)
+        total = _n_prompts(info.data.get("prompt", "")) * (value or 1)
         if total > MAX_CHOICES:
             raise PydanticCustomError("too_many_choices", f"prompts x n must be at most {MAX_CHOICES}, got {total}")
         return value
@@ -160,140 +166,28 @@ class CompletionRequest(BaseModel):
     @field_validator("best_of")
     @classmethod
     def _best_of(cls, value: int | None, info: ValidationInfo) -> int | None:
-        if value is not None and value not in (1, info.data.get("n") or 1):
-            raise _unsupported("best_of", "leave it null (or equal to n)")
+        n = info.data.get("n") or 1
+        if value is not None and value < n:
+            raise PydanticCustomError("best_of", f"best_of must be >= n ({n})")
+        total = _n_prompts(info.data.get("prompt", "")) * (value or 1)
+        if total > MAX_CHOICES:
+            raise PydanticCustomError("too_many_choices", f"prompts x best_of must be at most {MAX_CHOICES}")
+        if value is not None and value > n and info.data.get("stream"):
+            raise PydanticCustomError("best_of", "best_of > n cannot be streamed (as in OpenAI)")
         return value
 
     @property
-    def prompts(self) -> list[str]:
-        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
-
-    def to_engine(self, rid: str, deadline: float) -> EngineRequest:
-        return EngineRequest(
-            rid=rid,
-            model=self.model,
-            prompts=tuple(self.prompts),
-            n=self.n or 1,
-            temperature=1.0 if self.temperature is None else self.temperature,
-            top_k=self.top_k,
-            top_p=1.0 if self.top_p is None else self.top_p,
-            seed=self.seed,
-            max_new_tokens=self.max_tokens,
-            stop=tuple(self.stop or ()),
-            stream=bool(self.stream),
-            deadline=deadline,
-        )
+    def prompts(self) -> list[str | list[int]]:
+        """One entry per prompt: text, or token ids."""
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if all(isinstance(x, int) for x in p):
+            return [list(p)]  # type: ignore[arg-type]
+        return list(p)  # type: ignore[arg-type]
 
 
-# ----- responses: the gateway builds every body by instantiating these -----
-
-
-class GenerateChoice(BaseModel):
-    index: int
-    text: str = Field(description="prompt + generated text")
-    finish_reason: FinishReason
-
-
-class GenerateUsage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-
-
-class Timing(BaseModel):
-    queue_ms: float = Field(description="admission to the start of its batch")
-    first_token_ms: float = Field(description="admission to the first generated character")
-    total_ms: float = Field(description="admission to the last character")
-
-
-class GenerateResponse(BaseModel):
-    id: str
-    model: str
-    choices: list[GenerateChoice]
-    usage: GenerateUsage
-    timing: Timing
-
-
-class GenerateStreamChoice(BaseModel):
-    index: int
-    text: str
-    finish_reason: FinishReason | None = None
-
-
-class GenerateChunk(BaseModel):
-    """One SSE event of /v1/generate; the last one has every finish_reason, `usage` and `timing`."""
-
-    id: str
-    model: str
-    choices: list[GenerateStreamChoice]
-    usage: GenerateUsage | None = None
-    timing: Timing | None = None
-
-
-class CompletionChoice(BaseModel):
-    text: str
-    index: int
-    logprobs: None = None
-    finish_reason: FinishReason
-
-
-class CompletionUsage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-
-class CompletionResponse(BaseModel):
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
-    choices: list[CompletionChoice]
-    usage: CompletionUsage
-
-
-class CompletionStreamChoice(BaseModel):
-    text: str
-    index: int
-    logprobs: None = None
-    finish_reason: FinishReason | None = None
-
-
-class CompletionChunk(BaseModel):
-    """One SSE event of /v1/completions (OpenAI's text_completion chunk); usage only on the last."""
-
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
-    choices: list[CompletionStreamChoice]
-    usage: CompletionUsage | None = None
-
-
-class ModelCard(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: Literal["charlm"] = "charlm"
-    arch: str
-    n_params: int
-    vocab_size: int
-    block_size: int
-    format: Literal["lines", "stream"]
-    test_loss: float
-    backend: str
-
-
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]
-
-
-class ErrorDetail(BaseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorDetail
+def _n_prompts(prompt: object) -> int:
+    if isinstance(prompt, list) and prompt and not all(isinstance(x, int) for x in prompt):
+        return len(prompt)
+    return 1

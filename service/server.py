@@ -22,17 +22,18 @@ from typing import Any
 
 import litserve as ls
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 
 import service
-from service import errors, metrics
+from service import errors, metrics, playground, tokenizer
+from service.bodies import ModelCard, ModelList
 from service.catalog import Catalog
 from service.client import LitServeClient
 from service.gateway import CharLMSpec, Gateway
 from service.lifecycle import ShutdownSignals, kill_children
 from service.processes import server_processes
 from service.repository import Repository
-from service.schemas import ModelList
 from service.settings import MAX_BODY_BYTES, Settings
 from service.shared import FATAL, READY, STARTING, SharedState
 from service.worker import CharLMAPI
@@ -66,14 +67,32 @@ def middlewares(settings: Settings) -> list[tuple[Any, dict[str, Any]]]:
     """Metrics innermost; API keys and request ids (service.security) outside it when available."""
     stack: list[tuple[Any, dict[str, Any]]] = [(metrics.MetricsMiddleware, {})]
     try:
-        from service.security import ApiKeyMiddleware, RequestIdMiddleware, load_api_keys
+        from service.security import PUBLIC_PATHS, ApiKeyMiddleware, RequestIdMiddleware, load_api_keys
     except ImportError:
-        return stack
+        return [*stack, *cors(settings)]
     keys = load_api_keys(settings.api_key)
     if keys:
-        stack.append((ApiKeyMiddleware, {"keys": keys}))
+        stack.append((ApiKeyMiddleware, {"keys": keys, "public_paths": PUBLIC_PATHS | playground.PUBLIC_PATHS}))
     stack.append((RequestIdMiddleware, {}))  # last = outermost: a 401 carries a request id too
-    return stack
+    return [*stack, *cors(settings)]  # CORS outermost: a preflight needs no API key
+
+
+def cors(settings: Settings) -> list[tuple[Any, dict[str, Any]]]:
+    """FastAPI's CORSMiddleware for --cors-origins (off by default)."""
+    origins = settings.cors_list()
+    if not origins:
+        return []
+    return [
+        (
+            CORSMiddleware,
+            {
+                "allow_origins": origins,
+                "allow_methods": ["*"],
+                "allow_headers": ["*"],
+                "expose_headers": ["Retry-After"],
+            },
+        )
+    ]
 
 
 def build(settings: Settings, repo: Repository) -> App:
@@ -137,6 +156,16 @@ def install_routes(fastapi_app: FastAPI, app: App) -> None:
     async def models() -> JSONResponse:
         settle(app)
         return JSONResponse({"object": "list", "data": app.catalog.cards()})
+
+    @fastapi_app.get("/v1/models/{model_id}", response_model=ModelCard, summary="One served model")
+    async def model(model_id: str) -> JSONResponse:
+        settle(app)
+        app.catalog.resolve(model_id)
+        return JSONResponse(next(c for c in app.catalog.cards() if c["id"] == model_id))
+
+    tokenizer.install(fastapi_app, app.catalog)
+
+    playground.install_playground(fastapi_app)  # the web page at / and /playground (replaces LitServe's /)
 
 
 def settle(app: App) -> None:

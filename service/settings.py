@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     drain_timeout: float = Field(20.0, ge=0, le=3600, description="seconds in-flight requests get after SIGTERM")
     stall_timeout: float = Field(10.0, gt=0, le=3600, description="seconds without a step before /health is 503")
     api_key: str | None = Field(None, description="API key(s): k1,k2 or @FILE; every route but /health, /ready")
+    cors_origins: str | None = Field(None, description="CORS: allowed origins, comma-separated, or *; off by default")
     log_level: LogLevel = Field("info", description="log verbosity")
     log_format: LogFormat = Field("text", description="text or json (one object per line)")
 
@@ -73,6 +74,9 @@ class Settings(BaseSettings):
             return self.threads
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         return max(1, cores // self.workers)
+
+    def cors_list(self) -> list[str]:
+        return [o.strip() for o in (self.cors_origins or "").split(",") if o.strip()]
 
     def engine_slots(self) -> int:
         return self.slots if self.slots is not None else self.max_batch_size

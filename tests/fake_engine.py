@@ -20,7 +20,7 @@ from litserve.middlewares import MaxSizeMiddleware
 from contract import Manifest
 from contract.manifest import Metrics
 from service.catalog import Catalog
-from service.engine import Delta, InvalidPrompt
+from service.engine import Delta, InvalidPrompt, TokenLogprob
 from service.gateway import CharLMSpec, Gateway
 from service.metrics import MetricsMiddleware
 from service.protocol import EngineRequest, WorkerEvent, default_max_new_tokens, prompt_problem
@@ -80,13 +80,40 @@ class FakeEngine:
         return self.free() > 0
 
     def add(self, request_id: Any, prompt_ids: list[int], sampling: Any) -> bool:
+        vocab = len(self.manifest.vocab)
+        if sampling.logprobs is not None and sampling.logprobs > vocab:
+            raise ValueError(f"logprobs {sampling.logprobs} exceeds the vocabulary size {vocab}")
+        if any(not 0 <= t < vocab for t, _ in sampling.logit_bias):
+            raise ValueError("logit_bias has token ids outside the vocabulary")
         if not self.has_capacity():
             return False
         seed = sampling.seed if sampling.seed is not None else 7
-        stop_after = 3 + seed % 5 if self.manifest.format == "lines" else None
-        max_new = sampling.max_new_tokens or self.default_max_new_tokens()
-        self.seqs[request_id] = {"seed": seed, "k": 0, "max": max_new, "stop_after": stop_after}
+        lines = self.manifest.format == "lines" and not sampling.ignore_eos
+        stop_after = max(3 + seed % 5, sampling.min_tokens) if lines else None
+        max_new = self.default_max_new_tokens() if sampling.max_new_tokens is None else sampling.max_new_tokens
+        self.seqs[request_id] = {
+            "seed": seed,
+            "k": 0,
+            "max": max_new,
+            "stop_after": stop_after,
+            "lps": sampling.logprobs,
+            "prompt": list(prompt_ids) if sampling.prompt_logprobs else None,
+        }
         return True
+
+    def score(self, s: dict[str, Any], token: int) -> TokenLogprob | None:
+        """A deterministic 'log-probability': -(1 + token / 10); alternatives: the first k tokens."""
+        if s["lps"] is None:
+            return None
+        top = tuple((t, -(1 + t / 10)) for t in range(s["lps"]))
+        return TokenLogprob(token, -(1 + token / 10), top)
+
+    def prompt_scores(self, s: dict[str, Any]) -> tuple | None:
+        ids, s["prompt"] = s["prompt"], None
+        if ids is None:
+            return None
+        lines = self.manifest.boundary_token is not None
+        return tuple(self.score(s, t) if (lines or j) else None for j, t in enumerate(ids))
 
     def abort(self, request_id: Any) -> bool:
         return self.seqs.pop(request_id, None) is not None
@@ -97,18 +124,26 @@ class FakeEngine:
         self.steps.append(len(self.seqs))
         deltas = []
         for rid, s in list(self.seqs.items()):
+            prompt = self.prompt_scores(s)
+            if s["max"] == 0:
+                deltas.append(Delta(rid, "", "length", 0, () if s["lps"] is not None else None, None, prompt))
+                del self.seqs[rid]
+                continue
             s["k"] += 1
             k = s["k"]
             if s["stop_after"] is not None and k > s["stop_after"]:
-                deltas.append(Delta(rid, "", "stop", k))
+                end = self.score(s, 0)
+                deltas.append(Delta(rid, "", "stop", k, () if end else None, end, prompt))
                 del self.seqs[rid]
                 continue
             text = LETTERS[(s["seed"] * 7 + k) % 26]
+            lp = self.score(s, self.manifest.vocab.index(text))
+            lps = (lp,) if lp else None
             if k >= s["max"]:
-                deltas.append(Delta(rid, text, "length", k))
+                deltas.append(Delta(rid, text, "length", k, lps, None, prompt))
                 del self.seqs[rid]
             else:
-                deltas.append(Delta(rid, text, None))
+                deltas.append(Delta(rid, text, None, None, lps, None, prompt))
         return deltas
 
 

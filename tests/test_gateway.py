@@ -87,10 +87,15 @@ def test_stream_joins_to_the_plain_text(route: str) -> None:
         body = {"model": "prose", "prompt": "To", "n": 2, "seed": 5}
         body["max_new_tokens" if route == GEN else "max_tokens"] = 12
         plain = (await http.post(route, json=body)).json()
-        r = await http.post(route, json={**body, "stream": True})
+        extra = {} if route == GEN else {"stream_options": {"include_usage": True}}
+        r = await http.post(route, json={**body, "stream": True, **extra})
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         events = sse(r)
         assert events[-1] == "[DONE]"
+        if route == CMPL:  # OpenAI's usage chunk: no choices; every other chunk has usage null
+            usage = events.pop(-2)
+            assert usage["choices"] == [] and all(e["usage"] is None for e in events[:-2])
+            events[-2]["usage"] = usage["usage"]
         final = events[-2]
         texts = ["", ""]
         for e in events[:-2]:
@@ -111,7 +116,15 @@ def test_client_mistakes_are_4xx_with_the_error_shape() -> None:
             (GEN, {"model": "names", "prompt": "a.b"}, 400, "invalid_prompt"),
             (GEN, {"model": "names", "temperature": -1}, 400, "invalid_value"),
             (GEN, {"model": "names", "max_tokens": 3}, 400, "unknown_parameter"),
-            (CMPL, {"model": "names", "logprobs": 2}, 400, "unsupported_parameter"),
+            (CMPL, {"model": "names", "logprobs": 28}, 400, "invalid_value"),
+            (CMPL, {"model": "names", "prompt": [1, 99]}, 400, "invalid_value"),
+            (CMPL, {"model": "names", "n": 3, "best_of": 2}, 400, "invalid_value"),
+            (CMPL, {"model": "names", "presence_penalty": 2.5}, 400, "invalid_value"),
+            (CMPL, {"model": "names", "repetition_penalty": 0}, 400, "invalid_value"),
+            (CMPL, {"model": "names", "logit_bias": {"27": 1}}, 400, "invalid_value"),
+            (CMPL, {"model": "names", "logit_bias": {"1": 101}}, 400, "invalid_value"),
+            (CMPL, {"model": "names", "suffix": "x"}, 400, "unsupported_parameter"),
+            (GEN, {"model": "names", "logprobs": -1}, 400, "invalid_value"),
             (CMPL, {"model": "names", "prompt": "Q", "stream": True}, 400, "invalid_prompt"),
         ]
         for route, body, status, code in cases:

@@ -42,7 +42,7 @@ def test_completion_streamed_matches_non_streamed(client: OpenAI) -> None:
     finish: dict[int, str] = {}
     usage = None
     chunks = 0
-    for chunk in client.completions.create(stream=True, **kwargs):
+    for chunk in client.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs):
         chunks += 1
         assert chunk.object == "text_completion"
         for choice in chunk.choices:
@@ -72,7 +72,7 @@ def test_errors_are_typed(client: OpenAI) -> None:
         client.completions.create(model=NAMES, prompt="a", temperature=-1)
     assert bad.value.body["param"] == "temperature"  # type: ignore[index]
     with pytest.raises(openai.BadRequestError):
-        client.completions.create(model=NAMES, prompt="a", logprobs=2)
+        client.completions.create(model=NAMES, prompt="a", logprobs=999)  # over the vocabulary
     with pytest.raises(openai.BadRequestError) as chars:
         client.completions.create(model=NAMES, prompt="K!", stream=True)
     assert "'K'" in chars.value.message

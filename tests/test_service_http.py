@@ -289,12 +289,14 @@ def test_generate_stream_sse(client: httpx.Client) -> None:
 def test_completions_stream_sse(client: httpx.Client) -> None:
     body = {"model": SHAKESPEARE, "prompt": "To be", "n": 2, "seed": 5, "max_tokens": 40}
     plain = client.post(CMPL, json=body).json()
-    r = client.post(CMPL, json={**body, "stream": True})
+    r = client.post(CMPL, json={**body, "stream": True, "stream_options": {"include_usage": True}})
     assert r.headers["content-type"].startswith("text/event-stream")
     events = sse(r)
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
+    usage = chunks.pop()  # OpenAI's usage chunk: no choices
     final = chunks.pop()
+    assert usage["choices"] == [] and all(c["usage"] is None for c in [*chunks, final])
     texts = ["", ""]
     for chunk in chunks:
         assert chunk["object"] == "text_completion" and chunk["model"] == SHAKESPEARE
@@ -303,7 +305,7 @@ def test_completions_stream_sse(client: httpx.Client) -> None:
         texts[choice["index"]] += choice["text"]
     assert texts == [c["text"] for c in plain["choices"]]
     assert [c["finish_reason"] for c in final["choices"]] == ["length", "length"]
-    assert final["usage"] == plain["usage"] and final["usage"]["completion_tokens"] == 80
+    assert usage["usage"] == plain["usage"] and usage["usage"]["completion_tokens"] == 80
 
 
 LONG = {"model": SHAKESPEARE, "n": 64, "max_new_tokens": 2048, "seed": 1}
@@ -350,12 +352,19 @@ ERROR_ROWS = [
     (GEN, {"model": NAMES, "prompt": "a.b"}, 400, "prompt", "invalid_prompt"),
     (GEN, {"model": "no-such-model"}, 404, "model", "model_not_found"),
     (CMPL, {"model": NAMES, "temperature": -1}, 400, "temperature", "invalid_value"),
-    (CMPL, {"model": NAMES, "logprobs": 1}, 400, "logprobs", "unsupported_parameter"),
-    (CMPL, {"model": NAMES, "echo": True, "best_of": 3}, 400, "best_of", "unsupported_parameter"),
-    (CMPL, {"model": NAMES, "presence_penalty": 0.5}, 400, "presence_penalty", "unsupported_parameter"),
-    (CMPL, {"model": NAMES, "logit_bias": {"1": 2}}, 400, "logit_bias", "unsupported_parameter"),
+    (CMPL, {"model": NAMES, "logprobs": 28}, 400, "logprobs", "invalid_value"),
+    (CMPL, {"model": NAMES, "n": 3, "best_of": 2}, 400, "best_of", "invalid_value"),
+    (CMPL, {"model": NAMES, "presence_penalty": 2.5}, 400, "presence_penalty", "invalid_value"),
+    (CMPL, {"model": NAMES, "logit_bias": {"27": 2}}, 400, "logit_bias", "invalid_value"),
     (CMPL, {"model": NAMES, "suffix": "x"}, 400, "suffix", "unsupported_parameter"),
-    (CMPL, {"model": NAMES, "prompt": [1, 2]}, 400, "prompt", "unsupported_parameter"),
+    (CMPL, {"model": NAMES, "prompt": [1, 99]}, 400, "prompt", "invalid_value"),
+    (
+        "/v1/chat/completions",
+        {"model": NAMES, "messages": [{"role": "user", "content": "K"}]},
+        400,
+        "messages[0].content",
+        "invalid_prompt",
+    ),
     (CMPL, {"model": NAMES, "prompt": "A"}, 400, "prompt", "invalid_prompt"),
     (CMPL, {"model": "no-such-model"}, 404, "model", "model_not_found"),
 ]

@@ -36,11 +36,9 @@ def _log_softmax_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return logz - z[np.arange(len(targets)), targets]
 
 
-def onnx_split_loss(model_dir: Path, split: str = "test", data_path: str | None = None) -> float:
-    """Mean NLL (nats/char) of `split`, rebuilt from the manifest's data record, through model.onnx."""
-    model_dir = Path(model_dir)
+def split_samples(model_dir: Path, split: str = "test", data_path: str | None = None) -> tuple[Manifest, list]:
+    """The model's manifest and `split` (token-id arrays), rebuilt from the manifest's data record."""
     manifest = Manifest.load(model_dir)
-    manifest.verify_files(model_dir)
     dataset = manifest.data.name if data_path is None and manifest.data.name in BUILTIN else None
     corpus = load_corpus(dataset, data_path, manifest.format)
     if corpus.sha256 != manifest.data.sha256:
@@ -48,13 +46,25 @@ def onnx_split_loss(model_dir: Path, split: str = "test", data_path: str | None 
     vocab = Vocab.build(corpus.text, corpus.format)
     if list(vocab.chars) != manifest.vocab:
         raise ValueError("the vocabulary rebuilt from the data differs from the manifest's")
-    splits = split_corpus(corpus, vocab, manifest.data.split_seed)
+    return manifest, split_corpus(corpus, vocab, manifest.data.split_seed).get(split)
+
+
+def onnx_split_loss(
+    model_dir: Path, split: str = "test", data_path: str | None = None, limit: int | None = None
+) -> float:
+    """Mean NLL (nats/char) of `split`, rebuilt from the manifest's data record, through model.onnx;
+    `limit`: only the first samples (lines) or blocks (stream), as `--via --limit` scores them."""
+    model_dir = Path(model_dir)
+    Manifest.load(model_dir).verify_files(model_dir)
+    manifest, samples = split_samples(model_dir, split, data_path)
+    if limit is not None:
+        keep = limit if manifest.boundary_token is not None else None
+        samples = samples[:keep] if keep else [samples[0][: limit * manifest.block_size + 1]]
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
     session = ort.InferenceSession(
         str(model_dir / manifest.files["onnx"].path), options, providers=["CPUExecutionProvider"]
     )
-    samples = splits.get(split)
     if manifest.arch != "gpt":
         x, y = window_examples(samples, manifest.block_size, manifest.boundary_token)
         nll = [
@@ -96,6 +106,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("folders", nargs="+", metavar="MODEL_DIR")
     parser.add_argument("--data", help="the data file, for a model trained on a user's file")
+    parser.add_argument(
+        "--via",
+        metavar="URL",
+        help="score the split through a running charlm server's /v1/completions (echo + logprobs) instead",
+    )
+    parser.add_argument("--limit", type=int, help="with --via: only the first N samples (lines) or blocks (stream)")
     return parser
 
 
@@ -110,11 +126,19 @@ def main(argv: list[str]) -> int:
             if not folder.is_dir():
                 raise ValueError(f"{folder}: no such model folder")
             manifest = Manifest.load(folder)
-            loss = onnx_split_loss(folder, data_path=args.data)
-        except (ManifestError, ValueError, OSError) as exc:  # DataError is a ValueError
+            if args.via:
+                from training.verify_http import http_split_loss
+
+                loss = http_split_loss(args.via, folder, data_path=args.data, limit=args.limit)
+            else:
+                loss = onnx_split_loss(folder, data_path=args.data)
+        except (ManifestError, ValueError, OSError, RuntimeError) as exc:  # DataError is a ValueError
             print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
             return 2
         diff = abs(loss - manifest.metrics.test_loss)
         worst = max(worst, diff)
-        print(f"{manifest.name}: onnx test loss {loss:.4f}, manifest {manifest.metrics.test_loss:.4f}, diff {diff:.4f}")
-    return 0 if worst <= 0.01 else 1
+        how = "http" if args.via else "onnx"
+        print(
+            f"{manifest.name}: {how} test loss {loss:.6f}, manifest {manifest.metrics.test_loss:.6f}, diff {diff:.6f}"
+        )
+    return 0 if worst <= (1e-3 if args.via else 0.01) else 1

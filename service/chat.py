@@ -1,0 +1,137 @@
+"""/v1/chat/completions for character models: how messages become the model's text (docs/api.md).
+
+- `stream` models (Shakespeare): every message is a speaker block `NAME:\\n<content>\\n\\n`, NAME being
+  the message's `name` or else its role, upper-cased (`USER`, `ASSISTANT`, `SYSTEM`); the prompt ends
+  with the reply's speaker line (the `name` of the last assistant message, or `ASSISTANT`), and the
+  reply is what the model writes up to the end of its block (a blank line: the stop string "\\n\\n").
+- `lines` models (names): the last user message is the prompt; the reply is the rest of the sample,
+  up to the model's end marker.
+
+Characters outside the vocabulary in a message are a 400 naming `messages[i].content` (or `.name`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from contract import Manifest
+from service.errors import APIError
+from service.protocol import EngineRequest
+from service.schemas import OpenAIFields, _unsupported
+from service.translate import Prepared, check_logprobs, logit_bias, text_prompts
+
+SPEAKER_END = "\n\n"
+DEFAULT_SPEAKER = "ASSISTANT"
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["text"]
+    text: str
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = Field(None, min_length=1, max_length=64)
+
+    @property
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(p.text for p in self.content)
+        return self.content or ""
+
+
+class ChatRequest(OpenAIFields):
+    """POST /v1/chat/completions."""
+
+    messages: list[Message] = Field(min_length=1)
+    logprobs: bool | None = Field(False, description="the reply's logprobs, in the chat shape")
+    top_logprobs: int | None = Field(
+        None, ge=0, description="alternatives per token: 0-20 (OpenAI), up to the vocabulary"
+    )
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    functions: list[Any] | None = None
+    response_format: dict[str, Any] | None = None
+
+    @field_validator("tools", "functions")
+    @classmethod
+    def _no_tools(cls, value: list[Any] | None) -> list[Any] | None:
+        if value:
+            raise _unsupported("tool calling", "leave tools out")
+        return value
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _no_tool_choice(cls, value: Any) -> Any:
+        if value not in (None, "none", "auto"):
+            raise _unsupported("tool_choice", "leave it out")
+        return value
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_only(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value and value.get("type") not in (None, "text"):
+            raise _unsupported("response_format other than text", "leave it out")
+        return value
+
+
+def _check(manifest: Manifest, text: str, param: str) -> None:
+    vocab = set(manifest.vocab)
+    outside = list(dict.fromkeys(ch for ch in text if ch not in vocab))
+    if outside:
+        listed = ", ".join(repr(ch) for ch in outside)
+        raise APIError(
+            400,
+            f"{param} has characters outside {manifest.name}'s vocabulary: {listed}",
+            param=param,
+            code="invalid_prompt",
+        )
+
+
+def render(manifest: Manifest, messages: list[Message]) -> tuple[str, tuple[str, ...]]:
+    """The prompt the messages make for this model, and the stop strings that end the reply."""
+    if manifest.format == "lines":
+        users = [(i, m) for i, m in enumerate(messages) if m.role == "user"]
+        if not users:
+            return "", ()
+        i, last = users[-1]
+        _check(manifest, last.text, f"messages[{i}].content")
+        return last.text, ()
+    blocks, speaker = [], DEFAULT_SPEAKER
+    for i, m in enumerate(messages):
+        name = (m.name or m.role).upper()
+        _check(manifest, name, f"messages[{i}].name" if m.name else f"messages[{i}].role")
+        _check(manifest, m.text, f"messages[{i}].content")
+        blocks.append(f"{name}:\n{m.text.strip(chr(10))}{SPEAKER_END}")
+        if m.role == "assistant" and m.name:
+            speaker = m.name.upper()
+    return "".join(blocks) + f"{speaker}:\n", (SPEAKER_END,)
+
+
+def prepare_chat(body: ChatRequest, manifest: Manifest, rid: str, deadline: float) -> Prepared:
+    prompt, stops = render(manifest, body.messages)
+    texts, _ = text_prompts(manifest, [prompt])
+    k = (body.top_logprobs or 0) if body.logprobs else None
+    check_logprobs(manifest, body.top_logprobs, "top_logprobs")
+    fields = body.engine_fields()
+    fields["stop"] = tuple(dict.fromkeys((*fields["stop"], *stops)))
+    req = EngineRequest(
+        rid=rid,
+        model=body.model,
+        prompts=texts,
+        n=body.n or 1,
+        max_new_tokens=body.budget,
+        stream=bool(body.stream),
+        deadline=deadline,
+        logit_bias=logit_bias(manifest, body),
+        logprobs=k,
+        **fields,
+    )
+    return Prepared(req, (False,), echo=False)

@@ -1,0 +1,73 @@
+"""What a worker keeps of one admitted request while its sequences run: `Job` and each `SeqState`,
+and how they become the `Final` (best_of's pick included)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.protocol import ChoiceDelta, ChoiceResult, EngineRequest, Final, TokenScore
+
+
+@dataclass(eq=False)
+class Job:
+    """One admitted request on this worker and what its sequences produced so far (one sequence per
+    choice, or best_of per prompt: then the n best by summed logprob become the choices at the end)."""
+
+    req: EngineRequest
+    uid: Any
+    rqid: int
+    t_start: float
+    prompt_tokens: int
+    t_first: float | None = None
+    seqs: list[SeqState] = field(default_factory=list)
+    remaining: int = 0
+    chunk: list[ChoiceDelta] = field(default_factory=list)
+    sent: int = 0  # completion tokens streamed so far (continuous usage)
+    done: bool = False
+
+    def __post_init__(self) -> None:
+        self.seqs = [SeqState() for _ in range(self.req.sequences)]
+        self.remaining = len(self.seqs)
+
+    def final(self, now: float) -> Final:
+        req, seqs = self.req, self.seqs
+        if req.samples > req.n:  # best_of: per prompt, the n samples with the highest summed logprob
+            picked = []
+            for p in range(len(req.prompts)):
+                group = seqs[p * req.samples : (p + 1) * req.samples]
+                picked += sorted(group, key=lambda s: -s.score())[: req.n]
+            seqs = picked
+        choices = tuple(s.result(req.stream, req.logprobs is not None) for s in seqs)
+        tokens = sum(s.tokens for s in self.seqs)  # every sampled token is paid for, best_of included
+        return Final(self.t_start, self.t_first or now, now, self.prompt_tokens, choices, tokens)
+
+
+@dataclass(eq=False)
+class SeqState:
+    text: str = ""
+    finish: str | None = None
+    tokens: int = 0
+    lps: list[TokenScore] = field(default_factory=list)
+    prompt_lps: tuple[TokenScore | None, ...] | None = None
+    boundary: TokenScore | None = None
+
+    def score(self) -> float:
+        return sum(t.logprob for t in self.lps) + (self.boundary.logprob if self.boundary else 0.0)
+
+    def result(self, stream: bool, with_lps: bool) -> ChoiceResult:
+        if stream:
+            return ChoiceResult(None, self.finish or "length", self.tokens)  # type: ignore[arg-type]
+        return ChoiceResult(
+            self.text,
+            self.finish or "length",  # type: ignore[arg-type]
+            self.tokens,
+            tuple(self.lps) if with_lps else None,
+            self.prompt_lps if with_lps else None,
+            self.boundary if with_lps else None,
+        )
+
+
+def score_of(lp: Any) -> TokenScore | None:
+    """The engine's TokenLogprob as the protocol's TokenScore."""
+    return None if lp is None else TokenScore(lp.token, lp.logprob, tuple(lp.top))

@@ -1,0 +1,123 @@
+"""Tokenizer routes as vLLM serves them, for clients that count or send token ids (lm-evaluation-
+harness's remote tokenizer probes `GET /tokenizer_info`, then `POST /tokenize` and `/detokenize`).
+
+A token is one character of the model's vocabulary; its id is the character's index. The routes exist
+at the top level (with `model` in the body or query; it may be left out when one model is served) and
+under `/models/{model}`, next to `/models/{model}/v1/completions`, so that one base URL names both.
+`/tokenize` encodes raw text: a `lines` model's boundary mark is its own token there (its eos/bos).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Body, FastAPI
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+
+from contract import Manifest
+from service.catalog import Catalog
+from service.errors import APIError
+from service.translate import decode_ids
+
+
+class TokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    model: str | None = Field(None, description="may be left out when one model is served")
+    prompt: str = Field(max_length=65536)
+    add_special_tokens: bool | None = Field(None, description="accepted; character models add none")
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    model: str | None = None
+    tokens: list[StrictInt] = Field(max_length=65536)
+
+
+def _pick(catalog: Catalog, model: str | None) -> Manifest:
+    if model is not None:
+        return catalog.resolve(model)
+    if len(catalog.models) == 1:
+        return next(iter(catalog.models.values()))
+    available = ", ".join(sorted(catalog.models))
+    raise APIError(
+        400,
+        f"'model' is required when several models are served ({available}); or use /models/MODEL/...",
+        param="model",
+        code="missing_required_parameter",
+    )
+
+
+def encode(manifest: Manifest, text: str) -> list[int]:
+    stoi = {ch: i for i, ch in enumerate(manifest.vocab)}
+    outside = list(dict.fromkeys(ch for ch in text if ch not in stoi))
+    if outside:
+        listed = ", ".join(repr(ch) for ch in outside)
+        raise APIError(
+            400,
+            f"prompt has characters outside {manifest.name}'s vocabulary: {listed}",
+            param="prompt",
+            code="invalid_prompt",
+        )
+    return [stoi[ch] for ch in text]
+
+
+def info(name: str, m: Manifest) -> dict:
+    """What vLLM's /tokenizer_info returns, for a character vocabulary."""
+    mark = m.vocab[m.boundary_token] if m.boundary_token is not None else None
+    # A stream model has no end token; a newline is what it reads before a text (the engine's start).
+    start = mark if mark is not None else ("\n" if "\n" in m.vocab else None)
+    return {
+        "model": name,
+        "tokenizer_class": "CharacterTokenizer",
+        "vocab_size": len(m.vocab),
+        "vocab": list(m.vocab),
+        "format": m.format,
+        "eos_token": mark,
+        "bos_token": start,
+        "pad_token": start,
+        "unk_token": None,
+        "model_max_length": m.block_size,
+        "add_bos_token": False,
+        "chat_template": None,
+    }
+
+
+def install(app: FastAPI, catalog: Catalog) -> None:
+    def tokenize(model: str | None, body: TokenizeRequest) -> dict:
+        m = _pick(catalog, model or body.model)
+        tokens = encode(m, body.prompt)
+        return {"count": len(tokens), "max_model_len": m.block_size, "tokens": tokens, "token_strs": list(body.prompt)}
+
+    def detokenize(model: str | None, body: DetokenizeRequest) -> dict:
+        m = _pick(catalog, model or body.model)
+        return {"prompt": decode_ids(m, body.tokens, "tokens")}
+
+    def tokenizer_info(model: str | None) -> dict:
+        m = _pick(catalog, model)
+        return info(m.name if model is None else model, m)
+
+    @app.post("/tokenize", summary="Text -> token ids (one per character)")
+    async def tokenize_route(body: Annotated[TokenizeRequest, Body()]) -> dict:
+        return tokenize(None, body)
+
+    @app.post("/detokenize", summary="Token ids -> text")
+    async def detokenize_route(body: Annotated[DetokenizeRequest, Body()]) -> dict:
+        return detokenize(None, body)
+
+    @app.get("/tokenizer_info", summary="The tokenizer's special tokens and vocabulary (vLLM's shape)")
+    async def tokenizer_info_route(model: str | None = None) -> dict:
+        return tokenizer_info(model)
+
+    @app.post("/models/{model_id}/tokenize", summary="/tokenize for one model")
+    async def model_tokenize(model_id: str, body: Annotated[TokenizeRequest, Body()]) -> dict:
+        return tokenize(model_id, body)
+
+    @app.post("/models/{model_id}/detokenize", summary="/detokenize for one model")
+    async def model_detokenize(model_id: str, body: Annotated[DetokenizeRequest, Body()]) -> dict:
+        return detokenize(model_id, body)
+
+    @app.get("/models/{model_id}/tokenizer_info", summary="/tokenizer_info for one model")
+    async def model_tokenizer_info(model_id: str) -> dict:
+        return tokenizer_info(model_id)

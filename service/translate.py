@@ -1,0 +1,121 @@
+"""From a validated request body to an EngineRequest: the checks that need the model's vocabulary.
+
+Token-id prompts become text (a token is a character); a `lines` model's token-id prompt may start
+with its boundary mark (what lm-evaluation-harness sends as the prefix token), which stands for the
+start of a sample the model sees anyway: it is dropped and reported back as a token without a
+logprob. Everything refused here is a 400 naming the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from contract import Manifest
+from service.errors import APIError
+from service.protocol import EngineRequest, prompt_problem
+from service.schemas import CompletionRequest, GenerateRequest, Sampling
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The request for the workers, and what only the HTTP side needs to answer it."""
+
+    req: EngineRequest
+    lead: tuple[bool, ...]  # per prompt: a dropped leading boundary token, echoed as a token
+    echo: bool
+
+
+def decode_ids(manifest: Manifest, ids: list[int], param: str) -> str:
+    """Token ids -> text; 400 naming `param` for ids outside the vocabulary."""
+    size = len(manifest.vocab)
+    bad = [i for i in ids if not 0 <= i < size]
+    if bad:
+        raise APIError(
+            400,
+            f"token ids outside {manifest.name}'s vocabulary (0..{size - 1}): {bad[:8]}",
+            param=param,
+            code="invalid_value",
+        )
+    return "".join(manifest.vocab[i] for i in ids)
+
+
+def text_prompts(manifest: Manifest, prompts: list[str | list[int]]) -> tuple[tuple[str, ...], tuple[bool, ...]]:
+    """Every prompt as text, checked against the model; which ones had a leading boundary token."""
+    texts, lead = [], []
+    boundary = manifest.boundary_token
+    for p in prompts:
+        dropped = False
+        if isinstance(p, list):
+            if boundary is not None and p and p[0] == boundary:
+                p, dropped = p[1:], True
+            p = decode_ids(manifest, p, "prompt")
+        problem = prompt_problem(manifest, p)
+        if problem:
+            raise APIError(400, problem, param="prompt", code="invalid_prompt")
+        texts.append(p)
+        lead.append(dropped)
+    return tuple(texts), tuple(lead)
+
+
+def logit_bias(manifest: Manifest, body: Sampling) -> tuple[tuple[int, float], ...]:
+    out = []
+    for key, bias in (body.logit_bias or {}).items():
+        try:
+            token = int(key)
+        except ValueError:
+            raise APIError(
+                400, f"logit_bias keys must be token ids, got {key!r}", param="logit_bias", code="invalid_value"
+            ) from None
+        if not 0 <= token < len(manifest.vocab):
+            raise APIError(
+                400,
+                f"logit_bias token id {token} is outside {manifest.name}'s vocabulary (0..{len(manifest.vocab) - 1})",
+                param="logit_bias",
+                code="invalid_value",
+            )
+        out.append((token, float(bias)))
+    return tuple(sorted(out))
+
+
+def check_logprobs(manifest: Manifest, k: int | None, param: str = "logprobs") -> None:
+    if k is not None and k > len(manifest.vocab):
+        raise APIError(
+            400,
+            f"invalid '{param}': at most the vocabulary size, {len(manifest.vocab)} for {manifest.name} (got {k})",
+            param=param,
+            code="invalid_value",
+        )
+
+
+def prepare(body: Any, manifest: Manifest, rid: str, deadline: float) -> Prepared:
+    """A GenerateRequest or CompletionRequest as an EngineRequest (chat has its own, service.chat)."""
+    texts, lead = text_prompts(manifest, body.prompts)
+    check_logprobs(manifest, body.logprobs)
+    native = isinstance(body, GenerateRequest)
+    echo = native or bool(body.echo)
+    if native:
+        budget, n, best_of, stream = body.max_new_tokens, body.n, None, body.stream
+    else:
+        assert isinstance(body, CompletionRequest)
+        budget, n, best_of, stream = body.budget, body.n or 1, body.best_of, bool(body.stream)
+    req = EngineRequest(
+        rid=rid,
+        model=body.model,
+        prompts=texts,
+        n=n,
+        max_new_tokens=budget,
+        stream=stream,
+        deadline=deadline,
+        logit_bias=logit_bias(manifest, body),
+        logprobs=body.logprobs,
+        prompt_logprobs=echo and body.logprobs is not None,
+        best_of=best_of,
+        **body.engine_fields(),
+    )
+    return Prepared(req, lead, echo)
+
+
+def with_stop(prepared: Prepared, extra: tuple[str, ...]) -> Prepared:
+    stops = tuple(dict.fromkeys((*prepared.req.stop, *extra)))
+    return replace(prepared, req=replace(prepared.req, stop=stops))
