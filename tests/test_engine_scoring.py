@@ -76,11 +76,19 @@ def test_prompt_scoring_without_generating(fixtures, name):
             assert lp.logprob == pytest.approx(want[offset + j - 1, ids[j]], abs=1e-4)
 
 
-def test_prompt_longer_than_the_context_scores_what_the_model_sees(fixtures):
-    engine = Engine.load(fixtures["stream-gpt"][0], slots=1)
-    prompt = "abcdefghijklm"  # block_size 8: the first 6 characters fall outside the window
+def test_a_prompt_longer_than_the_context_is_scored_by_blocks(fixtures):
+    """Past block_size, the prompt is scored as the evaluation scores stream data: disjoint blocks."""
+    entry, net, _ = fixtures["stream-gpt"]
+    engine = Engine.load(entry, slots=1)
+    prompt = "abcdefghijklmnopqrs"  # block_size 8: three blocks
     (delta,) = _run(engine, prompt, SamplingParams(max_new_tokens=0, prompt_logprobs=True))
-    assert [lp is None for lp in delta.prompt_logprobs] == [True] * 6 + [False] * 7
+    scores = delta.prompt_logprobs
+    assert scores[0] is None and all(lp is not None for lp in scores[1:])
+    ids = engine.encode_prompt(prompt)
+    for k in range(0, len(ids), 8):
+        want = _eager_logprobs(net, "gpt", ids[k : k + 8], engine.pad_token)
+        for j in range(k + 1, min(k + 9, len(ids))):
+            assert scores[j].logprob == pytest.approx(want[j - k - 1, ids[j]], abs=1e-4)
 
 
 def test_logit_bias_min_tokens_and_ignore_eos(fixtures):

@@ -117,16 +117,16 @@ class GPTRunner:
         self.fresh = np.zeros(slots, dtype=bool)  # to be prefilled from its history at the next step
         self.history: list[list[int]] = [[] for _ in range(slots)]
         self._spans = _Spans(threads)
-        self._to_score: set[int] = set()
+        self._to_score: dict[int, list[int]] = {}
         self.scores: dict[int, np.ndarray] = {}
 
     def start(self, row: int, context: Sequence[int], score: bool = False) -> None:
         self.history[row] = list(context)[-self.block_size :] or [self.pad]
         self.fresh[row] = True
         self.length[row] = 0
-        self._to_score.discard(row)
+        self._to_score.pop(row, None)
         if score:
-            self._to_score.add(row)
+            self._to_score[row] = list(context)
 
     def forward(self, n: int) -> np.ndarray:
         fresh = self.fresh[:n]
@@ -160,8 +160,7 @@ class GPTRunner:
             arr[dst] = arr[src]
         self.history[dst] = self.history[src]
         if src in self._to_score:
-            self._to_score.discard(src)
-            self._to_score.add(dst)
+            self._to_score[dst] = self._to_score.pop(src)
 
     def warmup(self) -> np.ndarray:
         """A 1-token prefill and a 1-token decode step on row 0 (the engine is empty at load)."""
@@ -215,7 +214,31 @@ class GPTRunner:
         self.length[rows] = lengths
         self.fresh[rows] = False
         for i, r in enumerate(rows.tolist()):
-            if r in self._to_score:  # the prompt's own logits: row j predicts context token j + 1
+            context = self._to_score.pop(r, None)
+            if context is None:
+                continue
+            if len(context) <= self.block_size:  # the prompt's own logits: row j predicts context token j + 1
                 self.scores[r] = outs[0][i, : lengths[i] - 1]
-        self._to_score.clear()
+            else:
+                self.scores[r] = self._score_blocks(context)
         return outs[0][np.arange(len(rows)), lengths - 1]
+
+    def _score_blocks(self, context: list[int]) -> np.ndarray:
+        """Logits predicting context[1:] of a context longer than block_size, by disjoint blocks of
+        block_size (block k sees context[kB:(k+1)B]), as the evaluation scores stream data: so scoring
+        a long text through the API gives the figure `training eval` and the manifest report."""
+        b = self.block_size
+        starts = list(range(0, len(context) - 1, b))
+        idx = np.full((len(starts), b), self.pad, dtype=np.int64)
+        for i, k in enumerate(starts):
+            block = context[k : k + b]
+            idx[i, : len(block)] = block
+        per_call = max(1, PREFILL_SCRATCH_BYTES // (4 * b * b * self.n_embd))
+        zeros = np.zeros(len(starts), dtype=np.int64)
+        logits = np.concatenate(
+            [
+                self.backend.run([idx[a:c], zeros[a:c], *self.kv.empty(c - a)])[0]
+                for a, c in itertools.pairwise([*range(0, len(starts), per_call), len(starts)])
+            ]
+        )
+        return logits.reshape(-1, logits.shape[-1])[: len(context) - 1]
