@@ -21,8 +21,13 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a model from a TOML config")
-    t.add_argument("--config", required=True, help="training/configs/<name>.toml (or just <name>)")
+    t = sub.add_parser("train", help="train a model from a TOML config (or fine-tune one: --init-from)")
+    t.add_argument("--config", help="training/configs/<name>.toml (or just <name>); with --init-from: optional")
+    t.add_argument(
+        "--init-from",
+        metavar="MODEL_DIR",
+        help="fine-tune this model folder (models/NAME) or checkpoint: its net, vocabulary and recorded recipe",
+    )
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     t.add_argument("--data", help="a text file instead of the config's dataset")
     t.add_argument("--format", choices=["lines", "stream"], help="how to read --data")
@@ -36,16 +41,19 @@ def _parser() -> argparse.ArgumentParser:
         help="record activation/gradient/update statistics and plot them in <out>/plots (diagnostics = true)",
     )
 
-    s = sub.add_parser("sample", help="print samples from a checkpoint")
-    s.add_argument("ckpt")
+    s = sub.add_parser("sample", help="print samples from a checkpoint or model folder (the server's decoder)")
+    s.add_argument("ckpt", help="a run folder (runs/NAME) or a model folder (models/NAME)")
     s.add_argument("-n", type=int, default=10)
     s.add_argument("--prompt", default="")
     s.add_argument("--temperature", type=float, default=1.0)
-    s.add_argument("--seed", type=int)
-    s.add_argument("--max-new-tokens", type=int)
+    s.add_argument("--top-k", type=int)
+    s.add_argument("--top-p", type=float, default=1.0)
+    s.add_argument("--stop", action="append", default=[], help="end a sample at this string (repeatable)")
+    s.add_argument("--seed", type=int, help="sample i uses the server's derive_seed(seed, i)")
+    s.add_argument("--max-new-tokens", type=int, help="default: the server's (lines 64, stream 256)")
 
-    e = sub.add_parser("eval", help="mean NLL (nats/char) of a checkpoint on a split")
-    e.add_argument("ckpt")
+    e = sub.add_parser("eval", help="mean NLL (nats/char) of a checkpoint or model folder on a split")
+    e.add_argument("ckpt", help="a run folder (runs/NAME) or a model folder (models/NAME)")
     e.add_argument(
         "--split",
         default="test",
@@ -80,14 +88,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     from training.config import load_config
     from training.trainer import train
 
-    cfg = load_config(
-        args.config, args.set, data=args.data, format=args.format, device=args.device, diagnostics=args.diagnostics
-    )
+    options = {"data": args.data, "format": args.format, "device": args.device, "diagnostics": args.diagnostics}
+    if args.init_from:
+        from training.finetune import init_config
+
+        options["fmt"] = options.pop("format")
+        cfg = init_config(args.init_from, args.config, args.set, **options)
+    elif args.config:
+        cfg = load_config(args.config, args.set, **options)
+    else:
+        raise CLIError("give --config (or --init-from MODEL_DIR to fine-tune a model)")
     out = Path(args.out or f"runs/{cfg.name}")
     check_out_dir(out)
     if not args.resume and (out / "checkpoint.json").exists():
         raise CLIError(f"{out} already holds a checkpoint: pass --resume to continue or choose another --out")
-    signal.signal(signal.SIGINT, _interrupt_once)
+    # SIGTERM too: when one torchrun rank stops at Ctrl+C first, the launcher SIGTERMs the others while
+    # they wait in a collective; they must still end as interrupted (exit 130, state kept), not die.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _interrupt_once)
     try:
         train(cfg, out, resume=args.resume)
     except KeyboardInterrupt:
@@ -103,11 +121,13 @@ _interrupted = False
 
 
 def _interrupt_once(signum, frame) -> None:
-    """Ctrl+C: raise KeyboardInterrupt once, then ignore SIGINT, so that the one torchrun forwards to its
-    workers (on top of the terminal's) cannot interrupt the state being saved into a traceback."""
+    """Ctrl+C (or SIGTERM): raise KeyboardInterrupt once, then ignore both, so that the signals torchrun
+    forwards to its workers (on top of the terminal's) cannot interrupt the state being saved into a
+    traceback."""
     global _interrupted
     _interrupted = True
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
@@ -123,7 +143,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise CLIError("-n must be >= 1")
     model, meta = load_checkpoint(Path(args.ckpt))
-    for text in sample_texts(model, meta, args.n, args.prompt, args.temperature, args.seed, args.max_new_tokens):
+    texts = sample_texts(
+        model, meta, args.n, args.prompt, args.temperature, args.seed, args.max_new_tokens,
+        top_k=args.top_k, top_p=args.top_p, stop=args.stop,
+    )  # fmt: skip
+    for text in texts:
         print(text)
     return 0
 
@@ -134,11 +158,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from training.tasks import Task
 
     model, meta = load_checkpoint(Path(args.ckpt))
-    dataset = meta.data.name if not args.data else None
-    corpus = load_corpus(dataset, args.data, meta.format)
+    recorded = meta.train_config.get("data")  # a user's file: where it was at training time
+    data = args.data or (recorded if recorded and Path(recorded).is_file() else None)
+    dataset = meta.data.name if not data else None
+    corpus = load_corpus(dataset, data, meta.format)
     if corpus.sha256 != meta.data.sha256:
         raise CLIError(f"the data ({corpus.name}) is not the file this checkpoint was trained on (sha256 differs)")
-    vocab = Vocab.build(corpus.text, corpus.format)
+    vocab = Vocab(chars=tuple(meta.vocab), boundary=meta.boundary_token)  # a fine-tuned model's too
     splits = split_corpus(corpus, vocab, meta.data.split_seed)
     task = Task(meta.arch, splits, model.cfg.block_size, vocab.boundary)
     if not task.has(args.split):
