@@ -13,6 +13,7 @@ Load (benchmarks.http_load): wrk with a Lua script counting generated characters
 finish "stop"s, checked once against a parsed reply); wrk's latency percentiles; time to first token from
 an httpx client streaming the same request (alone on an idle server at concurrency 1, one extra
 connection at most 4 requests/s while wrk runs above it; p50 and p99). Reference servers do not stream.
+mixed: names-gpt on /v1/generate and shakespeare-gpt on /v1/completions at once (http_mixed.py).
 head-of-line: two shakespeare-gpt requests (n=64, 2,048 tokens, sent 0.3 s apart) run while 1-token
 names-gpt requests are sent one after another and timed (p50/p95/p99), for `duration_s`.
 Written against the HTTP API (docs/api.md) only, so it measures whatever server `python -m service` is.
@@ -31,6 +32,7 @@ import numpy as np
 
 from benchmarks.common import NAMES, SHAKESPEARE, BenchError, model_entry
 from benchmarks.http_load import Prober, drain, head_of_line, run_wrk, sample_chars
+from benchmarks.http_mixed import mixed
 from benchmarks.http_servers import KINDS, Server, make_server, running
 
 NATIVE, OPENAI = "/v1/generate", "/v1/completions"
@@ -90,6 +92,7 @@ def scenarios(settings: HttpSettings) -> list[Scenario]:
         Scenario("shakespeare", "charlm", NATIVE, shake_native, "shakespeare", "shakespeare-baseline", "\n"),
         Scenario("shakespeare-openai", "charlm", OPENAI, shake_openai, "shakespeare", "shakespeare-baseline"),
         Scenario("shakespeare-120", "charlm", NATIVE, shake_120, "hf", "shakespeare-hf", "\n"),
+        Scenario("mixed", "charlm", NATIVE, names, "mixed", None),  # both routes, both models: http_mixed.py
         Scenario("head-of-line", "charlm", NATIVE, long, "head-of-line", None),  # last: it cuts two requests
         Scenario("noop", "noop", NATIVE, names, "names", None),
         Scenario("shakespeare-baseline", "baseline", NATIVE, shake_native, "shakespeare", None, "\n"),
@@ -256,6 +259,9 @@ def run_http(models_dir: Path, settings: HttpSettings, log: Callable[[str], None
                         try:
                             if scenario.kind == "head-of-line":
                                 rows.append(_head_of_line(server, scenario, settings, log))
+                                continue
+                            if scenario.kind == "mixed":
+                                rows.append(mixed(server.url, settings, workdir, log))
                                 continue
                             rows += _bench_scenario(server, scenario, settings, workdir, log)
                         except BenchError as exc:

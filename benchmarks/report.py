@@ -134,6 +134,16 @@ def _http(result: dict) -> list[str]:
         f"{_fmt(r.get('ttft_ms'), '.1f')} / {_fmt(r.get('ttft_p99_ms'), '.1f')} | {_ratio(r.get('ratio'))} |"
         for r in http
     ]
+    for r in http:
+        if r.get("batches"):
+            lines.append("")
+            lines.append(
+                "mixed (both routes, both models, one worker pool): `charlm_batch_size` per engine step: "
+                + "; ".join(
+                    f"{m} mean {b['mean_batch']} over {b['steps']:,} steps, {b['share_above_8']:.0%} above 8"
+                    for m, b in r["batches"].items()
+                )
+            )
     return [*lines, ""]
 
 
