@@ -80,6 +80,7 @@ class Manifest(_Strict):
     files: dict[Format, FileEntry] = Field(min_length=1)
     weights: FileEntry = Field(description="the trained weights (safetensors), for re-export and fine-tuning")
     net_config: dict[str, Any] = Field(description="the net's config, as training.nets.build takes it")
+    data_hashes: FileEntry | None = Field(None, description="lines models: hashes of every data sample (novelty)")
     metrics: Metrics
     data: DataInfo
     training: TrainingInfo

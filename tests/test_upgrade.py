@@ -128,6 +128,7 @@ def test_upgrade_rebuilds_the_net_and_keeps_the_record(upgraded, arch):
     manifest.verify_files(folder)
     assert sorted(p.name for p in folder.iterdir()) == [
         "README.md",
+        "data_hashes.bin",  # a lines model whose data is at hand: the novelty hash set
         "manifest.json",
         "model.onnx",
         "model.safetensors",

@@ -3,10 +3,15 @@
 <dir>/model.safetensors   weights (safetensors: nothing is unpickled)
 <dir>/checkpoint.json     architecture, net config, vocabulary, data split, metrics, provenance
 <dir>/state.pt            optimizer + RNG state for --resume (plain tensors, loaded weights_only=True)
+
+A model folder (models/NAME, manifest schema 2) reads as a checkpoint too: the same weights file, and
+its manifest's net_config, vocabulary and data record stand in for checkpoint.json, so shipped models
+can be sampled, evaluated and fine-tuned (`train --init-from`) without their run directory.
 """
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +24,7 @@ from torch import nn
 from training.nets import build
 
 WEIGHTS_FILE = "model.safetensors"
+MANIFEST_FILE = "manifest.json"  # contract.MANIFEST_FILE
 META_FILE = "checkpoint.json"
 STATE_FILE = "state.pt"
 
@@ -88,10 +94,54 @@ def save_checkpoint(
         tmp.replace(folder / STATE_FILE)
 
 
+def meta_from_manifest(raw: dict[str, Any], net_config: dict[str, Any]) -> CheckpointMeta:
+    """A CheckpointMeta carrying a manifest's provenance (raw: its JSON, v1 or v2)."""
+    metrics, training = raw["metrics"], raw["training"]
+    return CheckpointMeta(
+        arch=raw["arch"],
+        model=net_config,
+        vocab=raw["vocab"],
+        format=raw["format"],
+        boundary_token=raw["boundary_token"],
+        data=SplitInfo(**raw["data"]),
+        train_config=training["config"],
+        step=training["steps"],
+        train_loss=metrics["train_loss"],
+        val_loss=metrics["val_loss"],
+        test_loss=metrics["test_loss"],
+        test_loss_unseen=metrics.get("test_loss_unseen"),
+        wall_seconds=training["wall_seconds"],
+        device=training["device"],
+        torch_version=training["torch_version"],
+    )
+
+
+def _model_folder_meta(folder: Path) -> CheckpointMeta:
+    """A v2 model folder's manifest as checkpoint metadata (its files checked against the manifest)."""
+    from contract import Manifest, ManifestError
+
+    try:
+        manifest = Manifest.load(folder)
+        manifest.verify_files(folder)
+    except ManifestError as exc:
+        raise CheckpointError(str(exc)) from None
+    if manifest.weights.path != WEIGHTS_FILE:
+        raise CheckpointError(f"{folder}: weights file {manifest.weights.path!r}, expected {WEIGHTS_FILE}")
+    return meta_from_manifest(json.loads((folder / MANIFEST_FILE).read_text()), manifest.net_config)
+
+
+def is_model_folder(folder: Path) -> bool:
+    return not (Path(folder) / META_FILE).is_file() and (Path(folder) / MANIFEST_FILE).is_file()
+
+
 def load_meta(folder: Path) -> CheckpointMeta:
     path = Path(folder) / META_FILE
+    if is_model_folder(folder):
+        return _model_folder_meta(Path(folder))
     if not path.is_file():
-        raise CheckpointError(f"{folder}: not a checkpoint (no {META_FILE})")
+        if not Path(folder).is_dir():
+            raise CheckpointError(f"{folder}: no such checkpoint or model folder")
+        raise CheckpointError(f"{folder}: not a checkpoint (no {META_FILE}) nor a model folder (no {MANIFEST_FILE})")
     try:
         return CheckpointMeta.model_validate_json(path.read_bytes())
     except ValidationError as exc:

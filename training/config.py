@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -51,6 +52,7 @@ class TrainConfig(BaseModel):
     diagnostics_interval: int = Field(100, ge=1, description="steps between diagnostics records")
     tensorboard: bool = Field(True, description="write TensorBoard event files next to metrics.jsonl")
     samples: int = Field(10, ge=0, description="samples printed at the end")
+    init_from: str | None = Field(None, description="a model folder or checkpoint whose weights to fine-tune")
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
@@ -95,6 +97,12 @@ def load_config(path: Path | str, overrides: list[str] = (), **extra: Any) -> Tr
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    return config_from(raw, str(path), overrides, **extra)
+
+
+def config_from(raw: dict[str, Any], where: str, overrides: list[str] = (), **extra: Any) -> TrainConfig:
+    """A config dict (a TOML file's, or one recorded in a checkpoint) with overrides applied, validated."""
+    raw = copy.deepcopy(raw)
     for item in overrides:
         keys, value = parse_override(item)
         node = raw
@@ -106,7 +114,7 @@ def load_config(path: Path | str, overrides: list[str] = (), **extra: Any) -> Tr
     raw.update({k: v for k, v in extra.items() if v is not None})
     if extra.get("data") is not None:
         raw["dataset"] = None  # a data file replaces the config's built-in dataset
-    return validate_config(raw, str(path))
+    return validate_config(raw, where)
 
 
 # Keys that shape the weights or the data: a resumed run must keep them (dropout and the schedule may change).

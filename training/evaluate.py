@@ -62,6 +62,9 @@ def check_initial_loss(run: Run, model: nn.Module, device: str, log) -> float:
     model.train()
     expected = math.log(run.vocab.size)
     value = loss.item()
+    if run.cfg.init_from:  # trained weights: far below ln(vocab), as they should be
+        log(f"initial loss {value:.4f} (fine-tuning {run.cfg.init_from}; ln({run.vocab.size}) = {expected:.4f})")
+        return value
     note = f"initial loss {value:.4f}, expected ln({run.vocab.size}) = {expected:.4f}"
     if abs(value - expected) > INITIAL_LOSS_TOLERANCE * expected:
         log(f"WARNING: {note}: more than 20% off; check the output layer's initialisation")

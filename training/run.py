@@ -8,9 +8,10 @@ from typing import Any
 
 import torch
 
-from training.checkpoint import CheckpointMeta, LinesInfo, SplitInfo
+from training.checkpoint import CheckpointMeta, LinesInfo, SplitInfo, load_checkpoint, load_meta
 from training.config import TrainConfig
 from training.data import DataError, Splits, Vocab, check_stream_length, line_lengths, load_corpus, split_corpus
+from training.finetune import start_vocab
 from training.nets import build
 from training.tasks import Task
 
@@ -84,7 +85,8 @@ class Run:
     def __init__(self, cfg: TrainConfig, out: Path):
         self.cfg, self.out = cfg, Path(out)
         corpus = load_corpus(cfg.dataset, cfg.data, cfg.format)
-        self.vocab = Vocab.build(corpus.text, corpus.format)
+        start = load_meta(Path(cfg.init_from)) if cfg.init_from else None
+        self.vocab = start_vocab(start, corpus) if start else Vocab.build(corpus.text, corpus.format)
         self.splits: Splits = split_corpus(corpus, self.vocab, cfg.split_seed)
         self.corpus = corpus
         lengths = line_lengths(corpus) if corpus.format == "lines" else None
@@ -93,6 +95,8 @@ class Run:
         if block is not None:
             self.model_config["block_size"] = block
         self.model = build(cfg.arch, self.model_config)
+        if start is not None:  # fine-tuning: the start's weights (a --resume then replaces them)
+            self.model.load_state_dict(load_checkpoint(Path(cfg.init_from))[0].state_dict())
         self.block_size = self.model.cfg.block_size
         if corpus.format == "stream":
             check_stream_length(self.splits, self.block_size, corpus.name)

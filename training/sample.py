@@ -1,75 +1,87 @@
-"""Eager PyTorch sampling from a checkpoint (the offline path; the service has its own engine)."""
+"""Sampling from an eager PyTorch net through the service's engine (`TorchEagerBackend`).
+
+`training sample`, the end-of-run samples and the model cards decode here, by the engine's rules: a
+`lines` model starts at its boundary token (window nets see a window full of it) and stops at the next
+one, a `stream` model starts after a newline, a GPT past block_size continues from its last
+block_size // 2 characters, and temperature / top-k / top-p / seed / stop mean what they mean on the
+server. So a sample printed by training is one the server could have produced from the same weights.
+"""
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Sequence
+from dataclasses import replace
+
 from torch import nn
 
-from training.checkpoint import CheckpointMeta
+from service.engine.backends import TorchEagerBackend
+from service.engine.engine import Engine, model_spec
+from service.engine.generator import Generator
+from service.engine.sampling import derive_seed
+from service.engine.types import Completion, SamplingParams
 
-LINES_MAX_NEW = 64
-STREAM_MAX_NEW = 200
+MAX_SLOTS = 256  # sequences decoded together; more wait for a free slot (Generator)
 
 
-@torch.no_grad()
+def eager_generator(
+    net: nn.Module, arch: str, vocab: Sequence[str], boundary_token: int | None, device: str = "cpu", slots: int = 64
+) -> Generator:
+    """An engine over the eager net: the same slots, KV cache, sampler and stop rules as the server."""
+    cfg = net.cfg
+    gpt = {"n_layer": cfg.n_layer, "n_head": cfg.n_head, "head_dim": cfg.head_dim} if arch == "gpt" else {}
+    spec = model_spec("eager", arch, vocab, boundary_token, cfg.block_size, **gpt)
+    return Generator(Engine.from_backend(spec, TorchEagerBackend(net, spec, device), slots=slots))
+
+
+def complete(
+    net: nn.Module,
+    arch: str,
+    vocab: Sequence[str],
+    boundary_token: int | None,
+    n: int,
+    prompt: str = "",
+    params: SamplingParams | None = None,
+    device: str = "cpu",
+) -> list[Completion]:
+    """n completions of `prompt`; choice i is seeded with derive_seed(seed, i), as the server's n does."""
+    params = params or SamplingParams()
+    gen = eager_generator(net, arch, vocab, boundary_token, device, slots=min(n, MAX_SLOTS))
+    per_choice = [_with_seed(params, derive_seed(params.seed, i)) for i in range(n)]
+    return gen.generate([prompt] * n, per_choice)
+
+
 def sample_texts(
     model: nn.Module,
-    meta: CheckpointMeta,
+    meta,
     n: int,
     prompt: str = "",
     temperature: float = 1.0,
     seed: int | None = None,
     max_new_tokens: int | None = None,
     device: str = "cpu",
+    top_k: int | None = None,
+    top_p: float = 1.0,
+    stop: Sequence[str] = (),
 ) -> list[str]:
-    """n samples: `lines` models from the boundary token + prompt to the next boundary,
-    `stream` models max_new_tokens characters after the prompt (a newline if none). Text includes the prompt.
-    """
-    lookup = {ch: i for i, ch in enumerate(meta.vocab)}
-    unknown = sorted({ch for ch in prompt if ch not in lookup})
-    if meta.boundary_token is not None and meta.vocab[meta.boundary_token] in prompt:
-        unknown.append(meta.vocab[meta.boundary_token])
-    if unknown:
-        raise ValueError(f"prompt has characters outside the vocabulary: {', '.join(map(repr, unknown))}")
-    if temperature < 0:
-        raise ValueError("temperature must be >= 0")
-    gen = torch.Generator(device=device)
-    if seed is not None:
-        gen.manual_seed(seed)
-    block = model.cfg.block_size
-    lines = meta.boundary_token is not None
-    limit = max_new_tokens or (LINES_MAX_NEW if lines else STREAM_MAX_NEW)
-    start = ([meta.boundary_token] if lines else []) + [lookup[ch] for ch in prompt]
-    if not start:
-        start = [lookup.get("\n", 0)]
-    if lines and meta.arch != "gpt":
-        start = [meta.boundary_token] * (block - 1) + start  # makemore pads the window with boundaries
-    seq = torch.tensor([start] * n, device=device)
-    done = torch.zeros(n, dtype=torch.bool, device=device)
-    new: list[torch.Tensor] = []
-    model.eval()
-    for _ in range(limit):
-        ctx = seq[:, -block:]
-        if meta.arch != "gpt" and ctx.shape[1] < block:
-            pad = torch.full((n, block - ctx.shape[1]), start[0], device=device)
-            ctx = torch.cat([pad, ctx], dim=1)
-        logits, _ = model(ctx)
-        logits = logits[:, -1, :] if logits.dim() == 3 else logits
-        if temperature == 0:
-            nxt = logits.argmax(-1, keepdim=True)
-        else:
-            probs = torch.softmax(logits / temperature, dim=-1)
-            nxt = torch.multinomial(probs, 1, generator=gen)
-        seq = torch.cat([seq, nxt], dim=1)
-        new.append(nxt[:, 0])
-        if lines:
-            done |= nxt[:, 0] == meta.boundary_token
-            if bool(done.all()):
-                break
-    texts = []
-    generated = torch.stack(new, dim=1).tolist() if new else [[] for _ in range(n)]
-    for row in generated:
-        if lines and meta.boundary_token in row:
-            row = row[: row.index(meta.boundary_token)]
-        texts.append(prompt + "".join(meta.vocab[i] for i in row))
-    return texts
+    """n samples of a checkpoint (`meta`: a CheckpointMeta), each with its prompt in front.
+    ValueError (one line) for a prompt outside the vocabulary or bad sampling options."""
+    check_prompt(prompt, meta.vocab, meta.boundary_token)
+    params = SamplingParams(
+        temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, max_new_tokens=max_new_tokens, stop=tuple(stop)
+    )
+    done = complete(model, meta.arch, meta.vocab, meta.boundary_token, n, prompt, params, device)
+    return [prompt + c.text for c in done]
+
+
+def _with_seed(params: SamplingParams, seed: int | None) -> SamplingParams:
+    return replace(params, seed=seed)
+
+
+def check_prompt(prompt: str, vocab: Sequence[str], boundary_token: int | None) -> None:
+    """ValueError naming every prompt character the model cannot take (the boundary mark included)."""
+    known = set(vocab)
+    bad = list(dict.fromkeys(ch for ch in prompt if ch not in known))
+    if boundary_token is not None and vocab[boundary_token] in prompt:
+        bad.append(vocab[boundary_token])
+    if bad:
+        raise ValueError(f"prompt has characters outside the vocabulary: {', '.join(map(repr, bad))}")

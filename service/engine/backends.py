@@ -1,6 +1,7 @@
-"""Run one exported graph: ONNX Runtime (no torch anywhere) or TorchScript (torch, imported lazily).
+"""Run one exported graph: ONNX Runtime (no torch anywhere) or TorchScript (torch, imported lazily), or
+the eager net itself (`TorchEagerBackend`: training's sampling and model cards decode through the engine).
 
-Both take the graph's inputs positionally as numpy arrays (idx[, pos, past_key_0, past_value_0, ...])
+All take the graph's inputs positionally as numpy arrays (idx[, pos, past_key_0, past_value_0, ...])
 and return numpy arrays (logits[, new_key_0, new_value_0, ...]), see contract/graph.py. Each call runs
 on the calling thread alone (one intra-op thread); `run` may be called from several threads at once,
 which is how the engine uses more than one core (rows split across calls, see engine.py).
@@ -125,6 +126,39 @@ class TorchScriptBackend:
         if len(out) != self._n_outputs:
             raise EngineError(f"torchscript module returned {len(out)} outputs, the contract says {self._n_outputs}")
         return [t.detach().cpu().numpy() for t in out]
+
+
+class TorchEagerBackend:
+    """The eager PyTorch net behind the same graph contract v2, so `training sample`, the model cards
+    and the server decode by one set of rules (the engine's). GPT: `net.step(idx, pos, past)` ->
+    `(logits, *new_kv)`; window nets: `net(idx)[0]`. torch is imported here only; the torch thread
+    count is left to the caller (training sets its own)."""
+
+    name = "torch"
+
+    def __init__(self, net, manifest: Manifest, device: str = "cpu"):
+        try:
+            import torch
+        except ImportError:
+            raise BackendUnavailable("the torch backend needs torch: pip install charlm[torch]") from None
+        self._torch = torch
+        self.device = device
+        self._net = net.to(device).eval()
+        self._step = manifest.arch == "gpt"
+        self._n_outputs = len(graph_io(manifest)[1])
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        torch = self._torch
+        with torch.inference_mode():
+            args = [torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in inputs]
+            if self._step:
+                logits, new_kv = self._net.step(args[0], args[1], args[2:])
+                out = [logits, *new_kv]
+            else:
+                out = [self._net(args[0])[0]]
+        if len(out) != self._n_outputs:
+            raise EngineError(f"the eager net returned {len(out)} outputs, the contract says {self._n_outputs}")
+        return [t.float().cpu().numpy() for t in out]
 
 
 def load_backend(path: Path, manifest: Manifest, backend: BackendName, device: Device) -> Backend:

@@ -15,7 +15,7 @@ from collections.abc import Hashable, Sequence
 import numpy as np
 
 from contract import Manifest
-from service.engine.backends import BackendName, Device, load_backend
+from service.engine.backends import Backend, BackendName, Device, load_backend
 from service.engine.logprobs import prompt_logprobs, token_logprobs
 from service.engine.penalties import Penalties
 from service.engine.runners import GPTRunner, WindowRunner
@@ -67,6 +67,14 @@ class Engine:
         if backend not in manifest.files:
             raise BackendUnavailable(f"{manifest.name} has no {backend} file (it has: {', '.join(manifest.files)})")
         graph = load_backend(entry.folder / manifest.files[backend].path, manifest, backend, device)
+        return cls.from_backend(manifest, graph, threads=threads, slots=slots)
+
+    @classmethod
+    def from_backend(cls, manifest: Manifest, graph: Backend, threads: int = 1, slots: int = DEFAULT_SLOTS) -> Engine:
+        """An engine over an already-opened backend (e.g. TorchEagerBackend for training's eager net);
+        `manifest` may be a `model_spec` when there is no model folder."""
+        if threads < 1 or slots < 1:
+            raise ValueError(f"threads and slots must be >= 1, got {threads} and {slots}")
         runner_cls = GPTRunner if manifest.arch == "gpt" else WindowRunner
         runner = runner_cls(graph, manifest, pad_token(manifest), slots, threads)
         logits = runner.warmup()
@@ -75,7 +83,7 @@ class Engine:
                 f"{manifest.name}: the graph gives logits of shape {list(logits.shape)}, "
                 f"the manifest's vocabulary has {manifest.vocab_size} characters"
             )
-        return cls(manifest, runner, backend, device, slots, threads)
+        return cls(manifest, runner, graph.name, graph.device, slots, threads)
 
     # -- capacity ------------------------------------------------------------------------------------
     def active(self) -> int:
@@ -208,6 +216,28 @@ class Engine:
         if params.max_new_tokens > self.max_new_tokens_cap:
             raise ValueError(f"max_new_tokens {params.max_new_tokens} exceeds the cap {self.max_new_tokens_cap}")
         return params.max_new_tokens
+
+
+def model_spec(
+    name: str,
+    arch: str,
+    vocab: Sequence[str],
+    boundary_token: int | None,
+    block_size: int,
+    n_layer: int | None = None,
+    n_head: int | None = None,
+    head_dim: int | None = None,
+) -> Manifest:
+    """The manifest fields the engine reads, for a model that has no folder yet (a training checkpoint):
+    built without the file, metrics and provenance entries only a model folder has."""
+    vocab = list(vocab)
+    if len(set(vocab)) != len(vocab) or (boundary_token is not None and not 0 <= boundary_token < len(vocab)):
+        raise ValueError("vocab must be distinct characters and boundary_token one of their indices")
+    fmt = "lines" if boundary_token is not None else "stream"
+    return Manifest.model_construct(
+        name=name, arch=arch, vocab=vocab, format=fmt, boundary_token=boundary_token, block_size=block_size,
+        n_layer=n_layer, n_head=n_head, head_dim=head_dim,
+    )  # fmt: skip
 
 
 def pad_token(manifest: Manifest) -> int:

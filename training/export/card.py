@@ -17,14 +17,18 @@ FORMAT_NOTES = {
 }
 
 
-def render_card(manifest: Manifest, net_config: dict[str, Any], samples: list[str], export_command: str) -> str:
-    """The whole README.md: facts from the manifest, plus the net's config, samples and the command."""
+def render_card(
+    manifest: Manifest, net_config: dict[str, Any], samples: list[str], export_command: str, novelty=None
+) -> str:
+    """The whole README.md: facts from the manifest, plus the net's config, samples, the novelty rate
+    (training.export.novelty.Novelty, lines models whose data was at hand) and the command."""
     m = manifest
     sections = [
         _header(m, net_config),
         _data(m),
         _losses(m),
         _samples(m, samples),
+        *([_novelty(m, novelty)] if novelty is not None else []),
         _files(m),
         _reproduce(m, export_command),
         _limitations(m),
@@ -50,7 +54,7 @@ def _header(m: Manifest, net_config: dict[str, Any]) -> str:
             f"| parameters | {m.n_params:,} |",
             f"| vocabulary | {m.vocab_size} characters: {_show_vocab(m.vocab)} |",
             f"| text format | {_format_note(m)} |",
-            f"| test loss | {m.metrics.test_loss:.4f} nats/char |",
+            f"| test loss | {_test_losses(m)} |",
             f"| exported | {m.created_at:%Y-%m-%d %H:%M} UTC |",
         ]
     )
@@ -77,9 +81,17 @@ def _losses(m: Manifest) -> str:
         "| split | nats/char | bits/char | perplexity |",
         "|---|---|---|---|",
     ]
-    for split in ("train", "val", "test"):
-        loss = getattr(m.metrics, f"{split}_loss")
-        rows.append(f"| {split} | {loss:.4f} | {loss / math.log(2):.4f} | {math.exp(loss):.2f} |")
+    for split in ("train", "val", "test", "test_unseen"):
+        loss = getattr(m.metrics, f"{split}_loss" if split != "test_unseen" else "test_loss_unseen")
+        if loss is not None:
+            shown = "test, not in train" if split == "test_unseen" else split
+            rows.append(f"| {shown} | {loss:.4f} | {loss / math.log(2):.4f} | {math.exp(loss):.2f} |")
+    if m.metrics.test_loss_unseen is not None:
+        rows += [
+            "",
+            "*test, not in train*: the test samples that do not also occur in the train split (the data "
+            "repeats some samples across splits, which flatters the plain test figure).",
+        ]
     rows += [
         "",
         f"For reference, a uniform guess over the vocabulary scores ln({m.vocab_size}) = "
@@ -90,8 +102,8 @@ def _losses(m: Manifest) -> str:
 
 def _samples(m: Manifest, samples: list[str]) -> str:
     intro = (
-        f"{len(samples)} samples drawn from the eager PyTorch model of the checkpoint, temperature 1.0, "
-        "fixed seed (not cherry-picked)."
+        f"{len(samples)} samples drawn from the checkpoint's eager PyTorch net through the serving engine's "
+        "decoder (the server's rules), temperature 1.0, fixed seed (not cherry-picked)."
     )
     if m.format == "lines":
         boundary = repr(m.vocab[m.boundary_token])
@@ -111,6 +123,26 @@ def _samples(m: Manifest, samples: list[str]) -> str:
     return "\n".join(parts)
 
 
+def _test_losses(m: Manifest) -> str:
+    unseen = m.metrics.test_loss_unseen
+    return f"{m.metrics.test_loss:.4f} nats/char" + (f" ({unseen:.4f} on test samples not in train)" if unseen else "")
+
+
+def _novelty(m: Manifest, novelty) -> str:
+    entry = m.data_hashes
+    where = f" (`{entry.path}`, {novelty.bytes:,} bytes)" if entry is not None else ""
+    return "\n".join(
+        [
+            "## Novelty",
+            "",
+            f"**{novelty.rate:.1%}** of {novelty.samples:,} samples drawn at temperature 1.0 (fixed seed) are not in "
+            f"the training data file (any split); the rest are exact copies of one of its samples. The folder "
+            f"holds an 8-byte hash of each of its {novelty.distinct:,} distinct samples{where}, so a sample's "
+            "novelty can be checked without the data (`service.engine.novelty`).",
+        ]
+    )
+
+
 def _files(m: Manifest) -> str:
     rows = ["## Files", ""]
     for fmt, entry in m.files.items():
@@ -120,6 +152,12 @@ def _files(m: Manifest) -> str:
         f"- `{w.path}`: the trained weights (safetensors), rebuilt with the manifest's `net_config` to "
         f"re-export (`python -m training export --from-model`) or fine-tune; {w.bytes:,} bytes, sha256 `{w.sha256}`"
     )
+    if m.data_hashes is not None:
+        h = m.data_hashes
+        rows.append(
+            f"- `{h.path}`: sorted 8-byte blake2b hashes of every distinct training-data sample (normalised), "
+            f"for novelty checks; {h.bytes:,} bytes, sha256 `{h.sha256}`"
+        )
     rows.append("- `manifest.json`: everything above, machine-readable (schema in `contract/manifest.py`)")
     rows.append("")
     if m.arch == "gpt":
@@ -148,6 +186,8 @@ def _reproduce(m: Manifest, export_command: str) -> str:
     else:
         args = ["python", "-m", "training", "train", "--config", "<the config below, saved as TOML>"]
         note = "The training config has no name; as resolved at training time it was:"
+    if config.get("init_from"):  # fine-tuned from a shipped model
+        args += ["--init-from", str(config["init_from"])]
     if config.get("data"):  # trained on a user's file rather than a built-in dataset
         args += ["--data", str(config["data"])] + (["--format", config["format"]] if config.get("format") else [])
     train = shlex.join(args)

@@ -23,6 +23,7 @@ from training.export.card import render_card
 from training.export.errors import ExportError
 from training.export.graphs import GraphSpec, Runner, graph_spec
 from training.export.manifest import build_manifest, file_entry
+from training.export.novelty import measure
 from training.export.parity import check_parity
 from training.export.preflight import DEFAULT_FORMATS, FILES, preflight
 from training.export.samples import draw_samples
@@ -73,11 +74,12 @@ def _export(ckpt_dir: Path, out_dir: Path, formats: tuple[str, ...], name: str, 
             files[fmt] = file_entry(path)
         weights = staging / WEIGHTS_FILE  # the very file the net was loaded from
         shutil.copyfile(ckpt_dir / WEIGHTS_FILE, weights)
-        manifest = build_manifest(name, meta, net, files, file_entry(weights))
+        meta, novelty, hashes = measure(net, meta, staging)  # lines data at hand: hash set, novelty rate
+        manifest = build_manifest(name, meta, net, files, file_entry(weights), hashes)
         manifest.save(staging)
         samples = draw_samples(net, meta.arch, meta.vocab, meta.boundary_token)
         command = command or _export_command(ckpt_dir, out_dir, formats, name)
-        (staging / "README.md").write_text(render_card(manifest, meta.model, samples, command))
+        (staging / "README.md").write_text(render_card(manifest, meta.model, samples, command, novelty))
         Manifest.load(staging).verify_files(staging)  # what the service will do at start-up
         _move_into_place(staging, out_dir)
     finally:

@@ -20,7 +20,12 @@ def file_entry(path: Path) -> FileEntry:
 
 
 def build_manifest(
-    name: str, meta: CheckpointMeta, net: nn.Module, files: dict[str, FileEntry], weights: FileEntry
+    name: str,
+    meta: CheckpointMeta,
+    net: nn.Module,
+    files: dict[str, FileEntry],
+    weights: FileEntry,
+    data_hashes: FileEntry | None = None,
 ) -> Manifest:
     """Everything the service needs to serve the folder, where the model came from, and the weights and
     net config that let it be re-exported or fine-tuned without its run directory."""
@@ -39,6 +44,7 @@ def build_manifest(
             files=files,
             weights=weights,
             net_config=dict(meta.model),
+            data_hashes=data_hashes,
             # test_loss_unseen: on checkpoints whose meta carries it (lines data, training v2)
             metrics=Metrics(**{k: getattr(meta, k) for k in LOSSES}, test_loss_unseen=_unseen(meta)),
             data=DataInfo(**meta.data.model_dump()),

@@ -1,50 +1,46 @@
-"""Samples for the model card, drawn from the eager PyTorch model of the checkpoint (not the exports).
+"""Samples for the model card, and its novelty rate, drawn from the eager net of the checkpoint through
+the service's engine (training.sample), so the card shows what the server produces from these weights.
 
-All samples are drawn in one batch, at temperature 1 with a fixed seed, from the full-context
-forward (no cache), so they show what the trained weights do independent of any exported graph.
+Temperature 1, fixed seeds (choice i: derive_seed(1337, i), as a request with n does): reproducible.
 """
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Callable
+
 from torch import nn
 
-from training.nets import WINDOW_ARCHS
+from service.engine.types import SamplingParams
+from training.sample import complete
 
 LINE_MAX_CHARS = 200  # a `lines` sample that has not ended by then is cut (and marked with "…")
 STREAM_CHARS = 200
+SEED = 1337
+NOVELTY_SAMPLES = 2000
 
 
 def draw_samples(
-    net: nn.Module, arch: str, vocab: list[str], boundary_token: int | None, n: int = 10, seed: int = 1337
+    net: nn.Module, arch: str, vocab: list[str], boundary_token: int | None, n: int = 10, seed: int = SEED
 ) -> list[str]:
-    """`lines` models: boundary -> ... -> boundary, one item each. `stream`: ~200 chars after a newline."""
-    lines = boundary_token is not None
-    newline = vocab.index("\n") if "\n" in vocab else 0
-    start = boundary_token if lines else newline
-    block = net.cfg.block_size
-    # Window nets see a full window from the start (makemore pads with the start token); GPT grows one.
-    width = block if arch in WINDOW_ARCHS else 1
-    tokens = torch.full((n, width), start, dtype=torch.long)
-    done = torch.zeros(n, dtype=torch.bool)
-    gen = torch.Generator().manual_seed(seed)
-    steps = LINE_MAX_CHARS + 1 if lines else STREAM_CHARS
-    with torch.no_grad():
-        for _ in range(steps):
-            logits = net(tokens[:, -block:])[0]
-            logits = logits if logits.dim() == 2 else logits[:, -1]
-            nxt = torch.multinomial(torch.softmax(logits.double(), dim=-1), 1, generator=gen)
-            tokens = torch.cat([tokens, nxt], dim=1)
-            if lines:
-                done |= nxt[:, 0] == boundary_token
-                if bool(done.all()):
-                    break
-    return [_decode(row[width:].tolist(), vocab, boundary_token) for row in tokens]
-
-
-def _decode(ids: list[int], vocab: list[str], boundary_token: int | None) -> str:
+    """`lines` models: boundary -> ... -> boundary, one item each. `stream`: 200 chars after a newline."""
+    limit = LINE_MAX_CHARS if boundary_token is not None else STREAM_CHARS
+    params = SamplingParams(temperature=1.0, seed=seed, max_new_tokens=limit)
+    done = complete(net, arch, vocab, boundary_token, n, "", params)
     if boundary_token is None:
-        return "".join(vocab[i] for i in ids)
-    if boundary_token in ids:
-        return "".join(vocab[i] for i in ids[: ids.index(boundary_token)])
-    return "".join(vocab[i] for i in ids[:LINE_MAX_CHARS]) + "…"
+        return [c.text for c in done]
+    return [c.text if c.finish_reason == "stop" else c.text + "…" for c in done]
+
+
+def novelty_rate(
+    net: nn.Module,
+    arch: str,
+    vocab: list[str],
+    boundary_token: int,
+    is_novel: Callable[[str], bool],
+    n: int = NOVELTY_SAMPLES,
+    seed: int = SEED,
+) -> float:
+    """The share of n samples at temperature 1 that are not in the training data (`is_novel`)."""
+    params = SamplingParams(temperature=1.0, seed=seed, max_new_tokens=LINE_MAX_CHARS)
+    done = complete(net, arch, vocab, boundary_token, n, "", params)
+    return sum(is_novel(c.text) for c in done) / n

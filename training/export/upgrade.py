@@ -108,29 +108,9 @@ def infer_config(raw: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
 
 def checkpoint_meta(raw: dict[str, Any], net_config: dict[str, Any]):
     """A CheckpointMeta carrying a manifest's provenance (raw: its JSON, v1 or v2)."""
-    from training.checkpoint import CheckpointMeta, SplitInfo
+    from training.checkpoint import meta_from_manifest
 
-    metrics, training = raw["metrics"], raw["training"]
-    extra = {}
-    if metrics.get("test_loss_unseen") is not None and "test_loss_unseen" in CheckpointMeta.model_fields:
-        extra["test_loss_unseen"] = metrics["test_loss_unseen"]
-    return CheckpointMeta(
-        arch=raw["arch"],
-        model=net_config,
-        vocab=raw["vocab"],
-        format=raw["format"],
-        boundary_token=raw["boundary_token"],
-        data=SplitInfo(**raw["data"]),
-        train_config=training["config"],
-        step=training["steps"],
-        train_loss=metrics["train_loss"],
-        val_loss=metrics["val_loss"],
-        test_loss=metrics["test_loss"],
-        wall_seconds=training["wall_seconds"],
-        device=training["device"],
-        torch_version=training["torch_version"],
-        **extra,
-    )
+    return meta_from_manifest(raw, net_config)
 
 
 def upgrade_folder(folder: Path | str, data_path: str | None = None, verify: bool = True) -> Manifest:
@@ -178,6 +158,8 @@ def reexport_folder(
         meta = checkpoint_meta(raw, manifest.net_config)
         (ckpt / META_FILE).write_text(meta.model_dump_json(indent=2) + "\n")
         command = f"python -m training export --from-model {src} --out {out}"
+        if src.resolve() == Path(out).resolve():  # in place: keep the card's provenance
+            command = _card_command(src) or command
         return export_checkpoint(ckpt, out, formats=formats, force=force, name=name or manifest.name, command=command)
 
 
