@@ -390,10 +390,13 @@ def test_unavailable_backends_and_devices(fixtures):
 
 def test_threads_setting(fixtures, gens):
     """Rows split across two concurrent graph calls give the same text as one call."""
-    gen = Generator.load(fixtures["names-gpt"][0], threads=2, slots=16)
+    from service.engine.runners import MIN_SPAN
+
+    n = 2 * MIN_SPAN + 4  # enough rows for two spans
+    gen = Generator.load(fixtures["names-gpt"][0], threads=2, slots=n)
     assert gen.engine.threads == 2
-    prompts = ["", "ab", "abcdefghij", "e"] * 4
-    params = [SamplingParams(seed=i, max_new_tokens=20) for i in range(16)]
+    prompts = (["", "ab", "abcdefghij", "e"] * n)[:n]
+    params = [SamplingParams(seed=i, max_new_tokens=20) for i in range(n)]
     assert gen.generate(prompts, params) == gens["names-gpt"].generate(prompts, params)
     with pytest.raises(ValueError):
         Generator.load(fixtures["names-gpt"][0], threads=0)
