@@ -38,13 +38,11 @@ def _add_settings_options(parser: argparse.ArgumentParser, fields: list[str]) ->
         info = Settings.model_fields[name]
         default = info.default
         shown = "repo's models/" if name == "models" else ("auto" if default is None else default)
-        parser.add_argument(
-            flag_name(name),
-            dest=name,
-            default=None,
-            metavar=name.upper(),
-            help=f"{info.description} (env {env_name(name)}; default {shown})",
-        )
+        help_text = f"{info.description} (env {env_name(name)}; default {shown})"
+        if info.annotation is bool:  # a switch: --allow-empty, no value
+            parser.add_argument(flag_name(name), dest=name, action="store_const", const=True, help=help_text)
+            continue
+        parser.add_argument(flag_name(name), dest=name, default=None, metavar=name.upper(), help=help_text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,18 +92,26 @@ def _serve(args: argparse.Namespace) -> int:
     problem = _configure_logging(settings)
     if problem:
         return _fail(problem)
-    from service.lifecycle import prepare_multiproc_dir, remove_multiproc_dir
+    from service.lifecycle import TempDirError, check_temp_dir, prepare_multiproc_dir, remove_multiproc_dir
 
-    # Before anything imports prometheus_client: it picks multiprocess mode at import time.
-    metrics_dir, created = prepare_multiproc_dir()
+    problem = check_temp_dir()  # multiprocessing needs one too, whatever PROMETHEUS_MULTIPROC_DIR says
+    if problem:
+        return _fail(problem)
+    try:  # before anything imports prometheus_client: it picks multiprocess mode at import time
+        metrics_dir, created = prepare_multiproc_dir()
+    except TempDirError as exc:
+        return _fail(str(exc))
     try:
-        from service.repository import scan_repository
+        from service.repository import describe_unservable, log_left_out, scan_repository
         from service.server import StartupError, check_port, serve
 
         problem = check_port(settings.host, settings.port)
         if problem:
             return _fail(problem, 1)
-        repo = _without_backend_files(scan_repository(settings.models), settings.backend)  # logs failures
+        repo = _without_backend_files(scan_repository(settings.models, log_failures=False), settings.backend)
+        if not repo.models and not settings.allow_empty:
+            return _fail(describe_unservable(settings.models, repo))
+        log_left_out(repo)
         try:
             return serve(settings, repo)
         except StartupError as exc:
@@ -130,7 +136,7 @@ def _configure_logging(settings: Settings) -> str | None:
 
 
 def _without_backend_files(repo, backend: str):  # type: ignore[no-untyped-def]
-    """Models without a file for the chosen backend are left out like failed folders."""
+    """Models without a file for the chosen backend are left out like failed folders (logged by the caller)."""
     from service.repository import Repository
 
     models, failed = {}, dict(repo.failed)
@@ -138,9 +144,7 @@ def _without_backend_files(repo, backend: str):  # type: ignore[no-untyped-def]
         if backend in entry.manifest.files:
             models[name] = entry
         else:
-            reason = f"no {backend} file in the manifest (has: {', '.join(entry.manifest.files)})"
-            logging.getLogger("charlm").warning("model folder %s left out: %s", entry.folder.name, reason)
-            failed[entry.folder.name] = reason
+            failed[entry.folder.name] = f"no {backend} file in the manifest (has: {', '.join(entry.manifest.files)})"
     return Repository(models=models, failed=failed)
 
 

@@ -159,8 +159,28 @@ class ShutdownSignals:
         os._exit(1)
 
 
+TMPFS_HINT = "mount a tmpfs on /tmp (docker run --tmpfs /tmp; a Kubernetes emptyDir) or set TMPDIR to a writable folder"
+
+
+class TempDirError(RuntimeError):
+    """No writable folder for the server's temporary files, with the one-line fix."""
+
+
+def check_temp_dir() -> str | None:
+    """Why the server cannot make its temporary files (the Prometheus files, multiprocessing's sockets),
+    or None. A read-only root file system without a writable /tmp otherwise ends in a long traceback."""
+    try:
+        path = tempfile.mkdtemp(prefix="charlm-check-")
+    except OSError:
+        tried = "$TMPDIR, " if os.environ.get("TMPDIR") else ""
+        return f"no writable temporary directory ({tried}/tmp, /var/tmp and the working directory): {TMPFS_HINT}"
+    os.rmdir(path)
+    return None
+
+
 def prepare_multiproc_dir() -> tuple[Path, bool]:
     """$PROMETHEUS_MULTIPROC_DIR emptied of old counts, or a fresh temp dir; (dir, created by us).
+    TempDirError when neither can be written.
 
     Must run before prometheus_client is imported anywhere in this process: it picks its storage
     (shared files or process memory) at import time.
@@ -168,10 +188,21 @@ def prepare_multiproc_dir() -> tuple[Path, bool]:
     given = os.environ.get(MULTIPROC_ENV)
     if given:
         path = Path(given)
-        path.mkdir(parents=True, exist_ok=True)
-        for old in path.glob("*.db"):
-            old.unlink(missing_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            for old in path.glob("*.db"):
+                old.unlink(missing_ok=True)
+            probe = tempfile.NamedTemporaryFile(dir=path, prefix=".charlm-", delete=True)  # noqa: SIM115
+            probe.close()
+        except OSError as exc:
+            raise TempDirError(
+                f"{MULTIPROC_ENV}={given} is not a writable folder ({exc.strerror or exc}): "
+                "point it at a writable one, or mount a tmpfs there"
+            ) from None
         return path, False
+    problem = check_temp_dir()
+    if problem:
+        raise TempDirError(problem)
     path = Path(tempfile.mkdtemp(prefix="charlm-metrics-"))
     os.environ[MULTIPROC_ENV] = str(path)
     return path, True

@@ -10,7 +10,7 @@ from typing import Any
 from litserve.loops.base import LitLoop
 from litserve.utils import LitAPIStatus, LoopResponseType
 
-from service.protocol import EngineRequest, WorkerEvent
+from service.protocol import EngineRequest, Failed, Final, WorkerEvent
 from service.scheduler import Job, Orphan, Scheduler
 
 log = logging.getLogger("charlm.worker")
@@ -53,6 +53,8 @@ class SchedulerLoop(LitLoop):
         if sched is None:
 
             def emit(job: Job | Orphan, event: WorkerEvent) -> None:
+                if isinstance(event, (Final, Failed)):
+                    _log_end(job.req, event)
                 self.put_response(transport, job.rqid, job.uid, event, LitAPIStatus.OK, LoopResponseType.STREAMING)
 
             sched = self.scheduler = lit_api.make_scheduler(emit)
@@ -89,4 +91,22 @@ class SchedulerLoop(LitLoop):
         if not isinstance(req, EngineRequest):
             log.error("dropped a request of type %s: only EngineRequest crosses to a worker", type(req).__name__)
             return
+        log.debug(
+            "admitted %s: %d sequence(s) of %s",
+            req.rid,
+            req.sequences,
+            req.model,
+            extra={"request_id": req.request_id, "model": req.model},
+        )
         sched.admit(req, uid, rqid)
+
+
+def _log_end(req: EngineRequest, event: Final | Failed) -> None:
+    """The worker's own line about how a request ended (its request id included): a failure is a
+    WARNING (a refusal, 4xx) or an ERROR (5xx) with its reason; a success is DEBUG."""
+    extra = {"request_id": req.request_id, "model": req.model}
+    if isinstance(event, Final):
+        log.debug("finished %s: %d token(s)", req.rid, event.completion_tokens, extra=extra)
+    else:
+        level = logging.ERROR if event.status >= 500 else logging.WARNING
+        log.log(level, "%d for %s: %s", event.status, req.rid, event.message, extra={**extra, "status": event.status})

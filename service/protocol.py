@@ -78,6 +78,7 @@ class EngineRequest:
     logprobs: int | None = None  # alternatives per token (0: the chosen one only); None: no logprobs
     prompt_logprobs: bool = False  # score the prompt's characters too (echo, native logprobs)
     best_of: int | None = None  # sample best_of per prompt, keep the n with the highest summed logprob
+    request_id: str | None = None  # the HTTP request's x-request-id, so worker-side log lines name it
 
     @property
     def samples(self) -> int:

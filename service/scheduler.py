@@ -122,7 +122,7 @@ class Scheduler:
             try:
                 added = self.engines[model].add((job.req.rid, i), ids, params)
             except Exception as exc:  # a request the engine refuses fails alone
-                log.exception("the %s engine refused %s", model, job.req.rid)
+                log.exception("the %s engine refused %s", model, job.req.rid, extra={"request_id": job.req.request_id})
                 if self.jobs.pop(job.req.rid, None) is not None:
                     self._drop(job)
                     message = getattr(exc, "message", None) or "internal error while starting generation"
@@ -145,7 +145,8 @@ class Scheduler:
             try:
                 deltas = engine.step()
             except Exception:
-                log.exception("the %s engine failed a step", model)
+                ids = sorted(j.req.request_id or j.req.rid for j in self.jobs.values() if j.req.model == model)
+                log.exception("the %s engine failed a step (requests %s)", model, ", ".join(ids))
                 self._fail_model(model)
                 continue
             now = self.clock()

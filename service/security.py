@@ -170,7 +170,13 @@ class RequestIdMiddleware:
 # ----- logging -----
 
 # Attributes every LogRecord has; anything else on a record came from `extra=` and goes into the JSON.
-_RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "request_id"}
+# uvicorn's `color_message` repeats the message with terminal colours: never a field of its own.
+_RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message",
+    "asctime",
+    "request_id",
+    "color_message",
+}
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(processName)s[%(process)d] %(name)s: %(message)s"
 
 
@@ -253,6 +259,8 @@ def logging_config(level: str | int = "info", fmt: str = "text", uvicorn_access:
             # uvicorn installs its own handlers unless told otherwise: send them to the root's instead.
             "uvicorn": {"handlers": [], "level": level_name, "propagate": True},
             "uvicorn.error": {"handlers": [], "level": level_name, "propagate": True},
+            # LitServe gives its logger a stdout handler of its own (at import and in run()): take it back.
+            "litserve": {"handlers": [], "level": level_name, "propagate": True},
             "uvicorn.access": {
                 "handlers": [],
                 "level": level_name if uvicorn_access else "WARNING",

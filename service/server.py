@@ -10,39 +10,37 @@ when a worker cannot start or a process dies (a watcher thread in this process).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import multiprocessing
 import socket
-import sys
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import litserve as ls
-from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response
 
 import service
-from service import errors, metrics, playground, tokenizer
-from service.bodies import ModelCard, ModelList
+from service import metrics, playground
+from service.access import AccessLogMiddleware, TracedClient
 from service.catalog import Catalog
 from service.client import LitServeClient
 from service.gateway import CharLMSpec, Gateway
 from service.lifecycle import ShutdownSignals, kill_children
-from service.processes import server_processes
+from service.limits import uvicorn_limits
 from service.repository import Repository
+from service.routes import App, install_routes, readiness, settle
+from service.security import PUBLIC_PATHS, ApiKeyMiddleware, RequestIdMiddleware, load_api_keys, logging_config
 from service.settings import MAX_BODY_BYTES, Settings
-from service.shared import FATAL, READY, STARTING, SharedState
+from service.shared import FATAL, READY, SharedState
 from service.worker import CharLMAPI
+
+__all__ = ["App", "StartupError", "build", "check_port", "install_routes", "readiness", "serve"]
 
 log = logging.getLogger("charlm.server")
 
 UVICORN_GRACE_S = 5  # after the drain nothing is in flight; this only bounds uvicorn's own stop
 WATCH_S = 0.25
-_STATES = {STARTING: "starting", READY: "ready", FATAL: "failed"}
 
 
 class StartupError(RuntimeError):
@@ -54,27 +52,16 @@ class StartupError(RuntimeError):
         self.exit_code = exit_code
 
 
-@dataclass
-class App:
-    server: ls.LitServer
-    spec: CharLMSpec
-    shared: SharedState
-    catalog: Catalog
-    settings: Settings
-
-
 def middlewares(settings: Settings) -> list[tuple[Any, dict[str, Any]]]:
-    """Metrics innermost; API keys and request ids (service.security) outside it when available."""
+    """Innermost first (LitServe adds them in order; the last added is outermost): metrics, API keys,
+    the access log (so a 401 is logged), request ids (so the access line and a 401 carry the id), CORS
+    (a preflight needs no API key)."""
     stack: list[tuple[Any, dict[str, Any]]] = [(metrics.MetricsMiddleware, {})]
-    try:
-        from service.security import PUBLIC_PATHS, ApiKeyMiddleware, RequestIdMiddleware, load_api_keys
-    except ImportError:
-        return [*stack, *cors(settings)]
     keys = load_api_keys(settings.api_key)
     if keys:
         stack.append((ApiKeyMiddleware, {"keys": keys, "public_paths": PUBLIC_PATHS | playground.PUBLIC_PATHS}))
-    stack.append((RequestIdMiddleware, {}))  # last = outermost: a 401 carries a request id too
-    return [*stack, *cors(settings)]  # CORS outermost: a preflight needs no API key
+    stack += [(AccessLogMiddleware, {}), (RequestIdMiddleware, {})]
+    return [*stack, *cors(settings)]
 
 
 def cors(settings: Settings) -> list[tuple[Any, dict[str, Any]]]:
@@ -123,91 +110,11 @@ def build(settings: Settings, repo: Repository) -> App:
     )
     server.uvicorn_graceful_timeout = UVICORN_GRACE_S
     server.monitor_internal = 3600  # LitServe's own monitor would race ours at shutdown; ours is below
-    spec.gateway = Gateway(catalog, LitServeClient(api, server, shared), shared, settings.timeout, settings.max_queue)
+    client = TracedClient(LitServeClient(api, server, shared))
+    spec.gateway = Gateway(catalog, client, shared, settings.timeout, settings.max_queue)
     app = App(server, spec, shared, catalog, settings)
     install_routes(server.app, app)
     return app
-
-
-def install_routes(fastapi_app: FastAPI, app: App) -> None:
-    """Error contract, docs text, and the GET routes LitServe does not have."""
-    errors.install(fastapi_app)
-    fastapi_app.title = "charlm"
-    fastapi_app.version = service.__version__
-    fastapi_app.description = (
-        "Text generation from small character-level language models.\n\n"
-        'Errors on every route: `{"error": {"message", "type", "param", "code"}}`. '
-        "Streaming (`stream: true`): Server-Sent Events, one event per chunk of text per choice, "
-        "a final event with every finish_reason and the usage, then `data: [DONE]`."
-    )
-
-    @fastapi_app.get("/ready", summary="Readiness: every worker up and stepping; failed model folders")
-    async def ready() -> JSONResponse:
-        body, ok = readiness(app)
-        return JSONResponse(body, status_code=200 if ok else 503)
-
-    @fastapi_app.get("/metrics", summary="Prometheus metrics of every process", response_class=Response)
-    async def metrics_route() -> Response:
-        workers = (app.shared.worker_info(i).get("pid") for i in range(app.settings.workers))
-        data, content_type = metrics.render(server_processes(pid for pid in workers if pid))
-        return Response(data, media_type=content_type)
-
-    @fastapi_app.get("/v1/models", response_model=ModelList, summary="Served models (OpenAI list shape)")
-    async def models() -> JSONResponse:
-        settle(app)
-        return JSONResponse({"object": "list", "data": app.catalog.cards()})
-
-    @fastapi_app.get("/v1/models/{model_id}", response_model=ModelCard, summary="One served model")
-    async def model(model_id: str) -> JSONResponse:
-        settle(app)
-        app.catalog.resolve(model_id)
-        return JSONResponse(next(c for c in app.catalog.cards() if c["id"] == model_id))
-
-    tokenizer.install(fastapi_app, app.catalog)
-
-    playground.install_playground(fastapi_app)  # the web page at / and /playground (replaces LitServe's /)
-
-
-def settle(app: App) -> None:
-    app.catalog.apply_worker_failures([app.shared.worker_info(w) for w in range(app.shared.workers)])
-
-
-def readiness(app: App) -> tuple[dict[str, Any], bool]:
-    shared, now = app.shared, time.monotonic()
-    settle(app)
-    stalled = set(shared.stalled(app.settings.stall_timeout, now))
-    workers = {}
-    for w in range(shared.workers):
-        info = shared.worker_info(w)
-        workers[f"worker_{w}"] = {
-            "status": "stalled" if w in stalled else _STATES.get(shared.state[w], "starting"),
-            "last_step_age_s": round(now - shared.beat[w], 3) if shared.beat[w] else None,
-            "sequences": shared.live[w],
-            "torch_imported": info.get("torch_imported"),
-        }
-    waiting = [k for k, v in workers.items() if v["status"] != "ready"]
-    reason = None
-    if shared.draining.value:
-        reason = "shutting down"
-    elif waiting:
-        reason = "workers not ready: " + ", ".join(f"{k} ({workers[k]['status']})" for k in waiting)
-    elif not app.catalog.models:
-        reason = "no model could be loaded"
-    body: dict[str, Any] = {
-        "status": "ready" if reason is None else "not_ready",
-        "reason": reason,
-        "models": sorted(app.catalog.models),
-        "failed": dict(sorted(app.catalog.failed.items())),
-        "backend": app.settings.backend,
-        "device": app.settings.device,
-        "workers": workers,
-        "in_flight": shared.in_flight.value,
-        # Honest, per process: did anything import torch here? (the ONNX path must not)
-        "api_server": {"torch_imported": "torch" in sys.modules},
-    }
-    if reason is not None:
-        body["error"] = errors.error_body(reason, "server_error", None, "not_ready")["error"]
-    return body, reason is None
 
 
 def check_port(host: str, port: int) -> str | None:
@@ -241,6 +148,8 @@ class Watcher:
                     self.fatal = shared.worker_info(w).get("fatal") or "a worker could not start"
                     self.signals.stop_now(self.fatal)
                     return
+            if self._nothing_loaded():
+                return
             children = {p.pid: p for p in multiprocessing.active_children()}
             if any(shared.state[w] == READY for w in range(shared.workers)):
                 gone = [p for pid, p in known.items() if pid not in children]
@@ -251,6 +160,19 @@ class Watcher:
                     return
                 known = {**known, **children}
             time.sleep(WATCH_S)
+
+    def _nothing_loaded(self) -> bool:
+        """Every worker is up but none could load any model: exit 2 with the reasons (unless --allow-empty)."""
+        app = self.app
+        if app.settings.allow_empty or not all(app.shared.state[w] == READY for w in range(app.shared.workers)):
+            return False
+        settle(app)
+        if app.catalog.models:
+            return False
+        reasons = "; ".join(f"{name} ({why})" for name, why in sorted(app.catalog.failed.items()))
+        self.fatal = f"no model could be loaded: {reasons or 'none found'}"
+        self.signals.stop_now(self.fatal)
+        return True
 
 
 def serve(settings: Settings, repo: Repository) -> int:
@@ -280,11 +202,6 @@ def serve(settings: Settings, repo: Repository) -> int:
         settings.workers,
         settings.engine_slots(),
     )
-    uvicorn_kwargs: dict[str, Any] = {}
-    with contextlib.suppress(ImportError):
-        from service.security import logging_config
-
-        uvicorn_kwargs["log_config"] = logging_config(settings.log_level, settings.log_format)
     try:
         app.server.run(
             host=settings.host,
@@ -292,7 +209,9 @@ def serve(settings: Settings, repo: Repository) -> int:
             num_api_servers=settings.api_servers,
             log_level=settings.log_level,
             generate_client_file=False,
-            **uvicorn_kwargs,
+            log_config=logging_config(settings.log_level, settings.log_format),
+            access_log=False,  # service.access writes one line per request, with its model and tokens
+            **uvicorn_limits(settings.keep_alive_timeout),
         )
     except KeyboardInterrupt:
         pass

@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     )
     drain_timeout: float = Field(20.0, ge=0, le=3600, description="seconds in-flight requests get after SIGTERM")
     stall_timeout: float = Field(10.0, gt=0, le=3600, description="seconds without a step before /health is 503")
+    keep_alive_timeout: float = Field(
+        5.0, gt=0, le=3600, description="seconds an idle keep-alive connection stays open"
+    )
+    allow_empty: bool = Field(False, description="start even when no model can be served (/ready stays 503)")
     api_key: str | None = Field(None, description="API key(s): k1,k2 or @FILE; every route but /health, /ready")
     cors_origins: str | None = Field(None, description="CORS: allowed origins, comma-separated, or *; off by default")
     log_level: LogLevel = Field("info", description="log verbosity")
