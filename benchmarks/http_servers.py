@@ -119,7 +119,8 @@ def make_server(kind: str, models_dir: Path, settings: HttpSettings, log_dir: Pa
     port = free_port()
     common = ["--port", str(port), "--workers", str(settings.workers)]
     if kind == "charlm":
-        args = ["--workers", str(settings.workers), "--max-batch-size", str(settings.max_batch_size)]
+        # charlm runs with its defaults (128 slots per model): max_batch_size is the references' batch.
+        args = ["--workers", str(settings.workers)]
         args += ["--batch-timeout-ms", str(settings.batch_timeout_ms), "--log-level", "warning"]
         # head-of-line's two long requests (n=64 x 2,048 tokens each) take ~25 s apiece on one worker: at the
         # default 30 s timeout, admission by cost rightly refuses the second with a 503; the scenario wants

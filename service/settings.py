@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1024, le=65535, description="TCP port (LitServe accepts 1024-65535)")
     workers: int = Field(1, ge=1, le=64, description="inference worker processes (both routes, every model)")
     api_servers: int = Field(1, ge=1, le=64, description="HTTP (uvicorn) processes")
-    max_batch_size: int = Field(32, ge=1, le=1024, description="sequences per engine step (default of --slots)")
+    max_batch_size: int = Field(128, ge=1, le=1024, description="sequences per engine step (default of --slots)")
     slots: int | None = Field(None, ge=1, le=1024, description="sequence slots per model per worker")
     batch_timeout_ms: float = Field(
         5.0, gt=0, le=1000, description="a busy worker looks for new requests at least this often"

@@ -132,7 +132,7 @@ def test_k8s_threads_are_the_cpu_limit_over_the_worker_processes() -> None:
     data = k8s_objects()["ConfigMap"]["data"]
     cpu = container()["resources"]["limits"]["cpu"]
     cpus = int(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
-    worker_processes = 2 * int(data.get("CHARLM_WORKERS", "1"))  # two routes, each with its workers
+    worker_processes = int(data.get("CHARLM_WORKERS", "1"))  # in all: one pool serves both routes
     assert int(data["CHARLM_THREADS"]) == max(1, int(cpus // worker_processes))
 
 
