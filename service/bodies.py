@@ -25,6 +25,12 @@ class GenerateChoice(BaseModel):
     text: str = Field(description="prompt + generated text")
     finish_reason: FinishReason
     logprobs: CompletionLogprobs | None = None
+    novel: bool | None = Field(
+        None,
+        exclude_if=lambda v: v is None,
+        description="extension, `lines` models that carry their data's hashes: the sample (prompt + text) "
+        "ended at its boundary and is not in the training data (false: the model reproduced a training sample)",
+    )
 
 
 class GenerateUsage(BaseModel):
@@ -51,6 +57,12 @@ class GenerateStreamChoice(BaseModel):
     text: str
     finish_reason: FinishReason | None = None
     logprobs: CompletionLogprobs | None = None
+    novel: bool | None = Field(
+        None,
+        exclude_if=lambda v: v is None,
+        description="extension, `lines` models that carry their data's hashes: the sample (prompt + text) "
+        "ended at its boundary and is not in the training data (false: the model reproduced a training sample)",
+    )
 
 
 class GenerateChunk(BaseModel):
@@ -68,6 +80,12 @@ class CompletionChoice(BaseModel):
     index: int
     logprobs: CompletionLogprobs | None = None
     finish_reason: FinishReason
+    novel: bool | None = Field(
+        None,
+        exclude_if=lambda v: v is None,
+        description="extension, `lines` models that carry their data's hashes: the sample (prompt + text) "
+        "ended at its boundary and is not in the training data (false: the model reproduced a training sample)",
+    )
 
 
 class CompletionUsage(BaseModel):
@@ -90,6 +108,12 @@ class CompletionStreamChoice(BaseModel):
     index: int
     logprobs: CompletionLogprobs | None = None
     finish_reason: FinishReason | None = None
+    novel: bool | None = Field(
+        None,
+        exclude_if=lambda v: v is None,
+        description="extension, `lines` models that carry their data's hashes: the sample (prompt + text) "
+        "ended at its boundary and is not in the training data (false: the model reproduced a training sample)",
+    )
 
 
 class CompletionChunk(BaseModel):

@@ -3,6 +3,7 @@ and how they become the `Final` (best_of's pick included)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,15 +31,25 @@ class Job:
         self.seqs = [SeqState() for _ in range(self.req.sequences)]
         self.remaining = len(self.seqs)
 
-    def final(self, now: float) -> Final:
-        req, seqs = self.req, self.seqs
+    def final(self, now: float, is_novel: Callable[[str], bool | None] | None = None) -> Final:
+        """The request's end; `is_novel(prompt + text)` marks each `lines` sample that ended at its
+        boundary as new or seen in the model's data."""
+        req = self.req
+        pairs = [(req.prompts[i // req.samples], s) for i, s in enumerate(self.seqs)]
         if req.samples > req.n:  # best_of: per prompt, the n samples with the highest summed logprob
             picked = []
             for p in range(len(req.prompts)):
-                group = seqs[p * req.samples : (p + 1) * req.samples]
-                picked += sorted(group, key=lambda s: -s.score())[: req.n]
-            seqs = picked
-        choices = tuple(s.result(req.stream, req.logprobs is not None) for s in seqs)
+                group = pairs[p * req.samples : (p + 1) * req.samples]
+                picked += sorted(group, key=lambda ps: -ps[1].score())[: req.n]
+            pairs = picked
+        choices = tuple(
+            s.result(
+                req.stream,
+                req.logprobs is not None,
+                is_novel(prompt + s.text) if is_novel is not None and s.finish == "stop" else None,
+            )
+            for prompt, s in pairs
+        )
         tokens = sum(s.tokens for s in self.seqs)  # every sampled token is paid for, best_of included
         return Final(self.t_start, self.t_first or now, now, self.prompt_tokens, choices, tokens)
 
@@ -55,9 +66,9 @@ class SeqState:
     def score(self) -> float:
         return sum(t.logprob for t in self.lps) + (self.boundary.logprob if self.boundary else 0.0)
 
-    def result(self, stream: bool, with_lps: bool) -> ChoiceResult:
+    def result(self, stream: bool, with_lps: bool, novel: bool | None = None) -> ChoiceResult:
         if stream:
-            return ChoiceResult(None, self.finish or "length", self.tokens)  # type: ignore[arg-type]
+            return ChoiceResult(None, self.finish or "length", self.tokens, novel=novel)  # type: ignore[arg-type]
         return ChoiceResult(
             self.text,
             self.finish or "length",  # type: ignore[arg-type]
@@ -65,6 +76,7 @@ class SeqState:
             tuple(self.lps) if with_lps else None,
             self.prompt_lps if with_lps else None,
             self.boundary if with_lps else None,
+            novel,
         )
 
 

@@ -155,6 +155,7 @@ class ChoiceResult:
     logprobs: tuple[TokenScore, ...] | None = None
     prompt_logprobs: tuple[TokenScore | None, ...] | None = None
     boundary: TokenScore | None = None
+    novel: bool | None = None  # a `lines` sample that ended at its boundary: not in the model's data
 
 
 @dataclass(frozen=True)

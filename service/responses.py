@@ -117,6 +117,7 @@ class GenerateShape:
                 text=_full_text(r, i, c),
                 finish_reason=c.finish_reason,
                 logprobs=r.legacy(i, c.logprobs, c.prompt_logprobs, c.boundary),
+                novel=c.novel,
             )
             for i, c in enumerate(final.choices)
         ]
@@ -150,7 +151,8 @@ class GenerateShape:
     @staticmethod
     def closing(r: Reply, final: Final, timing: Timing) -> list[dict[str, Any]]:
         choices = [
-            GenerateStreamChoice(index=i, text="", finish_reason=c.finish_reason) for i, c in enumerate(final.choices)
+            GenerateStreamChoice(index=i, text="", finish_reason=c.finish_reason, novel=c.novel)
+            for i, c in enumerate(final.choices)
         ]
         usage = GenerateUsage(prompt_tokens=final.prompt_tokens, completion_tokens=final.completion_tokens)
         body = _dump(GenerateChunk(id=r.req.rid, model=r.req.model, choices=choices, usage=usage, timing=timing))
@@ -173,6 +175,7 @@ class CompletionShape:
                 index=i,
                 logprobs=r.legacy(i, c.logprobs, c.prompt_logprobs, c.boundary),
                 finish_reason=c.finish_reason,
+                novel=c.novel,
             )
             for i, c in enumerate(final.choices)
         ]
@@ -207,7 +210,8 @@ class CompletionShape:
     def closing(r: Reply, final: Final, timing: Timing) -> list[dict[str, Any]]:
         usage = r.usage(final.prompt_tokens, final.completion_tokens)
         choices = [
-            CompletionStreamChoice(text="", index=i, finish_reason=c.finish_reason) for i, c in enumerate(final.choices)
+            CompletionStreamChoice(text="", index=i, finish_reason=c.finish_reason, novel=c.novel)
+            for i, c in enumerate(final.choices)
         ]
         events = [CompletionShape._event(r, choices, usage if r.continuous_usage else None)]
         if r.include_usage:

@@ -175,7 +175,7 @@ class Scheduler:
             if job.remaining == 0:
                 job.done = True
                 del self.jobs[rid]
-                self.emit(job, job.final(now))
+                self.emit(job, job.final(now, getattr(self.engines[job.req.model], "is_novel", None)))
 
     @staticmethod
     def _record(job: Job, i: int, d: Any) -> None:
@@ -188,6 +188,7 @@ class Scheduler:
             seq.finish = d.finish_reason
             seq.tokens = d.completion_tokens or 0
             job.remaining -= 1
+        seq.text += d.text  # streamed too: the whole sample is what the novelty mark is about
         if job.req.stream:
             job.sent += len(d.text) + (boundary is not None)
             if d.text or prompt is not None or boundary is not None:
@@ -196,7 +197,6 @@ class Scheduler:
                     ChoiceDelta(i, d.text, lps if want else None, prompt if want else None, boundary if want else None)
                 )
             return
-        seq.text += d.text
         seq.lps.extend(lps or ())
         seq.prompt_lps = prompt if prompt is not None else seq.prompt_lps
         seq.boundary = boundary or seq.boundary

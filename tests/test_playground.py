@@ -28,6 +28,9 @@ from selenium.webdriver.common.by import By  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 DOC_SCREENSHOT = REPO / "docs" / "playground.png"
 WAIT_S = 20.0
+NAMES = """return Array.from(document.querySelectorAll('#samples li')).map(li => Array.from(li.childNodes)
+  .filter(n => !(n.classList && n.classList.contains('badge'))).map(n => n.textContent).join(''));"""
+MARKS = "return Array.from(document.querySelectorAll('#samples li')).map(li => [li.dataset.novel, li.dataset.finish]);"
 SHADES = "return [...document.querySelectorAll('#samples .tok')].map(e => e.style.getPropertyValue('--p'))"
 CANCELLED = re.compile(r'^charlm_requests_cancelled_total\{[^}]*model="shakespeare-gpt"[^}]*\} (\S+)$', re.M)
 
@@ -120,9 +123,12 @@ def test_names_generate_shows_n_names(server, browser, tmp_path) -> None:
     fill(browser, "names-gpt", prompt="ka", n=6, seed=7, temperature=0.9)
     browser.find_element(By.ID, "generate").click()
     wait_for(lambda: finished(browser) and "new characters" in text_of(browser, "status"), "the generation")
-    names = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#samples li")]
+    names = browser.execute_script(NAMES)
     assert len(names) == 6
     assert all(re.fullmatch(r"ka[a-z]*", name) for name in names), names
+    # names-gpt carries its data's hashes: every whole name is marked new or seen in training.
+    marks = browser.execute_script(MARKS)
+    assert all(m in ("new", "seen") for m, finish in marks if finish == "stop") and any(m for m, _ in marks), marks
     shot(browser, tmp_path / "names.png")
 
 

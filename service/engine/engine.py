@@ -17,6 +17,7 @@ import numpy as np
 from contract import Manifest
 from service.engine.backends import Backend, BackendName, Device, load_backend
 from service.engine.logprobs import prompt_logprobs, token_logprobs
+from service.engine.novelty import DataHashes
 from service.engine.penalties import Penalties
 from service.engine.runners import GPTRunner, WindowRunner
 from service.engine.sampling import Sampler
@@ -37,6 +38,7 @@ class Engine:
         self, manifest: Manifest, runner: GPTRunner | WindowRunner, backend: str, device: str, slots: int, threads: int
     ):
         self.manifest, self.backend, self.device, self.slots, self.threads = manifest, backend, device, slots, threads
+        self.data_hashes: DataHashes | None = None  # a `lines` model folder's training samples (Engine.load)
         self.runner = runner
         self.pad_token = pad_token(manifest)
         self._vocab = np.array(manifest.vocab, dtype=object)
@@ -67,7 +69,9 @@ class Engine:
         if backend not in manifest.files:
             raise BackendUnavailable(f"{manifest.name} has no {backend} file (it has: {', '.join(manifest.files)})")
         graph = load_backend(entry.folder / manifest.files[backend].path, manifest, backend, device)
-        return cls.from_backend(manifest, graph, threads=threads, slots=slots)
+        engine = cls.from_backend(manifest, graph, threads=threads, slots=slots)
+        engine.data_hashes = DataHashes.load(entry.folder, manifest)
+        return engine
 
     @classmethod
     def from_backend(cls, manifest: Manifest, graph: Backend, threads: int = 1, slots: int = DEFAULT_SLOTS) -> Engine:
@@ -94,6 +98,11 @@ class Engine:
 
     def has_capacity(self) -> bool:
         return self._n < self.slots
+
+    def is_novel(self, sample: str) -> bool | None:
+        """Whether a whole `lines` sample is absent from the data the model was trained on (None: the
+        model carries no hashes of its data)."""
+        return None if self.data_hashes is None else self.data_hashes.is_novel(sample)
 
     def cache_bytes_per_slot(self) -> int:
         """Memory one slot's KV cache takes at block_size positions (0 for window models)."""

@@ -245,9 +245,20 @@ class Output {
       const lps = this.probs ? readLogprobs(c.logprobs) : null;
       if (c.text || lps) this.write(li, c.text || "", lps);
       if (c.finish_reason) li.dataset.finish = c.finish_reason;
+      if (c.novel != null) this.mark(li, c.novel);
     }
     if (data.usage) this.done(data.usage, data.timing);
     else status(`Generating… ${this.chars} characters`);
+  }
+
+  mark(li, novel) {
+    // A `lines` model that carries its data's hashes says whether a whole sample is new or a copy.
+    const badge = document.createElement("span");
+    badge.className = novel ? "badge novel" : "badge seen";
+    badge.textContent = novel ? "new" : "seen in training";
+    badge.title = novel ? "not in the data the model was trained on" : "this sample is in the training data";
+    li.dataset.novel = novel ? "new" : "seen";
+    li.append(badge);
   }
 
   write(li, text, lps) {
