@@ -3,11 +3,21 @@ these, so the OpenAPI document describes exactly what the server sends."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
 from service.protocol import FinishReason
+
+# Extension on `lines` models that carry their data's hashes; left out of the JSON when there is no mark.
+Novel = Annotated[
+    bool | None,
+    Field(
+        exclude_if=lambda v: v is None,
+        description="the sample (prompt + text) ended at its boundary and is not in the training data "
+        "(false: the model reproduced a training sample)",
+    ),
+]
 
 
 class CompletionLogprobs(BaseModel):
@@ -25,12 +35,7 @@ class GenerateChoice(BaseModel):
     text: str = Field(description="prompt + generated text")
     finish_reason: FinishReason
     logprobs: CompletionLogprobs | None = None
-    novel: bool | None = Field(
-        None,
-        exclude_if=lambda v: v is None,
-        description="extension, `lines` models that carry their data's hashes: the sample (prompt + text) "
-        "ended at its boundary and is not in the training data (false: the model reproduced a training sample)",
-    )
+    novel: Novel = None
 
 
 class GenerateUsage(BaseModel):
@@ -57,12 +62,7 @@ class GenerateStreamChoice(BaseModel):
     text: str
     finish_reason: FinishReason | None = None
     logprobs: CompletionLogprobs | None = None
-    novel: bool | None = Field(
-        None,
-        exclude_if=lambda v: v is None,
-        description="extension, `lines` models that carry their data's hashes: the sample (prompt + text) "
-        "ended at its boundary and is not in the training data (false: the model reproduced a training sample)",
-    )
+    novel: Novel = None
 
 
 class GenerateChunk(BaseModel):
@@ -80,12 +80,7 @@ class CompletionChoice(BaseModel):
     index: int
     logprobs: CompletionLogprobs | None = None
     finish_reason: FinishReason
-    novel: bool | None = Field(
-        None,
-        exclude_if=lambda v: v is None,
-        description="extension, `lines` models that carry their data's hashes: the sample (prompt + text) "
-        "ended at its boundary and is not in the training data (false: the model reproduced a training sample)",
-    )
+    novel: Novel = None
 
 
 class CompletionUsage(BaseModel):
@@ -108,12 +103,7 @@ class CompletionStreamChoice(BaseModel):
     index: int
     logprobs: CompletionLogprobs | None = None
     finish_reason: FinishReason | None = None
-    novel: bool | None = Field(
-        None,
-        exclude_if=lambda v: v is None,
-        description="extension, `lines` models that carry their data's hashes: the sample (prompt + text) "
-        "ended at its boundary and is not in the training data (false: the model reproduced a training sample)",
-    )
+    novel: Novel = None
 
 
 class CompletionChunk(BaseModel):
