@@ -1,9 +1,7 @@
 """The shipped weights, in every net the engine benchmark compares: charlm's eager GPT and HF's GPT-2.
 
-Read straight from a model folder's files, not through service.repository, so that the benchmark can
-load a folder of either graph contract: schema 2 ships `model.safetensors` + `manifest.json`'s
-`net_config`; a schema-1 folder has only the traced `model.ts`, whose state_dict is the net's with a
-`net.` prefix (training.export.graphs.StepGraph wraps the net as attribute `net`).
+A model folder's `model.safetensors` + `manifest.json`'s `net_config` give the eager net
+(training.checkpoint.load_checkpoint reads model folders as checkpoints).
 
 nanoGPT's GPT is GPT-2 exactly (pre-LayerNorm blocks, learned positions, exact-erf GELU, tied head), so
 `to_hf` copies the weights into `transformers.GPT2LMHeadModel` (Conv1D stores Linear's weight
@@ -13,7 +11,6 @@ transposed); `check_hf_parity` proves it on logits before anything is timed.
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,55 +27,18 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def load_state(folder: Path) -> tuple[dict[str, Any], dict[str, Any], str]:
-    """(net config, state_dict, where it came from) of a GPT model folder, schema 1 or 2."""
-    import torch
-
-    folder = Path(folder)
-    manifest = read_manifest(folder)
-    if manifest.get("arch") != "gpt":
-        raise BenchError(f"{folder.name} is a {manifest.get('arch')}, not a gpt")
-    weights = folder / ((manifest.get("weights") or {}).get("path") or "model.safetensors")
-    if manifest.get("net_config") and weights.is_file():
-        from safetensors.torch import load_file
-
-        return dict(manifest["net_config"]), load_file(str(weights)), weights.name
-    ts = folder / "model.ts"
-    if not ts.is_file():
-        raise BenchError(f"{folder.name} has neither model.safetensors nor model.ts: run `make models`")
-    with warnings.catch_warnings():  # torch deprecates torch.jit: one warning per load
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        traced = torch.jit.load(str(ts), map_location="cpu")
-    state = {k.removeprefix("net."): v for k, v in traced.state_dict().items()}
-    cfg = {
-        "vocab_size": len(manifest["vocab"]),
-        "block_size": manifest["block_size"],
-        "n_layer": manifest["n_layer"],
-        "n_head": manifest["n_head"],
-        "n_embd": manifest["n_head"] * manifest["head_dim"],
-        "dropout": 0.0,
-        "bias": "blocks.0.attn.c_attn.bias" in state,
-    }
-    return cfg, state, ts.name
-
-
 def load_eager(folder: Path) -> Any:
-    """The eager `training.nets` GPT with the folder's weights, in eval mode (dropout off)."""
-    from training.nets import build
+    """The eager `training.nets` GPT of a model folder (its weights and net_config, files checked against
+    the manifest), in eval mode: the loader `training sample|eval` use on model folders."""
+    from training.checkpoint import CheckpointError, load_checkpoint
 
-    cfg, state, source = load_state(folder)
-    net = build("gpt", {**cfg, "dropout": 0.0})
-    # The head is tied to the token embedding: a file may carry either name (safetensors keeps one).
-    for a, b in (("wte.weight", "lm_head.weight"), ("lm_head.weight", "wte.weight")):
-        if a not in state and b in state:
-            state[a] = state[b]
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise BenchError(
-            f"{Path(folder).name}: {source} does not map onto training.nets' gpt "
-            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
-    return net.eval()
+    try:
+        net, meta = load_checkpoint(Path(folder))
+    except CheckpointError as exc:
+        raise BenchError(f"{exc} (run `make models`, or `python -m training upgrade` on a v1 folder)") from None
+    if meta.arch != "gpt":
+        raise BenchError(f"{Path(folder).name} is a {meta.arch}, not a gpt")
+    return net
 
 
 def to_hf(net: Any) -> Any:
