@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from contract import Manifest
 from service.errors import APIError
-from service.protocol import EngineRequest
+from service.protocol import EngineRequest, vocabulary_problem
 from service.schemas import OpenAIFields, _unsupported
 from service.translate import Prepared, check_logprobs, logit_bias, text_prompts
 
@@ -83,16 +83,9 @@ class ChatRequest(OpenAIFields):
 
 
 def _check(manifest: Manifest, text: str, param: str) -> None:
-    vocab = set(manifest.vocab)
-    outside = list(dict.fromkeys(ch for ch in text if ch not in vocab))
-    if outside:
-        listed = ", ".join(repr(ch) for ch in outside)
-        raise APIError(
-            400,
-            f"{param} has characters outside {manifest.name}'s vocabulary: {listed}",
-            param=param,
-            code="invalid_prompt",
-        )
+    problem = vocabulary_problem(manifest, text, param)
+    if problem:
+        raise APIError(400, problem, param=param, code="invalid_prompt")
 
 
 def render(manifest: Manifest, messages: list[Message]) -> tuple[str, tuple[str, ...]]:

@@ -37,16 +37,21 @@ def offending_chars(manifest: Manifest, prompt: str) -> tuple[tuple[str, ...], s
     return outside, mark if mark is not None and mark in prompt else None
 
 
+def vocabulary_problem(manifest: Manifest, text: str, what: str = "prompt") -> str | None:
+    """`what` has characters outside the model's vocabulary (each named once, in order), or None."""
+    outside, _ = offending_chars(manifest, text)
+    if not outside:
+        return None
+    return f"{what} has characters outside {manifest.name}'s vocabulary: {', '.join(repr(ch) for ch in outside)}"
+
+
 def prompt_problem(manifest: Manifest, prompt: str) -> str | None:
     """Why `manifest`'s model cannot take `prompt` (every offending character named), or None."""
-    outside, mark = offending_chars(manifest, prompt)
-    problems = []
-    if outside:
-        listed = ", ".join(repr(ch) for ch in outside)
-        problems.append(f"prompt has characters outside {manifest.name}'s vocabulary: {listed}")
+    problems = [vocabulary_problem(manifest, prompt)]
+    _, mark = offending_chars(manifest, prompt)
     if mark is not None:
         problems.append(f"prompt contains {mark!r}, {manifest.name}'s line boundary, which ends a sequence")
-    return "; ".join(problems) or None
+    return "; ".join(p for p in problems if p) or None
 
 
 @dataclass(frozen=True)

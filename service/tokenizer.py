@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from contract import Manifest
 from service.catalog import Catalog
 from service.errors import APIError
+from service.protocol import vocabulary_problem
 from service.translate import decode_ids
 
 
@@ -50,16 +51,10 @@ def _pick(catalog: Catalog, model: str | None) -> Manifest:
 
 
 def encode(manifest: Manifest, text: str) -> list[int]:
+    problem = vocabulary_problem(manifest, text)
+    if problem:
+        raise APIError(400, problem, param="prompt", code="invalid_prompt")
     stoi = {ch: i for i, ch in enumerate(manifest.vocab)}
-    outside = list(dict.fromkeys(ch for ch in text if ch not in stoi))
-    if outside:
-        listed = ", ".join(repr(ch) for ch in outside)
-        raise APIError(
-            400,
-            f"prompt has characters outside {manifest.name}'s vocabulary: {listed}",
-            param="prompt",
-            code="invalid_prompt",
-        )
     return [stoi[ch] for ch in text]
 
 
