@@ -48,7 +48,6 @@ class Engine:
         self._top = np.full(slots, -1, dtype=np.int64)  # logprobs alternatives per row (-1: none asked)
         self._seqs: list[Seq | None] = [None] * slots
         self._row: dict[Hashable, int] = {}
-        self._contexts: list[tuple[list[int], int] | None] = [None] * slots  # kept until a prompt is scored
         self._n = 0
 
     @classmethod
@@ -150,7 +149,6 @@ class Engine:
         self._sampler.set(row, sampling)
         self._penalties.set(row, sampling, ids)
         self._top[row] = -1 if sampling.logprobs is None else sampling.logprobs
-        self._contexts[row] = (context, len(ids)) if sampling.prompt_logprobs else None
         self.runner.start(row, context, score=sampling.prompt_logprobs)
         return True
 
@@ -174,10 +172,9 @@ class Engine:
         self.runner.feed(tokens)
         lps = self._logprobs(logits, tokens)
         seqs = self._seqs
-        for row, scores in self.runner.scores.items():
-            context, n_prompt = self._contexts[row]
-            seqs[row].prompt_lps = prompt_logprobs(context, n_prompt, scores, max(0, int(self._top[row])))
-            self._contexts[row] = None
+        for row, (context, scores) in self.runner.scores.items():
+            top = max(0, int(self._top[row]))
+            seqs[row].prompt_lps = prompt_logprobs(context, seqs[row].prompt_tokens, scores, top)
         self.runner.scores.clear()
         deltas, done = [], []
         for r, (t, ch) in enumerate(zip(tokens.tolist(), self._vocab[tokens].tolist(), strict=True)):
@@ -213,9 +210,8 @@ class Engine:
                 self._sampler.move(last, row)
                 self._penalties.move(last, row)
                 self._top[row] = self._top[last]
-                self._contexts[row] = self._contexts[last]
                 self.runner.move(last, row)
-            self._seqs[last] = self._contexts[last] = None
+            self._seqs[last] = None
             self._n = last
 
     def max_new_for(self, params: SamplingParams) -> int:

@@ -63,7 +63,7 @@ class WindowRunner:
         self.window = np.full((slots, manifest.block_size), pad, dtype=np.int64)
         self._spans = _Spans(threads)
         self._to_score: dict[int, list[int]] = {}
-        self.scores: dict[int, np.ndarray] = {}
+        self.scores: dict[int, tuple[list[int], np.ndarray]] = {}  # row -> (its context, logits of context[1:])
 
     def start(self, row: int, context: Sequence[int], score: bool = False) -> None:
         tail = list(context)[-self.block_size :]
@@ -79,7 +79,8 @@ class WindowRunner:
         for row, context in self._to_score.items():  # every window of the prompt, one call
             padded = np.array([self.pad] * self.block_size + context, dtype=np.int64)
             windows = np.lib.stride_tricks.sliding_window_view(padded, self.block_size)[1 : len(context)]
-            self.scores[row] = self.backend.run([np.ascontiguousarray(windows)])[0] if len(windows) else windows[:0]
+            logits = self.backend.run([np.ascontiguousarray(windows)])[0] if len(windows) else windows[:0]
+            self.scores[row] = (context, logits)
         self._to_score.clear()
         return np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
 
@@ -121,7 +122,7 @@ class GPTRunner:
         self.history: list[list[int]] = [[] for _ in range(slots)]
         self._spans = _Spans(threads)
         self._to_score: dict[int, list[int]] = {}
-        self.scores: dict[int, np.ndarray] = {}
+        self.scores: dict[int, tuple[list[int], np.ndarray]] = {}  # row -> (its context, logits of context[1:])
 
     def start(self, row: int, context: Sequence[int], score: bool = False) -> None:
         self.history[row] = list(context)[-self.block_size :] or [self.pad]
@@ -221,9 +222,9 @@ class GPTRunner:
             if context is None:
                 continue
             if len(context) <= self.block_size:  # the prompt's own logits: row j predicts context token j + 1
-                self.scores[r] = outs[0][i, : lengths[i] - 1]
+                self.scores[r] = (context, outs[0][i, : lengths[i] - 1])
             else:
-                self.scores[r] = self._score_blocks(context)
+                self.scores[r] = (context, self._score_blocks(context))
         return outs[0][np.arange(len(rows)), lengths - 1]
 
     def _score_blocks(self, context: list[int]) -> np.ndarray:
