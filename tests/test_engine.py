@@ -537,11 +537,11 @@ def test_a_full_engine_says_so_and_abort_frees_the_slot(fixtures):
 class _Recording:
     """The real backend, with the batch size of every call written down."""
 
-    def __init__(self, backend):
-        self.backend, self.batches = backend, []
+    def __init__(self, backend, widths: bool = False):
+        self.backend, self.batches, self.widths = backend, [], widths
 
     def run(self, inputs):
-        self.batches.append(len(inputs[0]))
+        self.batches.append(inputs[0].shape if self.widths else len(inputs[0]))
         return self.backend.run(inputs)
 
 
@@ -554,6 +554,28 @@ def test_finished_requests_stop_costing_work(fixtures, name):
     assert len(out[0][0]) > 0
     assert max(recorder.batches) == 8
     assert recorder.batches[-1] == 1, recorder.batches  # the long one runs on alone
+
+
+def test_prefills_over_the_budget_wait_oldest_first_and_keep_their_seeded_text(fixtures):
+    """A burst of prompts (and rows sliding past block_size) is spread over steps by the prefill budget;
+    the rows that wait sample nothing, so a seeded text is the same as alone."""
+    engine = Engine.load(fixtures["stream-gpt"][0], slots=6)
+    block = engine.manifest.block_size
+    params = [SamplingParams(temperature=0.9, seed=i, max_new_tokens=3 * block) for i in range(6)]
+    alone = {i: _drive(engine, {0: [(i, "abcdefg", params[i])]})[i] for i in range(6)}
+    engine.runner.prefill_tokens = 2 * block
+    engine.runner.backend = recorder = _Recording(engine.runner.backend, widths=True)
+    for i in range(6):
+        assert engine.add(i, engine.encode_prompt("abcdefg"), params[i])
+    assert [d.request_id for d in engine.step()] == [0, 1]  # the two oldest fit, the others wait
+    assert [d.request_id for d in engine.step()] == [0, 1, 2, 3]
+    while engine.active():  # rows slide past block_size at different steps from here on
+        engine.step()
+    prefills = [(rows, width) for rows, width in recorder.batches if width > 1]
+    assert len(prefills) > 6 and all(rows * width <= 2 * block for rows, width in prefills), prefills
+    engine.runner.prefill_tokens = 1  # one row always goes, whatever the budget
+    busy = _drive(engine, {0: [(i, "abcdefg", params[i]) for i in range(6)]})
+    assert busy == alone
 
 
 def test_v1_folder_is_refused_naming_the_upgrade(fixtures, tmp_path):

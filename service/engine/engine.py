@@ -1,7 +1,8 @@
 """`Engine`: one model, a fixed table of slots, continuous batching one step at a time.
 
 In the spirit of vLLM's engine core and llama.cpp's slots: `add` puts a request in a free slot (its
-prompt is prefilled, and its first token comes out, at the next `step`); `step` makes one model call
+prompt is prefilled, and its first token comes out, at the next `step`, or a later one when that step's
+prefill budget is spent: see GPTRunner); `step` makes one model call
 for all live slots (plus one prefill call for the slots just taken), samples, applies stop strings and
 frees finished slots at once; `abort` frees a slot now. A request never waits for another to finish,
 and a step costs what its live rows cost: finished rows leave the arrays, and live rows are kept in
@@ -165,21 +166,27 @@ class Engine:
         n = self._n
         if n == 0:
             return []
-        rows = np.arange(n)
         logits = self.runner.forward(n)
-        tokens = self._sampler.sample(rows, self._penalties.apply(n, logits))
-        self._penalties.record(tokens)
-        self.runner.feed(tokens)
-        lps = self._logprobs(logits, tokens)
+        waiting = self.runner.waiting(n)
+        if waiting is None:
+            rows = np.arange(n)
+        else:  # rows whose prefill waits for a later step sample nothing (their RNG untouched)
+            rows = np.flatnonzero(~waiting)
+            logits = logits[rows]
+        tokens = self._sampler.sample(rows, self._penalties.apply(rows, logits))
+        self._penalties.record(rows, tokens)
+        self.runner.feed(rows, tokens)
+        lps = self._logprobs(rows, logits, tokens)
         seqs = self._seqs
         for row, (context, scores) in self.runner.scores.items():
             top = max(0, int(self._top[row]))
             seqs[row].prompt_lps = prompt_logprobs(context, seqs[row].prompt_tokens, scores, top)
         self.runner.scores.clear()
         deltas, done = [], []
-        for r, (t, ch) in enumerate(zip(tokens.tolist(), self._vocab[tokens].tolist(), strict=True)):
+        chars = self._vocab[tokens].tolist()
+        for i, (r, t, ch) in enumerate(zip(rows.tolist(), tokens.tolist(), chars, strict=True)):
             seq = seqs[r]
-            delta = seq.push(t, ch, lps[r]) if seq.max_new else seq.finish_now()
+            delta = seq.push(t, ch, lps[i]) if seq.max_new else seq.finish_now()
             if delta is not None:
                 deltas.append(delta)
                 if delta.finish_reason is not None:
@@ -188,15 +195,15 @@ class Engine:
             self._release(done)
         return deltas
 
-    def _logprobs(self, logits: np.ndarray, tokens: np.ndarray) -> list:
-        """Per row, the sampled token's raw logprob with its alternatives, for the rows that asked."""
-        top = self._top[: len(tokens)]
+    def _logprobs(self, rows: np.ndarray, logits: np.ndarray, tokens: np.ndarray) -> list:
+        """Per sampled row, the token's raw logprob with its alternatives, for the rows that asked."""
+        top = self._top[rows]
         out: list = [None] * len(tokens)
         asked = np.flatnonzero(top >= 0)
         if asked.size:
             k = int(top[asked].max())
-            for r, lp in zip(asked.tolist(), token_logprobs(logits[asked], tokens[asked], k), strict=True):
-                out[r] = lp if len(lp.top) == top[r] else type(lp)(lp.token, lp.logprob, lp.top[: top[r]])
+            for i, lp in zip(asked.tolist(), token_logprobs(logits[asked], tokens[asked], k), strict=True):
+                out[i] = lp if len(lp.top) == top[i] else type(lp)(lp.token, lp.logprob, lp.top[: top[i]])
         return out
 
     def _release(self, rows: list[int]) -> None:

@@ -48,13 +48,15 @@ class Penalties:
             arr[dst] = arr[src]
         self.min_tokens[dst], self.generated[dst] = self.min_tokens[src], self.generated[src]
 
-    def apply(self, n: int, logits: np.ndarray) -> np.ndarray:
-        """Logits of rows [0, n) as sampling sees them (the input is left untouched)."""
-        rows = np.flatnonzero(self.active[:n])
-        if not rows.size:
+    def apply(self, slots: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        """Logits of `slots` (logits[i] is slot slots[i]'s) as sampling sees them (the input is left
+        untouched)."""
+        at = np.flatnonzero(self.active[slots])
+        if not at.size:
             return logits
+        rows = slots[at]
         out = logits.copy()
-        x = out[rows] + self.bias[rows]
+        x = out[at] + self.bias[rows]
         rep = self.repetition[rows, None]
         x = np.where(self.seen[rows], np.where(x > 0, x / rep, x * rep), x)
         counts = self.counts[rows]
@@ -62,13 +64,14 @@ class Penalties:
         if self.boundary is not None:
             early = self.generated[rows] < self.min_tokens[rows]
             x[early, self.boundary] = -np.inf
-        out[rows] = x
+        out[at] = x
         return out
 
-    def record(self, tokens: np.ndarray) -> None:
-        """The tokens just sampled for rows [0, len(tokens))."""
-        rows = np.flatnonzero(self.active[: len(tokens)])
-        if rows.size:
-            self.counts[rows, tokens[rows]] += 1
-            self.seen[rows, tokens[rows]] = True
+    def record(self, slots: np.ndarray, tokens: np.ndarray) -> None:
+        """The tokens just sampled for `slots`."""
+        at = np.flatnonzero(self.active[slots])
+        if at.size:
+            rows, picked = slots[at], tokens[at]
+            self.counts[rows, picked] += 1
+            self.seen[rows, picked] = True
             self.generated[rows] += 1

@@ -2,8 +2,9 @@
 
 A runner keeps each row's model state (a GPT's KV cache, a window model's last block_size tokens) and
 knows nothing of sampling or text. The engine calls, per step: `forward(n)` (logits [n, V]), then
-`feed(tokens)` with what it sampled; `start(row, context)` when a sequence takes a row, and
-`move(src, dst)` when it compacts rows after some finished.
+`feed(rows, tokens)` with what it sampled for the rows that were ready (`waiting(n)`: the rows whose
+prefill was put off to a later step, None when every row has its logits); `start(row, context)` when a
+sequence takes a row, and `move(src, dst)` when it compacts rows after some finished.
 
 More than one core: the rows are split into contiguous spans run as concurrent one-thread graph calls
 (ONNX Runtime and torch release the GIL while they compute); with 2 intra-op threads ORT ran at half
@@ -30,6 +31,11 @@ MIN_SPAN = 24
 # is rows x new^2 x n_embd floats, so long prompts are prefilled a few rows per call (shakespeare-gpt at
 # 128 characters: 8 MiB a row).
 PREFILL_SCRATCH_BYTES = 64 << 20
+# Prefill tokens (rows x padded width) one step may take per thread; the oldest waiting rows go first and
+# the rest wait for the next step (vLLM's token budget; one row always goes). Without it, 64 rows sliding
+# past block_size together re-prefilled 4,096 tokens in one step (shakespeare-gpt, 128 rows: step p99
+# 115-143 ms, 38-44 ms with it; a decode step ~12 ms) and every other request waited behind it.
+PREFILL_TOKENS = 256
 
 
 class _Spans:
@@ -84,8 +90,12 @@ class WindowRunner:
         self._to_score.clear()
         return np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
 
-    def feed(self, tokens: np.ndarray) -> None:
-        n = len(tokens)
+    def waiting(self, n: int) -> None:
+        """Every row gets its logits at every step."""
+        return None
+
+    def feed(self, rows: np.ndarray, tokens: np.ndarray) -> None:
+        n = len(tokens)  # every row is ready: rows is arange(n)
         self.window[:n, :-1] = self.window[:n, 1:]  # numpy copes with the overlap
         self.window[:n, -1] = tokens
 
@@ -108,6 +118,9 @@ class GPTRunner:
     Context limit: a prompt longer than block_size keeps its last block_size tokens; when a row's cache
     is full (length == block_size), it is re-prefilled from its last block_size // 2 tokens (positions
     are learned, the cache cannot slide) and continues from there, without touching the other rows.
+
+    A step prefills at most PREFILL_TOKENS per thread (oldest first); the other fresh rows wait, so no
+    step costs much more than a decode step and a burst of prefills is spread over the next few steps.
     """
 
     def __init__(self, backend: Backend, manifest: Manifest, pad: int, slots: int, threads: int):
@@ -118,7 +131,10 @@ class GPTRunner:
         self.n_embd = (manifest.n_head or 0) * (manifest.head_dim or 0)
         self.length = np.zeros(slots, dtype=np.int64)  # cached positions per row
         self.pending = np.zeros(slots, dtype=np.int64)  # sampled, not yet fed
-        self.fresh = np.zeros(slots, dtype=bool)  # to be prefilled from its history at the next step
+        self.fresh = np.zeros(slots, dtype=bool)  # to be prefilled from its history (at the next step, or later)
+        self.fresh_at = np.zeros(slots, dtype=np.int64)  # the step it became fresh: oldest prefills go first
+        self._step = 0
+        self.prefill_tokens = PREFILL_TOKENS * threads  # a step's prefill budget, all threads together
         self.history: list[list[int]] = [[] for _ in range(slots)]
         self._spans = _Spans(threads)
         self._to_score: dict[int, list[int]] = {}
@@ -127,29 +143,35 @@ class GPTRunner:
     def start(self, row: int, context: Sequence[int], score: bool = False) -> None:
         self.history[row] = list(context)[-self.block_size :] or [self.pad]
         self.fresh[row] = True
+        self.fresh_at[row] = self._step
         self.length[row] = 0
         self._to_score.pop(row, None)
         if score:
             self._to_score[row] = list(context)
 
     def forward(self, n: int) -> np.ndarray:
+        self._step += 1
         fresh = self.fresh[:n]
         logits = np.empty((n, 0), np.float32)
         if not fresh.all():
             logits = self._decode(n, fresh)
         if fresh.any():
-            rows = np.flatnonzero(fresh)
+            rows = self._within_budget(np.flatnonzero(fresh))
             first = self._prefill(rows, n)
             if logits.shape[1] == 0:
-                logits = np.empty((n, first.shape[1]), np.float32)
+                logits = np.zeros((n, first.shape[1]), np.float32)  # rows still waiting: finite, unused
             logits[rows] = first
         return logits
 
-    def feed(self, tokens: np.ndarray) -> None:
-        n = len(tokens)
-        self.pending[:n] = tokens
+    def waiting(self, n: int) -> np.ndarray | None:
+        """Rows of [0, n) whose prefill was put off by the budget: no logits for them this step."""
+        fresh = self.fresh[:n]
+        return fresh if fresh.any() else None
+
+    def feed(self, rows: np.ndarray, tokens: np.ndarray) -> None:
+        self.pending[rows] = tokens
         block = self.block_size
-        for r, t in enumerate(tokens.tolist()):
+        for r, t in zip(rows.tolist(), tokens.tolist(), strict=True):
             h = self.history[r]
             h.append(t)
             if len(h) > 2 * block:
@@ -157,10 +179,11 @@ class GPTRunner:
             if self.length[r] >= block:  # full: restart from the last `keep` tokens (the pending one included)
                 self.history[r] = h[-self.keep :]
                 self.fresh[r] = True
+                self.fresh_at[r] = self._step
 
     def move(self, src: int, dst: int) -> None:
         self.kv.move(src, dst)
-        for arr in (self.length, self.pending, self.fresh):
+        for arr in (self.length, self.pending, self.fresh, self.fresh_at):
             arr[dst] = arr[src]
         self.history[dst] = self.history[src]
         if src in self._to_score:
@@ -171,10 +194,19 @@ class GPTRunner:
         self.start(0, [self.pad])
         logits = self.forward(1)
         if self.block_size > 1:
-            self.feed(np.array([self.pad]))
+            self.feed(np.zeros(1, np.int64), np.array([self.pad]))
             logits = self.forward(1)
         self.start(0, [self.pad])
         return logits
+
+    def _within_budget(self, fresh: np.ndarray) -> np.ndarray:
+        """The fresh rows this step prefills: oldest first while rows x the longest context fits the
+        budget (padding costs as much as tokens), at least one."""
+        order = fresh[np.argsort(self.fresh_at[fresh], kind="stable")]
+        widths = np.maximum.accumulate([len(self.history[r]) for r in order.tolist()])
+        cost = widths * np.arange(1, len(order) + 1)  # non-decreasing
+        fits = int(np.searchsorted(cost, self.prefill_tokens, side="right"))
+        return np.sort(order[: max(1, fits)])
 
     def _decode(self, n: int, fresh: np.ndarray) -> np.ndarray:
         """One token for every row with a cache; fresh rows ride along as ignored dummies at position 0,
