@@ -172,6 +172,11 @@ def test_fine_tune_a_shipped_model(tmp_path: Path) -> None:
     assert meta["test_loss"] < 3.0
     # ... and the fine-tuned checkpoint samples and evaluates with the shipped vocabulary
     assert charlm("eval", str(out), "--split", "val").returncode == 0
+    # exported, its folder re-measures on its own data although that data lacks most of the vocabulary
+    folder = tmp_path / "pets-wavenet"
+    assert charlm("export", str(out), "--out", str(folder)).returncode == 0
+    verify = charlm("verify", str(folder), "--data", str(data))
+    assert verify.returncode == 0 and "diff 0.0000" in verify.stdout, verify.stdout + verify.stderr
 
 
 def test_fine_tune_errors(tmp_path: Path) -> None:
