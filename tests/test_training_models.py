@@ -189,4 +189,8 @@ def test_fine_tune_errors(tmp_path: Path) -> None:
     proc = charlm("train", "--init-from", "models/names-gpt", "--set", "model.n_layer=2", "--out", str(tmp_path / "o"))
     one_line_error(proc, "model.n_layer (4 -> 2)")
     one_line_error(charlm("train", "--init-from", str(tmp_path / "none"), "--out", str(tmp_path / "o")), "no such")
+    data.write_text("max\nrex\nbartholomewalexander\nfido\n")  # 20 characters: names-gpt fits 15
+    proc = charlm("train", "--init-from", "models/names-gpt", "--data", str(data), "--out", str(tmp_path / "o"))
+    one_line_error(proc, "1 of 4 lines", "fixes block_size")
+    assert "--set model.block_size" not in proc.stderr  # the one setting fine-tuning cannot change
     one_line_error(charlm("train", "--out", str(tmp_path / "o")), "--config")

@@ -71,10 +71,15 @@ def resolve_block_size(cfg: TrainConfig, corpus_lines, fmt: str) -> tuple[int | 
     over = lengths.over(set_to - 1)
     if over:
         preview = lengths.text if len(lengths.text) <= 40 else lengths.text[:37] + "..."
+        fix = (
+            f"the net of --init-from {cfg.init_from} fixes block_size: shorten those lines or train a new model"
+            if cfg.init_from
+            else f'--set model.block_size={need} (or "auto")'
+        )
         raise DataError(
             f"{over} of {len(lengths.lengths)} lines are longer than block_size - 1 = {set_to - 1} characters and "
             f"would be cut; the longest (line {lengths.line_no}, {lengths.longest} characters: {preview!r}) needs "
-            f'block_size >= {need}: --set model.block_size={need} (or "auto")'
+            f"block_size >= {need}: {fix}"
         )
     return set_to, LinesInfo(longest=lengths.longest, block_size=set_to, block_size_from="config", over_block=0)
 
