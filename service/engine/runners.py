@@ -153,8 +153,12 @@ class GPTRunner:
         self._step += 1
         fresh = self.fresh[:n]
         logits = np.empty((n, 0), np.float32)
-        if not fresh.all():
-            logits = self._decode(n, fresh)
+        cached = np.flatnonzero(~fresh)
+        if cached.size:  # fresh rows after the last cached one stay out of the decode call
+            m = int(cached[-1]) + 1
+            logits = self._decode(m, n, fresh[:m])
+            if m < n:
+                logits = np.concatenate([logits, np.zeros((n - m, logits.shape[1]), np.float32)])
         if fresh.any():
             rows = self._within_budget(np.flatnonzero(fresh))
             first = self._prefill(rows, n)
@@ -208,11 +212,13 @@ class GPTRunner:
         fits = int(np.searchsorted(cost, self.prefill_tokens, side="right"))
         return np.sort(order[: max(1, fits)])
 
-    def _decode(self, n: int, fresh: np.ndarray) -> np.ndarray:
-        """One token for every row with a cache; fresh rows ride along as ignored dummies at position 0,
-        which keeps the rows one contiguous block (their dummy entries are overwritten by the prefill)."""
-        pos = np.where(fresh, 0, self.length[:n])
-        idx = np.where(fresh, self.pad, self.pending[:n])[:, None]
+    def _decode(self, m: int, n: int, fresh: np.ndarray) -> np.ndarray:
+        """One token for every row of [0, m) with a cache; fresh rows among them ride along as ignored
+        dummies at position 0, which keeps the rows one contiguous block (their dummy entries are
+        overwritten by their prefill). The budget prefills the lowest rows first, so the rows left waiting
+        are mostly past the last cached row, out of the call."""
+        pos = np.where(fresh, 0, self.length[:m])
+        idx = np.where(fresh, self.pad, self.pending[:m])[:, None]
         self.kv.fit(int(pos.max()) + 1, rows=n)
 
         def call(lo: int, hi: int) -> list[np.ndarray]:
@@ -220,8 +226,8 @@ class GPTRunner:
             self.kv.write(np.arange(lo, hi), pos[lo:hi], out[1:])  # each span writes its own rows
             return out[:1]
 
-        logits = np.concatenate([p[0] for p in self._spans.map(n, call)])
-        self.length[:n] += ~fresh
+        logits = np.concatenate([p[0] for p in self._spans.map(m, call)])
+        self.length[:m] += ~fresh
         return logits[:, 0, :]
 
     def _prefill(self, rows: np.ndarray, n: int) -> np.ndarray:
