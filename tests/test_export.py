@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 import warnings
@@ -19,10 +20,12 @@ import pytest
 import torch
 
 from contract import Manifest, ManifestError, new_kv_names, past_names
+from service.engine.types import Completion, TokenLogprob
 from training.checkpoint import META_FILE, CheckpointMeta, SplitInfo, save_checkpoint
 from training.export import ExportError, ParityError, export_checkpoint
 from training.export import core as export_core
 from training.export.cli import main_export
+from training.export.decode_parity import Decoded, _first_difference, check_decode_parity, decode_requests
 from training.export.graphs import eager_runner, graph_spec
 from training.export.onnx import load_runner as onnx_runner
 from training.export.parity import check_parity
@@ -414,6 +417,84 @@ def test_parity_failure_fails_the_export(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith("error: onnx parity check failed at idx [1, 1]") and "max abs diff" in err
+    assert not out.exists() and list((tmp_path / "models").iterdir()) == []
+
+
+def _files(model_dir: Path) -> dict[str, Path]:
+    return {"onnx": model_dir / "model.onnx", "torchscript": model_dir / "model.ts"}
+
+
+@pytest.mark.parametrize("arch", ["gpt", "mlp"])
+def test_decode_parity_covers_the_options(exported, arch):
+    """What every export decodes (it passed above, in the fixture): a GPT slides past block_size, a
+    stream model's stop string fires, greedy and seeded top-k/top-p samples, with and without a prompt."""
+    ckpt, model_dir, manifest = exported[arch]
+    requests = decode_requests(arch, manifest.vocab, manifest.boundary_token, manifest.block_size)
+    params = [r.params for r in requests]
+    assert any(p.greedy for p in params) and any(p.seed is not None and p.temperature == 1 for p in params)
+    assert any(p.top_k and p.top_p < 1 for p in params) and any(r.prompt for r in requests)
+    if arch == "gpt":  # a `lines` GPT: whole samples, and one past its boundary that slides
+        assert any(p.ignore_eos and p.max_new_tokens > manifest.block_size for p in params)
+    check_decode_parity(load_eager(ckpt), arch, manifest.vocab, manifest.boundary_token, _files(model_dir))
+
+
+def test_decode_parity_accepts_a_departure_only_at_a_near_tie():
+    """Seeded draws may part at a near-tie (torch and ONNX Runtime differ by ~1e-6): accepted when both
+    sides gave the same distribution there, a failure when they did not."""
+
+    def decoded(text: str, at_1: tuple[tuple[int, float], ...]) -> Decoded:
+        lps = (TokenLogprob(0, -0.1, ((0, -0.1), (1, -2.4), (2, -2.4))), TokenLogprob(1, -0.69, at_1))
+        return Decoded(Completion(text, "length", 0, 2), lps)
+
+    tie = ((1, -0.6931472), (2, -0.6931475), (0, -9.0))
+    assert _first_difference(decoded("ab", tie), decoded("ac", tie)) is None
+    assert _first_difference(decoded("ab", tie), decoded("ab", tie)) is None
+    moved = ((1, -0.5), (2, -0.9), (0, -9.0))
+    miss = _first_difference(decoded("ab", tie), decoded("ac", moved))
+    assert miss is not None and "at character 1 (max logprob difference there 2.07e-01)" in miss, miss
+
+
+@pytest.mark.parametrize("arch", ["gpt", "mlp"])
+def test_decode_parity_catches_a_different_model(exported, arch):
+    """The real exports against an eager net whose weights moved: one line naming the backend, the
+    request and the first character that differs."""
+    ckpt, model_dir, manifest = exported[arch]
+    net = load_eager(ckpt)
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(0)
+        for p in net.parameters():
+            p.add_(0.5 * torch.randn(p.shape, generator=gen))
+    with pytest.raises(ParityError) as caught:
+        check_decode_parity(net, arch, manifest.vocab, manifest.boundary_token, _files(model_dir))
+    msg = str(caught.value)
+    assert "\n" not in msg
+    assert re.match(
+        r"^onnx decode parity failed \(prompt '', greedy, max_new_tokens \d+\): "
+        r"text differs from the eager net's at character \d+ "
+        r"\(max logprob difference there [0-9.e+-]+\): .+ vs eager .+$",
+        msg,
+    ), msg
+
+
+def test_decode_parity_failure_fails_the_export(tmp_path, monkeypatch, capsys):
+    """The decode check is wired into the export: with the logits checks switched off, a graph of
+    other weights is still refused by it, with one line, and nothing is shipped."""
+    ckpt = make_checkpoint(tmp_path / "ckpt", "gpt")
+    real = export_core.EXPORTERS["torchscript"]
+
+    def export_perturbed(spec, path):
+        bad = copy.deepcopy(spec.module)
+        with torch.no_grad():
+            bad.net.lm_head.weight.mul_(-1.0)
+        real(dataclasses.replace(spec, module=bad), path)
+
+    monkeypatch.setitem(export_core.EXPORTERS, "torchscript", export_perturbed)
+    monkeypatch.setattr(export_core, "check_parity", lambda spec, runner, fmt: None)
+    out = tmp_path / "models" / "bad"
+    assert main_export([str(ckpt), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("error: torchscript decode parity failed (prompt '', greedy") and "character" in err
     assert not out.exists() and list((tmp_path / "models").iterdir()) == []
 
 

@@ -1,7 +1,8 @@
 """export_checkpoint: checkpoint folder -> model folder (exports, weights, manifest.json, README.md).
 
 Everything is written to a staging folder next to the destination and moved into place only after
-every format has passed its parity checks, so a failed export never leaves a half-written model.
+every format has passed its parity checks (logits: parity.py; decoded texts through the service's
+engine: decode_parity.py), so a failed export never leaves a half-written model.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from contract import WEIGHTS_FILE, Manifest
 from training.checkpoint import CheckpointError, load_checkpoint
 from training.export import onnx, torchscript
 from training.export.card import render_card
+from training.export.decode_parity import check_decode_parity
 from training.export.errors import ExportError
 from training.export.graphs import GraphSpec, Runner, graph_spec
 from training.export.manifest import build_manifest, file_entry
@@ -72,6 +74,8 @@ def _export(ckpt_dir: Path, out_dir: Path, formats: tuple[str, ...], name: str, 
             EXPORTERS[fmt](spec, path)
             check_parity(spec, LOADERS[fmt](path, spec), fmt)
             files[fmt] = file_entry(path)
+        staged = {fmt: staging / FILES[fmt] for fmt in formats}
+        check_decode_parity(net, meta.arch, meta.vocab, meta.boundary_token, staged)  # the server's decoder
         weights = staging / WEIGHTS_FILE  # the very file the net was loaded from
         shutil.copyfile(ckpt_dir / WEIGHTS_FILE, weights)
         meta, novelty, hashes = measure(net, meta, staging)  # lines data at hand: hash set, novelty rate
