@@ -75,6 +75,10 @@ class Gateway:
         if isinstance(body, OpenAIFields) and body.unknown_fields():
             log.info("%s: ignored unknown fields %s", shape.api_path, ", ".join(body.unknown_fields()))
         if isinstance(body, ChatRequest):
+            if (body.model_extra or {}).get("novel_only"):  # chat has no `novel` mark to show either
+                raise APIError(
+                    400, "novel_only is not supported on /v1/chat/completions", param="novel_only", code="invalid_value"
+                )
             prepared = prepare_chat(body, manifest, rid, deadline)
         else:
             prepared = prepare(body, manifest, rid, deadline)

@@ -20,6 +20,7 @@ class Job:
     rqid: int
     t_start: float
     prompt_tokens: int
+    prompt_ids: list[list[int]] = field(default_factory=list)  # per prompt: what a resampled choice restarts from
     t_first: float | None = None
     seqs: list[SeqState] = field(default_factory=list)
     remaining: int = 0
@@ -50,18 +51,28 @@ class Job:
             )
             for prompt, s in pairs
         )
-        tokens = sum(s.tokens for s in self.seqs)  # every sampled token is paid for, best_of included
+        tokens = sum(s.tokens + s.spent for s in self.seqs)  # every sampled token: best_of's, discarded attempts
         return Final(self.t_start, self.t_first or now, now, self.prompt_tokens, choices, tokens)
 
 
 @dataclass(eq=False)
 class SeqState:
+    """One sequence's current attempt (novel_only discards an attempt that copied its data)."""
+
     text: str = ""
     finish: str | None = None
     tokens: int = 0
     lps: list[TokenScore] = field(default_factory=list)
     prompt_lps: tuple[TokenScore | None, ...] | None = None
     boundary: TokenScore | None = None
+    attempt: int = 0
+    spent: int = 0  # tokens of discarded attempts: paid for, never shown
+
+    def restart(self, tokens: int) -> None:
+        """Discard this attempt (`tokens` long) and start the next one from the prompt."""
+        self.spent += tokens
+        self.attempt += 1
+        self.text, self.lps, self.prompt_lps, self.boundary = "", [], None, None
 
     def score(self) -> float:
         return sum(t.logprob for t in self.lps) + (self.boundary.logprob if self.boundary else 0.0)

@@ -19,6 +19,10 @@ MAX_NEW_TOKENS_CAP = 2048
 MAX_STOP = 4
 LINES_DEFAULT_MAX_NEW = 64  # lines models stop at their end marker, at most this
 STREAM_DEFAULT_MAX_NEW = 256
+# novel_only: attempts per choice in all. names-gpt's samples are new 54-58% of the time at temperature 1
+# (54% over 320 samples; test_novelty_http checks > 30%), so 16 copies in a row happen with p < 0.46**16,
+# about 4e-6; a prompt whose continuations are mostly in the data gets its 16th copy, novel: false.
+MAX_ATTEMPTS = 16
 
 FinishReason = Literal["stop", "length"]
 
@@ -58,7 +62,8 @@ def prompt_problem(manifest: Manifest, prompt: str) -> str | None:
 class EngineRequest:
     """One admitted request: its prompts, n samples of each, how to sample, and when it must end.
 
-    Choice i samples prompt i // n with seed derive_seed(seed, i). `deadline` is on the monotonic
+    Choice i samples prompt i // n with seed derive_seed(seed, i) (with `novel_only`, its attempt k >= 1
+    with derive_seed(derive_seed(seed, i), k)). `deadline` is on the monotonic
     clock, which every process of the server shares.
     """
 
@@ -83,6 +88,7 @@ class EngineRequest:
     logprobs: int | None = None  # alternatives per token (0: the chosen one only); None: no logprobs
     prompt_logprobs: bool = False  # score the prompt's characters too (echo, native logprobs)
     best_of: int | None = None  # sample best_of per prompt, keep the n with the highest summed logprob
+    novel_only: bool = False  # a `lines` sample found in the model's data is sampled again (scheduler.py)
     request_id: str | None = None  # the HTTP request's x-request-id, so worker-side log lines name it
 
     @property

@@ -4,7 +4,9 @@ Every iteration: requests that arrived are admitted (each choice is one engine s
 derive_seed(seed, i)) into free slots, then every model with live slots advances by one step (one model
 call for all its sequences, prefill of the new ones included), then finished, cancelled and timed-out
 requests leave. A short request therefore starts at the next step and never waits for a long one to
-end. The Scheduler knows nothing about LitServe, so tests drive it in-process over a fake engine.
+end. With `novel_only`, a choice whose whole `lines` sample is in the model's data goes back to the
+front of the queue as a fresh sequence (engine id (rid, i, attempt)), at most MAX_ATTEMPTS times.
+The Scheduler knows nothing about LitServe, so tests drive it in-process over a fake engine.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 from service.engine import EngineError, InvalidPrompt, SamplingParams, derive_seed
 from service.jobs import Job, score_of
-from service.protocol import Accepted, ChoiceDelta, Chunk, EngineRequest, Failed, WorkerEvent
+from service.protocol import MAX_ATTEMPTS, Accepted, ChoiceDelta, Chunk, EngineRequest, Failed, WorkerEvent
 
 log = logging.getLogger("charlm.scheduler")
 
@@ -79,7 +81,7 @@ class Scheduler:
         except (ValueError, EngineError) as exc:
             self.emit(Orphan(req, uid, rqid), Failed(400, getattr(exc, "message", str(exc)), "invalid_value"))
             return
-        job = Job(req, uid, rqid, now, sum(len(i) for i in ids))
+        job = Job(req, uid, rqid, now, sum(len(i) for i in ids), ids)
         self.jobs[req.rid] = job
         for i in range(req.sequences):
             self.waiting.append((job, i, ids[i // req.samples], params[i]))
@@ -120,7 +122,7 @@ class Scheduler:
                 kept.append(item)
                 continue
             try:
-                added = self.engines[model].add((job.req.rid, i), ids, params)
+                added = self.engines[model].add(engine_id(job, i), ids, params)
             except Exception as exc:  # a request the engine refuses fails alone
                 log.exception("the %s engine refused %s", model, job.req.rid, extra={"request_id": job.req.request_id})
                 if self.jobs.pop(job.req.rid, None) is not None:
@@ -160,9 +162,9 @@ class Scheduler:
     def _apply(self, deltas: list[Any], now: float) -> None:
         touched: dict[str, Job] = {}
         for d in deltas:
-            rid, i = d.request_id
+            rid, i, *attempt = d.request_id
             job = self.jobs.get(rid)
-            if job is None:
+            if job is None or (attempt[0] if attempt else 0) != job.seqs[i].attempt:
                 continue
             if job.t_first is None:
                 job.t_first = now
@@ -177,36 +179,56 @@ class Scheduler:
                 del self.jobs[rid]
                 self.emit(job, job.final(now, getattr(self.engines[job.req.model], "is_novel", None)))
 
-    @staticmethod
-    def _record(job: Job, i: int, d: Any) -> None:
-        """One engine delta into the job: kept for the Final, or queued for the next Chunk."""
-        seq = job.seqs[i]
+    def _record(self, job: Job, i: int, d: Any) -> None:
+        """One engine delta into the job: kept for the Final, or queued for the next Chunk. With
+        novel_only a streamed choice is held back too, and goes out in one piece once it is kept."""
+        seq, req = job.seqs[i], job.req
         lps = tuple(score_of(lp) for lp in d.logprobs) if d.logprobs is not None else None
         prompt = tuple(score_of(lp) for lp in d.prompt_logprobs) if d.prompt_logprobs is not None else None
         boundary = score_of(d.boundary_logprob)
-        if d.finish_reason is not None and seq.finish is None:
-            seq.finish = d.finish_reason
-            seq.tokens = d.completion_tokens or 0
-            job.remaining -= 1
+        want = req.logprobs is not None
         seq.text += d.text  # streamed too: the whole sample is what the novelty mark is about
-        if job.req.stream:
+        if req.stream:
             job.sent += len(d.text) + (boundary is not None)
+        if req.stream and not req.novel_only:
             if d.text or prompt is not None or boundary is not None:
-                want = job.req.logprobs is not None
                 job.chunk.append(
                     ChoiceDelta(i, d.text, lps if want else None, prompt if want else None, boundary if want else None)
                 )
+        else:
+            seq.lps.extend(lps or ())
+            seq.prompt_lps = prompt if prompt is not None else seq.prompt_lps
+            seq.boundary = boundary or seq.boundary
+        if d.finish_reason is None or seq.finish is not None:
             return
-        seq.lps.extend(lps or ())
-        seq.prompt_lps = prompt if prompt is not None else seq.prompt_lps
-        seq.boundary = boundary or seq.boundary
+        if req.novel_only and self._copied(job, i, d):
+            seq.restart(d.completion_tokens or 0)
+            self.waiting.appendleft((job, i, job.prompt_ids[i // req.samples], sampling(req, i, seq.attempt)))
+            return
+        seq.finish = d.finish_reason
+        seq.tokens = d.completion_tokens or 0
+        job.remaining -= 1
+        if req.stream and req.novel_only and (seq.text or (want and (seq.prompt_lps or seq.boundary))):
+            held = tuple(seq.lps) if want else None
+            job.chunk.append(
+                ChoiceDelta(i, seq.text, held, seq.prompt_lps if want else None, seq.boundary if want else None)
+            )
+
+    def _copied(self, job: Job, i: int, d: Any) -> bool:
+        """Sample again? Only a whole sample (it ended at its boundary, not at a stop string) found in
+        the model's data, while attempts are left and sampling is random enough to give another one."""
+        req, seq = job.req, job.seqs[i]
+        if d.boundary_logprob is None or seq.attempt + 1 >= MAX_ATTEMPTS or req.temperature == 0 or req.top_k == 1:
+            return False
+        is_novel = getattr(self.engines[req.model], "is_novel", None)
+        return is_novel is not None and is_novel(req.prompts[i // req.samples] + seq.text) is False
 
     def _drop(self, job: Job) -> None:
         job.done = True
         engine = self.engines.get(job.req.model)
         if engine is not None:
             for i in range(job.req.sequences):
-                engine.abort((job.req.rid, i))
+                engine.abort(engine_id(job, i))
 
     def _fail_model(self, model: str) -> None:
         for job in [j for j in self.jobs.values() if j.req.model == model]:
@@ -215,14 +237,23 @@ class Scheduler:
             self.emit(job, Failed(500, "internal error while generating", "internal_error"))
 
 
-def sampling(req: EngineRequest, i: int) -> SamplingParams:
-    """Sequence i's sampling settings (best_of needs each sample's logprobs to pick from)."""
-    logprobs = req.logprobs if req.logprobs is not None else (0 if req.samples > req.n else None)
+def engine_id(job: Job, i: int) -> tuple:
+    """The engine's id of sequence i's current attempt (the first keeps the plain (rid, i))."""
+    attempt = job.seqs[i].attempt
+    return (job.req.rid, i, attempt) if attempt else (job.req.rid, i)
+
+
+def sampling(req: EngineRequest, i: int, attempt: int = 0) -> SamplingParams:
+    """Sequence i's sampling settings: best_of needs each sample's logprobs to pick from, novel_only
+    the boundary's to tell a whole sample from one cut by a stop string. Attempt k >= 1 of novel_only
+    is seeded derive_seed(seed, k << 32 | i): reproducible, and never another sequence's seed."""
+    keep = req.samples > req.n or req.novel_only
+    logprobs = req.logprobs if req.logprobs is not None else (0 if keep else None)
     return SamplingParams(
         temperature=req.temperature,
         top_k=req.top_k,
         top_p=req.top_p,
-        seed=derive_seed(req.seed, i),
+        seed=derive_seed(req.seed, attempt << 32 | i),
         max_new_tokens=req.max_new_tokens,
         stop=req.stop,
         min_tokens=req.min_tokens,

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from service.protocol import MAX_CHOICES, MAX_NEW_TOKENS_CAP, MAX_STOP
+from service.protocol import MAX_ATTEMPTS, MAX_CHOICES, MAX_NEW_TOKENS_CAP, MAX_STOP
 
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
 StopString = Annotated[str, Field(min_length=1, max_length=256)]
@@ -31,6 +31,12 @@ TEXT_CHOICE = (
     '(names-gpt with prompt "ka" gives e.g. "kaylee"); `usage.completion_tokens` counts only the '
     "generated part. When streaming, each choice's first event carries the prompt. /v1/completions "
     "returns only the generated text, as OpenAI does, unless `echo` is true."
+)
+
+
+NOVEL_ONLY = (
+    "extension, `lines` models with data hashes: a whole sample found in the training data is sampled again "
+    f"(at most {MAX_ATTEMPTS} attempts per choice; a stream sends each choice in one piece once it is whole)"
 )
 
 
@@ -93,6 +99,7 @@ class GenerateRequest(Sampling):
     )
     logprobs: int | None = Field(None, ge=0, description="alternatives per character (0: the chosen one only)")
     stream: bool = Field(False, description="Server-Sent Events instead of one JSON body")
+    novel_only: bool = Field(False, description=NOVEL_ONLY)
 
     @property
     def prompts(self) -> list[str | list[int]]:
@@ -140,6 +147,7 @@ class CompletionRequest(OpenAIFields):
     logprobs: int | None = Field(None, ge=0, description="alternatives per token: 0-5 (OpenAI), up to the vocabulary")
     best_of: int | None = Field(None, ge=1, le=MAX_CHOICES, description="samples per prompt; the n best are kept")
     suffix: str | None = None
+    novel_only: bool | None = Field(False, description=NOVEL_ONLY)
 
     @field_validator("prompt", mode="before")
     @classmethod

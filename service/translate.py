@@ -88,10 +88,23 @@ def check_logprobs(manifest: Manifest, k: int | None, param: str = "logprobs") -
         )
 
 
+def check_novel_only(manifest: Manifest) -> None:
+    """novel_only needs whole samples (a `lines` model) and the hashes of the data to compare them with."""
+    if manifest.format != "lines":
+        why = f"{manifest.name} is a `stream` model: it has no whole samples to compare with its data"
+    elif manifest.data_hashes is None:
+        why = f"{manifest.name} carries no hashes of its training data (data_hashes in its manifest)"
+    else:
+        return
+    raise APIError(400, f"invalid 'novel_only': {why}", param="novel_only", code="invalid_value")
+
+
 def prepare(body: Any, manifest: Manifest, rid: str, deadline: float) -> Prepared:
     """A GenerateRequest or CompletionRequest as an EngineRequest (chat has its own, service.chat)."""
     texts, lead = text_prompts(manifest, body.prompts)
     check_logprobs(manifest, body.logprobs)
+    if body.novel_only:
+        check_novel_only(manifest)
     native = isinstance(body, GenerateRequest)
     echo = native or bool(body.echo)
     if native:
@@ -111,6 +124,7 @@ def prepare(body: Any, manifest: Manifest, rid: str, deadline: float) -> Prepare
         logprobs=body.logprobs,
         prompt_logprobs=echo and body.logprobs is not None,
         best_of=best_of,
+        novel_only=bool(body.novel_only),
         **body.engine_fields(),
     )
     return Prepared(req, lead, echo)

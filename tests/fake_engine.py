@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -53,8 +54,17 @@ class FakeEngine:
 
     max_new_tokens_cap = 2048
 
-    def __init__(self, m: Manifest, slots: int = 4, reject: str = "", fail_on_step: bool = False):
+    def __init__(
+        self,
+        m: Manifest,
+        slots: int = 4,
+        reject: str = "",
+        fail_on_step: bool = False,
+        data: Callable[[str], bool] | None = None,
+    ):
         self.manifest, self.slots = m, slots
+        self.data = data  # "is this sample in the training data?"; None: the model carries no hashes
+        self.added: list[Any] = []  # every request id add() took
         self.reject = reject  # characters the "worker" refuses although the vocabulary has them
         self.fail_on_step = fail_on_step
         self.seqs: dict[Any, dict[str, Any]] = {}
@@ -87,6 +97,7 @@ class FakeEngine:
             raise ValueError("logit_bias has token ids outside the vocabulary")
         if not self.has_capacity():
             return False
+        self.added.append(request_id)
         seed = sampling.seed if sampling.seed is not None else 7
         lines = self.manifest.format == "lines" and not sampling.ignore_eos
         stop_after = max(3 + seed % 5, sampling.min_tokens) if lines else None
@@ -114,6 +125,9 @@ class FakeEngine:
             return None
         lines = self.manifest.boundary_token is not None
         return tuple(self.score(s, t) if (lines or j) else None for j, t in enumerate(ids))
+
+    def is_novel(self, sample: str) -> bool | None:
+        return None if self.data is None else not self.data(sample)
 
     def abort(self, request_id: Any) -> bool:
         return self.seqs.pop(request_id, None) is not None
