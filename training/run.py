@@ -15,12 +15,14 @@ from training.finetune import start_vocab
 from training.nets import build
 from training.tasks import Task
 
-# Thread default, measured on the 2-core development machine shared with other jobs (load 5-8 throughout:
-# a quiet measurement was not possible there): alternating ~3 s rounds of train_step with 1 and 2 torch
-# threads, median tokens/s, 1 thread -> 2 threads: names_bigram 272,348 -> 11,359; names_mlp 14,032 ->
-# 1,086; names_wavenet 3,852 -> 224; names_gpt 4,332 -> 262; shakespeare_gpt 7,872 -> 1,472. A second
-# thread that has to wait for a busy core stalls every op of these small nets; one thread never waits
-# on a sibling. On a quiet multi-core machine, --set threads=N may help the GPTs.
+# Thread default. `python -m benchmarks.training_threads` (alternating ~2 s rounds of train_step, median
+# tokens/s, 1 -> 2 threads) on the 2-core development machine, quiet: names_bigram 725,756 -> 714,678
+# (0.98x); names_mlp 44,174 -> 45,152 (1.02x); names_wavenet 12,572 -> 11,648 (0.93x); names_gpt 6,914 ->
+# 9,025 (1.31x); shakespeare_gpt 5,903 -> 8,083 (1.37x). Beside one busy process (a shell loop on one
+# core): 0.20x, 0.12x, 0.21x, 0.34x, 0.56x (earlier, under load 5-8 from other jobs: 0.04-0.19x). A
+# second thread that has to wait for a busy core stalls every op of these small nets, so one thread is
+# the default: it loses at most 27% on a quiet machine and never stalls; `--set threads=2` on a quiet
+# machine speeds the GPTs up by about a third (the start-up warning says when the machine is busy).
 DEFAULT_THREADS = 1
 
 
