@@ -351,8 +351,8 @@ def test_ctrl_c_under_torchrun_exits_130_on_every_rank(tmp_path: Path) -> None:
         cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        metrics, deadline = out / "metrics.jsonl", time.time() + 300
-        while not (metrics.is_file() and metrics.read_text().strip()):
+        state, deadline = out / "state.pt", time.time() + 300
+        while not state.is_file():  # the first eval's save is done (metrics.jsonl is written before it)
             assert proc.poll() is None and time.time() < deadline, "the run did not reach its first eval"
             time.sleep(0.2)
         workers = _children(proc.pid)

@@ -89,9 +89,14 @@ def save_checkpoint(
     tmp.write_text(meta.model_dump_json(indent=2) + "\n")
     tmp.replace(folder / META_FILE)
     if state is not None:
-        tmp = folder / (STATE_FILE + ".tmp")
-        torch.save(state, tmp)
-        tmp.replace(folder / STATE_FILE)
+        save_state(folder, state)
+
+
+def save_state(folder: Path, state: dict[str, Any]) -> None:
+    """state.pt, replaced atomically: a Ctrl+C while it is written leaves the previous one whole."""
+    tmp = Path(folder) / (STATE_FILE + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(Path(folder) / STATE_FILE)
 
 
 def meta_from_manifest(raw: dict[str, Any], net_config: dict[str, Any]) -> CheckpointMeta:

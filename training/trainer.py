@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from training.checkpoint import STATE_FILE, CheckpointMeta, save_checkpoint
+from training.checkpoint import CheckpointMeta, save_checkpoint, save_state
 from training.config import TrainConfig
 from training.curves import METRICS_FILE, Curves
 from training.evaluate import better_weights, check_initial_loss, estimate_both, estimate_loss, finish
@@ -138,7 +138,7 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, log=print) -> Check
                 if improved:
                     save_checkpoint(out, kept, meta, snap)
                 else:
-                    torch.save(snap, out / STATE_FILE)
+                    save_state(out, snap)
     except Diverged as exc:
         bar.close()
         procs.close(barrier=False)
@@ -151,8 +151,7 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, log=print) -> Check
     except KeyboardInterrupt:
         bar.close()
         if not procs.ddp:  # one process: save where it stopped; under torchrun the peers are gone already
-            torch.save(snapshot(model, optimizer, ema, state, gen, procs, state.wall_before + time.time() - t0),
-                       out / STATE_FILE)  # fmt: skip
+            save_state(out, snapshot(model, optimizer, ema, state, gen, procs, state.wall_before + time.time() - t0))
         say(f"interrupted at step {state.step}: state saved in {out} (under torchrun: at the last eval); "
             "continue with --resume")  # fmt: skip
         raise
