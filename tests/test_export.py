@@ -25,7 +25,7 @@ from training.checkpoint import META_FILE, CheckpointMeta, SplitInfo, save_check
 from training.export import ExportError, ParityError, export_checkpoint
 from training.export import core as export_core
 from training.export.cli import main_export
-from training.export.decode_parity import Decoded, _first_difference, check_decode_parity, decode_requests
+from training.export.decode_parity import _first_difference, check_decode_parity, decode_requests
 from training.export.graphs import eager_runner, graph_spec
 from training.export.onnx import load_runner as onnx_runner
 from training.export.parity import check_parity
@@ -400,18 +400,23 @@ def test_parity_check_catches_training_mode(exported):
         graph_spec("mlp", net.train())
 
 
+def _export_perturbed(monkeypatch, fmt: str, perturb) -> None:
+    """Make the real `fmt` exporter write a graph of the net with `perturb` applied to a copy of it."""
+    real = export_core.EXPORTERS[fmt]
+
+    def export(spec, path):
+        bad = copy.deepcopy(spec.module)
+        with torch.no_grad():
+            perturb(bad.net)
+        real(dataclasses.replace(spec, module=bad), path)
+
+    monkeypatch.setitem(export_core.EXPORTERS, fmt, export)
+
+
 def test_parity_failure_fails_the_export(tmp_path, monkeypatch, capsys):
     """A parity miss exits 2 with one line naming format, shapes and difference, and ships nothing."""
     ckpt = make_checkpoint(tmp_path / "ckpt", "bigram")
-    real = export_core.EXPORTERS["onnx"]
-
-    def export_perturbed(spec, path):
-        bad = copy.deepcopy(spec.module)
-        with torch.no_grad():
-            bad.net.table.weight.mul_(1.01)
-        real(dataclasses.replace(spec, module=bad), path)
-
-    monkeypatch.setitem(export_core.EXPORTERS, "onnx", export_perturbed)
+    _export_perturbed(monkeypatch, "onnx", lambda net: net.table.weight.mul_(1.01))
     out = tmp_path / "models" / "bad"
     assert main_export([str(ckpt), "--out", str(out)]) == 2
     err = capsys.readouterr().err
@@ -442,9 +447,9 @@ def test_decode_parity_accepts_a_departure_only_at_a_near_tie():
     """Seeded draws may part at a near-tie (torch and ONNX Runtime differ by ~1e-6): accepted when both
     sides gave the same distribution there, a failure when they did not."""
 
-    def decoded(text: str, at_1: tuple[tuple[int, float], ...]) -> Decoded:
+    def decoded(text: str, at_1: tuple[tuple[int, float], ...]) -> Completion:
         lps = (TokenLogprob(0, -0.1, ((0, -0.1), (1, -2.4), (2, -2.4))), TokenLogprob(1, -0.69, at_1))
-        return Decoded(Completion(text, "length", 0, 2), lps)
+        return Completion(text, "length", 0, 2, lps)
 
     tie = ((1, -0.6931472), (2, -0.6931475), (0, -9.0))
     assert _first_difference(decoded("ab", tie), decoded("ac", tie)) is None
@@ -480,15 +485,7 @@ def test_decode_parity_failure_fails_the_export(tmp_path, monkeypatch, capsys):
     """The decode check is wired into the export: with the logits checks switched off, a graph of
     other weights is still refused by it, with one line, and nothing is shipped."""
     ckpt = make_checkpoint(tmp_path / "ckpt", "gpt")
-    real = export_core.EXPORTERS["torchscript"]
-
-    def export_perturbed(spec, path):
-        bad = copy.deepcopy(spec.module)
-        with torch.no_grad():
-            bad.net.lm_head.weight.mul_(-1.0)
-        real(dataclasses.replace(spec, module=bad), path)
-
-    monkeypatch.setitem(export_core.EXPORTERS, "torchscript", export_perturbed)
+    _export_perturbed(monkeypatch, "torchscript", lambda net: net.lm_head.weight.mul_(-1.0))
     monkeypatch.setattr(export_core, "check_parity", lambda spec, runner, fmt: None)
     out = tmp_path / "models" / "bad"
     assert main_export([str(ckpt), "--out", str(out)]) == 2

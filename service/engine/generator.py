@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 
 from service.engine.backends import BackendName, Device
 from service.engine.engine import DEFAULT_SLOTS, Engine
-from service.engine.types import Completion, Delta, SamplingParams
+from service.engine.types import Completion, Delta, SamplingParams, TokenLogprob
 from service.repository import ModelEntry
 
 
@@ -52,16 +52,18 @@ class Generator:
     def generate(self, prompts: Sequence[str], params: Sequence[SamplingParams]) -> list[Completion]:
         """Run every sequence to the end, batched together."""
         texts = [""] * len(prompts)
+        lps: list[list[TokenLogprob]] = [[] for _ in prompts]
         ends: list[Delta | None] = [None] * len(prompts)
         for deltas in self.stream(prompts, params):
             for d in deltas:
                 texts[d.request_id] += d.text
+                lps[d.request_id] += [*(d.logprobs or ()), *([d.boundary_logprob] if d.boundary_logprob else [])]
                 if d.finish_reason is not None:
                     ends[d.request_id] = d
         prompt_tokens = [len(self.engine.encode_prompt(p)) for p in prompts]
         return [
-            Completion(text, end.finish_reason, pt, end.completion_tokens or 0)
-            for text, end, pt in zip(texts, ends, prompt_tokens, strict=True)
+            Completion(text, end.finish_reason, pt, end.completion_tokens or 0, tuple(lp))
+            for text, lp, end, pt in zip(texts, lps, ends, prompt_tokens, strict=True)
             if end is not None and end.finish_reason is not None
         ]
 

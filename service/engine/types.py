@@ -143,3 +143,5 @@ class Completion:
     finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+    # when asked (SamplingParams.logprobs): each generated token's, then the boundary's if it ended the text
+    logprobs: tuple[TokenLogprob, ...] = ()

@@ -40,15 +40,6 @@ TIE_TOLERANCE = 1e-4  # max |logprob difference| at a departure that a near-tie 
 
 
 @dataclass(frozen=True)
-class Decoded:
-    """A completion with the raw logprobs of the whole vocabulary at each generated token (the boundary
-    mark's included when it ended the sample)."""
-
-    completion: Completion
-    logprobs: tuple[TokenLogprob, ...]
-
-
-@dataclass(frozen=True)
 class Request:
     prompt: str
     params: SamplingParams
@@ -74,7 +65,7 @@ def check_decode_parity(
     eager = eager_generator(net, arch, vocab, boundary_token, slots=len(requests) + 1)
     want = _decode(eager, requests)
     if boundary_token is None:  # a stop string cut out of the eager text: it fires, here and in the export
-        stop = _stop_request(requests[1], want[1].completion.text)
+        stop = _stop_request(requests[1], want[1].text)
         if stop is not None:
             requests, want = [*requests, stop], [*want, *_decode(eager, [stop])]
     spec = eager.manifest
@@ -113,22 +104,8 @@ def decode_requests(arch: str, vocab: Sequence[str], boundary_token: int | None,
     return requests
 
 
-def _decode(gen: Generator, requests: Sequence[Request]) -> list[Decoded]:
-    texts, lps, ends = [""] * len(requests), [[] for _ in requests], [None] * len(requests)
-    for deltas in gen.stream([r.prompt for r in requests], [r.params for r in requests]):
-        for d in deltas:
-            texts[d.request_id] += d.text
-            lps[d.request_id].extend(d.logprobs or ())
-            if d.boundary_logprob is not None:
-                lps[d.request_id].append(d.boundary_logprob)
-            if d.finish_reason is not None:
-                ends[d.request_id] = d
-    return [
-        Decoded(
-            Completion(text, end.finish_reason, len(gen.encode_prompt(r.prompt)), end.completion_tokens or 0), tuple(lp)
-        )
-        for r, text, lp, end in zip(requests, texts, lps, ends, strict=True)
-    ]
+def _decode(gen: Generator, requests: Sequence[Request]) -> list[Completion]:
+    return gen.generate([r.prompt for r in requests], [r.params for r in requests])
 
 
 def _prompt(vocab: Sequence[str], boundary_token: int | None) -> str:
@@ -146,14 +123,13 @@ def _stop_request(base: Request, text: str) -> Request | None:
     return replace(base, params=replace(base.params, stop=(text[STOP_AT : STOP_AT + 2],)))
 
 
-def _first_difference(decoded: Decoded, reference: Decoded) -> str | None:
+def _first_difference(got: Completion, want: Completion) -> str | None:
     """Where the export's completion first departs from the eager net's (None: identical, or departs at a
     near-tie: the same distribution on both sides there)."""
-    got, want = decoded.completion, reference.completion
     if got.text != want.text:
         pairs = enumerate(zip(got.text, want.text, strict=False))
         i = next((i for i, (a, b) in pairs if a != b), min(len(got.text), len(want.text)))
-        gap = _distribution_gap(decoded.logprobs, reference.logprobs, i)
+        gap = _distribution_gap(got.logprobs, want.logprobs, i)
         if gap is not None and gap <= TIE_TOLERANCE:
             return None
         ours = repr(got.text[i]) if i < len(got.text) else "the end"
