@@ -28,6 +28,7 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 COPY pyproject.toml ./
 COPY contract ./contract
+COPY engine ./engine
 COPY service ./service
 COPY training ./training
 # --target: the packages and their dist-info (for the version in charlm_build_info) in one folder that the

@@ -3,7 +3,7 @@
 Tokens/s at a fixed batch cannot show it; a stream of requests arriving while others run can. One seeded
 Poisson trace of mixed requests (names-gpt n=1 with its default length; shakespeare-gpt 256 tokens,
 prompt "\\n") drives, in one process and one after the other:
-- **v2**: one `service.engine.Engine` per model (ONNX); every loop iteration admits what has arrived
+- **v2**: one `engine.Engine` per model (ONNX); every loop iteration admits what has arrived
   into free slots (`add`), then `step()`s each engine with live work;
 - **v1**: the reference in benchmarks/v1_reference.py: v1's step graph and frozen-batch grouping, driven
   the way the old worker drove it (a batch is frozen when it starts, at most two run interleaved, new
@@ -82,7 +82,7 @@ class V2Driver:
     idle_gather_s = 0.0
 
     def __init__(self, engines: dict[str, Any]):
-        from service.engine import SamplingParams
+        from engine import SamplingParams
 
         self.engines, self.params = engines, SamplingParams
         self.step_s: list[float] = []
@@ -236,7 +236,7 @@ def _v1_driver(models_dir: Path, settings: ArrivalSettings, manifests: dict[str,
 
 def run_arrivals(models_dir: Path, settings: ArrivalSettings, log: Callable[[str], None] = print) -> list[dict]:
     """Rows for the JSON's "arrivals" list: one per engine (v2, v1 reference), same trace."""
-    from service.engine import Engine
+    from engine import Engine
 
     entries = {n: model_entry(models_dir, n) for n in (NAMES, SHAKESPEARE)}
     engines = {

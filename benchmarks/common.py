@@ -73,7 +73,7 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 def model_entry(models_dir: Path, name: str) -> Any:
     """The service's ModelEntry for `name` (manifest + sha256 checked), or BenchError saying what to run."""
-    from service.repository import scan_repository
+    from contract.repository import scan_repository
 
     if not Path(models_dir).is_dir():
         raise BenchError(f"models directory {models_dir} does not exist: run `make models` first")

@@ -92,7 +92,7 @@ def _methods(entry: Any, net: Any, hf: Any, settings: EngineSettings, threads: i
 
     from benchmarks.baseline import nanogpt_generate
     from benchmarks.weights import hf_generate
-    from service.engine import Generator, SamplingParams
+    from engine import Generator, SamplingParams
 
     stoi = {ch: i for i, ch in enumerate(entry.manifest.vocab)}
     try:

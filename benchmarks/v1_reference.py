@@ -5,7 +5,7 @@ the continuous-arrival scenario (benchmarks.arrivals) can compare both in one ru
 - `V1Step`: v1's step graph: one `pos [1]` for the whole batch, no mask between rows, and the cache
   returned as `concat(past, new)` (keys [B, H, past, D], not transposed), logits of the last position;
 - `export_v1`: that graph as ONNX, exported as v1 was (dynamo, opset 18, one file), into a temp folder;
-- `V1Decoder`: a copy of v1's `GPTDecoder` grouping (git show d86df0e:service/engine/decoders.py):
+- `V1Decoder`: a copy of v1's `GPTDecoder` grouping (git show d86df0e:engine/decoders.py):
   rows at different cache lengths cannot share a call, so groups decode apart and merge when they meet;
 - `V1Worker`: the old worker's loop (service/api.py BatchLoop): a batch is frozen when it starts, at most
   two batches run interleaved, new requests are taken at most every 10 ms and only into a new batch.

@@ -1,6 +1,7 @@
-"""The contract between `training` (which writes models/) and `service` (which reads it).
+"""The contract between `training` (which writes models/) and the `engine` and `service` (which read it):
+the manifest schema, the graphs' I/O names and shapes, and the model repository scan.
 
-Defined once, imported by both; it imports neither torch nor onnxruntime.
+Defined once, imported by all; it imports neither torch nor onnxruntime nor numpy.
 """
 
 from contract.graph import (
@@ -25,6 +26,7 @@ from contract.manifest import (
     TrainingInfo,
     sha256_of,
 )
+from contract.repository import ModelEntry, Repository, describe_unservable, log_left_out, scan_repository
 
 __all__ = [
     "GRAPH_VERSION",
@@ -39,10 +41,15 @@ __all__ = [
     "Manifest",
     "ManifestError",
     "Metrics",
+    "ModelEntry",
+    "Repository",
     "TrainingInfo",
+    "describe_unservable",
     "key_shape",
+    "log_left_out",
     "new_kv_names",
     "past_names",
+    "scan_repository",
     "sha256_of",
     "value_shape",
 ]

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
-from service.protocol import FinishReason
+from engine import FinishReason
 
 # Extension on `lines` models that carry their data's hashes; left out of the JSON when there is no mark.
 Novel = Annotated[

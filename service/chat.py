@@ -17,8 +17,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from contract import Manifest
+from engine import vocabulary_problem
 from service.errors import APIError
-from service.protocol import EngineRequest, vocabulary_problem
+from service.protocol import EngineRequest
 from service.schemas import OpenAIFields, _unsupported
 from service.translate import Prepared, check_logprobs, logit_bias, text_prompts
 

@@ -102,7 +102,7 @@ def _serve(args: argparse.Namespace) -> int:
     except TempDirError as exc:
         return _fail(str(exc))
     try:
-        from service.repository import describe_unservable, log_left_out, scan_repository
+        from contract.repository import describe_unservable, log_left_out, scan_repository
         from service.server import StartupError, check_port, serve
 
         problem = check_port(settings.host, settings.port)
@@ -137,7 +137,7 @@ def _configure_logging(settings: Settings) -> str | None:
 
 def _without_backend_files(repo, backend: str):  # type: ignore[no-untyped-def]
     """Models without a file for the chosen backend are left out like failed folders (logged by the caller)."""
-    from service.repository import Repository
+    from contract.repository import Repository
 
     models, failed = {}, dict(repo.failed)
     for name, entry in repo.models.items():
@@ -175,7 +175,8 @@ def _generate(args: argparse.Namespace) -> int:
         flag = "-n" if field == "n" else "--" + field.replace("_", "-")
         return _fail(f"invalid {flag} value {first.get('input')!r}: {first['msg']}")
 
-    from service.engine import (
+    from contract.repository import scan_repository
+    from engine import (
         BackendUnavailable,
         EngineError,
         Generator,
@@ -183,7 +184,6 @@ def _generate(args: argparse.Namespace) -> int:
         SamplingParams,
         derive_seed,
     )
-    from service.repository import scan_repository
 
     repo = scan_repository(settings.models)
     entry = repo.models.get(request.model)

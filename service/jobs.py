@@ -7,7 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.protocol import ChoiceDelta, ChoiceResult, EngineRequest, Final, TokenScore
+from engine import TokenLogprob
+from service.protocol import ChoiceDelta, ChoiceResult, EngineRequest, Final
 
 
 @dataclass(eq=False)
@@ -62,9 +63,9 @@ class SeqState:
     text: str = ""
     finish: str | None = None
     tokens: int = 0
-    lps: list[TokenScore] = field(default_factory=list)
-    prompt_lps: tuple[TokenScore | None, ...] | None = None
-    boundary: TokenScore | None = None
+    lps: list[TokenLogprob] = field(default_factory=list)
+    prompt_lps: tuple[TokenLogprob | None, ...] | None = None
+    boundary: TokenLogprob | None = None
     attempt: int = 0
     spent: int = 0  # tokens of discarded attempts: paid for, never shown
 
@@ -91,6 +92,6 @@ class SeqState:
         )
 
 
-def score_of(lp: Any) -> TokenScore | None:
-    """The engine's TokenLogprob as the protocol's TokenScore."""
-    return None if lp is None else TokenScore(lp.token, lp.logprob, tuple(lp.top))
+def score_of(lp: Any) -> TokenLogprob | None:
+    """The engine's TokenLogprob as the protocol's TokenLogprob."""
+    return None if lp is None else TokenLogprob(lp.token, lp.logprob, tuple(lp.top))

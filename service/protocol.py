@@ -3,60 +3,25 @@
 One `EngineRequest` (frozen, picklable, plain data) is the only thing an API server puts on LitServe's
 request queue; a worker answers with the typed events below, in this order: `Accepted` (streamed
 requests only, so a stream starts only once a worker took the request), `Chunk`s (streamed text),
-then exactly one `Final` or `Failed`. Nothing here imports the engine, numpy or LitServe, so the API
-servers stay light; the limits are the ones `schemas.py` validates and the worker enforces.
+then exactly one `Final` or `Failed`. Nothing here imports numpy or LitServe (only the engine's cheap
+value types), so the API servers stay light; the limits are the ones `schemas.py` validates and the
+worker enforces.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 from contract import Manifest
+from engine import FinishReason, TokenLogprob, default_max_new_tokens
 
 MAX_CHOICES = 64  # prompts x n per request
-MAX_NEW_TOKENS_CAP = 2048
 MAX_STOP = 4
-LINES_DEFAULT_MAX_NEW = 64  # lines models stop at their end marker, at most this
-STREAM_DEFAULT_MAX_NEW = 256
 # novel_only: attempts per choice in all. names-gpt's samples are new 57% of the time at temperature 1
 # (364 of 640, seeds 100-109 x n=64; test_novelty_http checks > 30%), so 16 copies in a row happen with
 # p ~ 0.43**16 ~ 1e-6, and 16 attempts cost at most 16x a choice's tokens. A prompt or a low temperature
 # whose samples are mostly in the data gets its 16th copy back, novel: false (T=0.3: 36 of 64 choices).
 MAX_ATTEMPTS = 16
-
-FinishReason = Literal["stop", "length"]
-
-
-def default_max_new_tokens(manifest: Manifest) -> int:
-    """The token budget of a sequence that did not ask for one (the engine applies the same rule)."""
-    return LINES_DEFAULT_MAX_NEW if manifest.format == "lines" else STREAM_DEFAULT_MAX_NEW
-
-
-def offending_chars(manifest: Manifest, prompt: str) -> tuple[tuple[str, ...], str | None]:
-    """The prompt's characters outside the vocabulary (in order of appearance), and the line boundary
-    mark if the prompt contains it (a `lines` model's end marker cannot stand inside a prompt)."""
-    vocab = set(manifest.vocab)
-    outside = tuple(dict.fromkeys(ch for ch in prompt if ch not in vocab))
-    mark = manifest.vocab[manifest.boundary_token] if manifest.boundary_token is not None else None
-    return outside, mark if mark is not None and mark in prompt else None
-
-
-def vocabulary_problem(manifest: Manifest, text: str, what: str = "prompt") -> str | None:
-    """`what` has characters outside the model's vocabulary (each named once, in order), or None."""
-    outside, _ = offending_chars(manifest, text)
-    if not outside:
-        return None
-    return f"{what} has characters outside {manifest.name}'s vocabulary: {', '.join(repr(ch) for ch in outside)}"
-
-
-def prompt_problem(manifest: Manifest, prompt: str) -> str | None:
-    """Why `manifest`'s model cannot take `prompt` (every offending character named), or None."""
-    problems = [vocabulary_problem(manifest, prompt)]
-    _, mark = offending_chars(manifest, prompt)
-    if mark is not None:
-        problems.append(f"prompt contains {mark!r}, {manifest.name}'s line boundary, which ends a sequence")
-    return "; ".join(p for p in problems if p) or None
 
 
 @dataclass(frozen=True)
@@ -127,15 +92,6 @@ class Accepted:
 
 
 @dataclass(frozen=True)
-class TokenScore:
-    """The model's raw log-probability of one token and its `top` alternatives (token id, logprob)."""
-
-    token: int
-    logprob: float
-    top: tuple[tuple[int, float], ...] = ()
-
-
-@dataclass(frozen=True)
 class ChoiceDelta:
     """New text of one choice. With logprobs: one score per character of `text`, the prompt's scores
     on the choice's first delta (None where the model saw no context), and the end-of-sample boundary
@@ -143,9 +99,9 @@ class ChoiceDelta:
 
     index: int
     text: str
-    logprobs: tuple[TokenScore, ...] | None = None
-    prompt_logprobs: tuple[TokenScore | None, ...] | None = None
-    boundary: TokenScore | None = None
+    logprobs: tuple[TokenLogprob, ...] | None = None
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
+    boundary: TokenLogprob | None = None
 
 
 @dataclass(frozen=True)
@@ -164,9 +120,9 @@ class ChoiceResult:
     text: str | None
     finish_reason: FinishReason
     completion_tokens: int
-    logprobs: tuple[TokenScore, ...] | None = None
-    prompt_logprobs: tuple[TokenScore | None, ...] | None = None
-    boundary: TokenScore | None = None
+    logprobs: tuple[TokenLogprob, ...] | None = None
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
+    boundary: TokenLogprob | None = None
     novel: bool | None = None  # a `lines` sample that ended at its boundary: not in the model's data
 
 

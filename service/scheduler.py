@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from service.engine import EngineError, InvalidPrompt, SamplingParams, derive_seed
+from engine import EngineError, InvalidPrompt, SamplingParams, derive_seed
 from service.jobs import Job, score_of
 from service.protocol import MAX_ATTEMPTS, Accepted, ChoiceDelta, Chunk, EngineRequest, Failed, WorkerEvent
 

@@ -13,7 +13,8 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from service.protocol import MAX_ATTEMPTS, MAX_CHOICES, MAX_NEW_TOKENS_CAP, MAX_STOP
+from engine import MAX_NEW_TOKENS_CAP
+from service.protocol import MAX_ATTEMPTS, MAX_CHOICES, MAX_STOP
 
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
 StopString = Annotated[str, Field(min_length=1, max_length=256)]

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engine import TokenLogprob
 from service.bodies import ChatLogprobs, ChatTokenLogprob, CompletionLogprobs, TopLogprob
-from service.protocol import TokenScore
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class Piece:
     """One reported token: its text, its score (None: no context) and whether it is part of the text."""
 
     token: str
-    score: TokenScore | None
+    score: TokenLogprob | None
     in_text: bool = True
 
 
@@ -30,10 +30,10 @@ def pieces(
     mark: str | None,
     *,
     prompt: str | None = None,
-    prompt_lps: tuple[TokenScore | None, ...] | None = None,
+    prompt_lps: tuple[TokenLogprob | None, ...] | None = None,
     lead: bool = False,
-    lps: tuple[TokenScore, ...] | None = None,
-    boundary: TokenScore | None = None,
+    lps: tuple[TokenLogprob, ...] | None = None,
+    boundary: TokenLogprob | None = None,
 ) -> list[Piece]:
     """The tokens of (optionally) an echoed prompt, generated text and a sampled boundary, in order."""
     out: list[Piece] = []
@@ -47,7 +47,7 @@ def pieces(
     return out
 
 
-def _top(vocab: tuple[str, ...], s: TokenScore) -> dict[str, float]:
+def _top(vocab: tuple[str, ...], s: TokenLogprob) -> dict[str, float]:
     top = {vocab[t]: lp for t, lp in s.top}
     top.setdefault(vocab[s.token], s.logprob)
     return top

@@ -21,6 +21,7 @@ import litserve as ls
 from fastapi.middleware.cors import CORSMiddleware
 
 import service
+from contract.repository import Repository
 from service import metrics, playground
 from service.access import AccessLogMiddleware, TracedClient
 from service.catalog import Catalog
@@ -28,7 +29,6 @@ from service.client import LitServeClient
 from service.gateway import CharLMSpec, Gateway
 from service.lifecycle import ShutdownSignals, kill_children
 from service.limits import uvicorn_limits
-from service.repository import Repository
 from service.routes import App, install_routes, readiness, settle
 from service.security import PUBLIC_PATHS, ApiKeyMiddleware, RequestIdMiddleware, load_api_keys, logging_config
 from service.settings import MAX_BODY_BYTES, Settings

@@ -15,9 +15,9 @@ from fastapi import Body, FastAPI
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from contract import Manifest
+from engine import vocabulary_problem
 from service.catalog import Catalog
 from service.errors import APIError
-from service.protocol import vocabulary_problem
 from service.translate import decode_ids
 
 

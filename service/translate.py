@@ -12,8 +12,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from contract import Manifest
+from engine import prompt_problem
 from service.errors import APIError
-from service.protocol import EngineRequest, prompt_problem
+from service.protocol import EngineRequest
 from service.schemas import CompletionRequest, GenerateRequest, Sampling
 
 

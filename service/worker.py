@@ -23,8 +23,8 @@ from service.scheduler import Scheduler
 from service.shared import FATAL, READY, SharedState
 
 if TYPE_CHECKING:
+    from contract.repository import ModelEntry
     from service.gateway import CharLMSpec
-    from service.repository import ModelEntry
 
 log = logging.getLogger("charlm.worker")
 
@@ -65,7 +65,7 @@ class CharLMAPI(ls.LitAPI):
         die_with_parent()
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C in a terminal: the main process drains us
         _configure_logging(self.log_level, self.log_format)
-        from service.engine import BackendUnavailable, Engine, EngineError
+        from engine import BackendUnavailable, Engine, EngineError
 
         self.worker = int(os.environ.get("LITSERVE_WORKER_ID", "0"))
         kind = "cuda" if str(device).startswith("cuda") else "cpu"

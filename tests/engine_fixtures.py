@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from service.repository import ModelEntry, scan_repository
+from contract.repository import ModelEntry, scan_repository
 from training.checkpoint import CheckpointMeta, SplitInfo, load_checkpoint, save_checkpoint
 from training.export import export_checkpoint
 from training.nets import build

@@ -18,7 +18,8 @@ import pytest
 import torch
 from engine_fixtures import SPECS, STREAM_VOCAB, fixtures  # noqa: F401 - a fixture
 
-from service.engine import (
+from contract.repository import scan_repository
+from engine import (
     BackendUnavailable,
     Engine,
     Generator,
@@ -26,7 +27,6 @@ from service.engine import (
     SamplingParams,
     derive_seed,
 )
-from service.repository import scan_repository
 
 REPO = Path(__file__).resolve().parents[1]
 GREEDY = SamplingParams(temperature=0)
@@ -340,8 +340,8 @@ def test_onnx_path_never_imports_torch(fixtures, gens):
     proc = _python(f"""
         import sys
         from pathlib import Path
-        from service.repository import scan_repository
-        from service.engine import Generator, SamplingParams
+        from contract.repository import scan_repository
+        from engine import Generator, SamplingParams
         entry = scan_repository(Path({str(folder.parent)!r})).models["names-gpt"]
         gen = Generator.load(entry)
         out = gen.generate(["", "emma"], [SamplingParams(temperature=0, max_new_tokens=30)] * 2)
@@ -361,8 +361,8 @@ def test_torchscript_without_torch_is_backend_unavailable(fixtures):
         import sys
         sys.modules["torch"] = None  # as if torch were not installed
         from pathlib import Path
-        from service.repository import scan_repository
-        from service.engine import BackendUnavailable, Generator
+        from contract.repository import scan_repository
+        from engine import BackendUnavailable, Generator
         entry = scan_repository(Path({str(folder.parent)!r})).models["names-gpt"]
         try:
             Generator.load(entry, backend="torchscript")
@@ -390,7 +390,7 @@ def test_unavailable_backends_and_devices(fixtures):
 
 def test_threads_setting(fixtures, gens):
     """Rows split across two concurrent graph calls give the same text as one call."""
-    from service.engine.runners import MIN_SPAN
+    from engine.runners import MIN_SPAN
 
     n = 2 * MIN_SPAN + 4  # enough rows for two spans
     gen = Generator.load(fixtures["names-gpt"][0], threads=2, slots=n)
@@ -427,7 +427,7 @@ def test_empty_call_and_mismatched_params(gens):
 
 def test_sampler_rows_are_independent():
     """The numpy sampler on its own: a row's draw depends only on its logits, params and RNG."""
-    from service.engine.sampling import Sampler
+    from engine.sampling import Sampler
 
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(6, 40)).astype(np.float32) * 3

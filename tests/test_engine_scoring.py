@@ -7,8 +7,8 @@ import pytest
 import torch
 from engine_fixtures import fixtures  # noqa: F401 - the session fixture of exported tiny models
 
-from service.engine import Engine, SamplingParams
-from service.engine.logprobs import log_softmax
+from engine import Engine, SamplingParams
+from engine.logprobs import log_softmax
 
 GREEDY = SamplingParams(temperature=0, max_new_tokens=12)
 

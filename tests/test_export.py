@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from contract import Manifest, ManifestError, new_kv_names, past_names
-from service.engine.types import Completion, TokenLogprob
+from engine.types import Completion, TokenLogprob
 from training.checkpoint import META_FILE, CheckpointMeta, SplitInfo, save_checkpoint
 from training.export import ExportError, ParityError, export_checkpoint
 from training.export import core as export_core

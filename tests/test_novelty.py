@@ -1,4 +1,4 @@
-"""Novelty: the hash set of a `lines` model's data (service.engine.novelty, torch-free) and the export
+"""Novelty: the hash set of a `lines` model's data (engine.novelty, torch-free) and the export
 that writes it, fills test_loss_unseen and reports the novelty rate in the card."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from contract import Manifest, ManifestError
-from service.engine.novelty import DATA_HASHES_FILE, DataHashes, normalise, sample_hash
+from engine.novelty import DATA_HASHES_FILE, DataHashes, normalise, sample_hash
 
 NAMES = ["emma", "olivia", "ava", "isabella", "sophia", "mia", "emma", "liam", "noah", "ava"]
 
@@ -41,7 +41,7 @@ def test_load_from_a_model_folder_without_torch(tmp_path: Path) -> None:
     repo = Path(__file__).resolve().parents[1]
     script = (
         "import sys\n"
-        "from service.engine.novelty import DataHashes\n"
+        "from engine.novelty import DataHashes\n"
         f"h = DataHashes.load({str(repo / 'models' / 'names-gpt')!r})\n"
         "print(len(h), h.is_novel('emma'), h.is_novel('qxzvk'), 'torch' in sys.modules)\n"
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.engine.novelty import DataHashes
+from engine.novelty import DataHashes
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 

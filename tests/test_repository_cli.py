@@ -16,7 +16,7 @@ import httpx
 import pytest
 from serving import MODELS, REPO, start_server
 
-from service.repository import scan_repository
+from contract.repository import scan_repository
 
 
 def serve(*args: str, env: dict[str, str] | None = None, code: str | None = None) -> subprocess.CompletedProcess:

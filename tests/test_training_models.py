@@ -19,10 +19,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from contract import Manifest  # noqa: E402
-from service.engine import Engine, Generator, SamplingParams  # noqa: E402
-from service.engine.backends import TorchEagerBackend  # noqa: E402
-from service.engine.engine import model_spec  # noqa: E402
-from service.repository import ModelEntry  # noqa: E402
+from contract.repository import ModelEntry  # noqa: E402
+from engine import Engine, Generator, SamplingParams  # noqa: E402
+from engine.backends import TorchEagerBackend  # noqa: E402
+from engine.engine import model_spec  # noqa: E402
 from training.checkpoint import load_checkpoint  # noqa: E402
 from training.sample import complete, sample_texts  # noqa: E402
 
@@ -144,7 +144,7 @@ def test_eval_a_model_folder_reproduces_its_manifest() -> None:
 
 @pytest.mark.skipif(not HAVE_NAMES, reason="names.txt not available")
 def test_shipped_names_models_report_unseen_loss_and_novelty() -> None:
-    from service.engine.novelty import DataHashes
+    from engine.novelty import DataHashes
 
     for name, unseen in (("names-gpt", 1.9401), ("names-wavenet", 2.0029)):
         manifest = Manifest.load(MODELS / name)

@@ -14,11 +14,7 @@ from dataclasses import replace
 
 from torch import nn
 
-from service.engine.backends import TorchEagerBackend
-from service.engine.engine import Engine, model_spec
-from service.engine.generator import Generator
-from service.engine.sampling import derive_seed
-from service.engine.types import Completion, SamplingParams
+from engine import Completion, Engine, Generator, SamplingParams, TorchEagerBackend, derive_seed, model_spec
 
 MAX_SLOTS = 256  # sequences decoded together; more wait for a free slot (Generator)
 

@@ -138,7 +138,7 @@ def _novelty(m: Manifest, novelty) -> str:
             f"**{novelty.rate:.1%}** of {novelty.samples:,} samples drawn at temperature 1.0 (fixed seed) are not in "
             f"the training data file (any split); the rest are exact copies of one of its samples. The folder "
             f"holds an 8-byte hash of each of its {novelty.distinct:,} distinct samples{where}, so a sample's "
-            "novelty can be checked without the data (`service.engine.novelty`).",
+            "novelty can be checked without the data (`engine.novelty`).",
         ]
     )
 

@@ -24,10 +24,7 @@ from pathlib import Path
 
 from torch import nn
 
-from service.engine.backends import load_backend
-from service.engine.engine import Engine
-from service.engine.generator import Generator
-from service.engine.types import Completion, EngineError, SamplingParams, TokenLogprob
+from engine import Completion, Engine, EngineError, Generator, SamplingParams, TokenLogprob, load_backend
 from training.export.errors import ParityError
 from training.export.samples import LINE_MAX_CHARS
 from training.sample import eager_generator

@@ -1,5 +1,5 @@
 """What an export of a `lines` model learns from its data file, when that file is at hand: the hash set
-of every sample (service.engine.novelty: is a generated sample new?), the novelty rate of the card, and
+of every sample (engine.novelty: is a generated sample new?), the novelty rate of the card, and
 test_loss_unseen for checkpoints evaluated before it existed.
 
 The data is looked up locally only (--data path recorded in the config, $CHARLM_DATA_DIR, the cache),
@@ -15,7 +15,7 @@ from pathlib import Path
 from torch import nn
 
 from contract import FileEntry
-from service.engine.novelty import DataHashes
+from engine import DataHashes
 from training.checkpoint import CheckpointMeta
 from training.data import BUILTIN, Corpus, DataError, Vocab, cache_dir, load_corpus, split_corpus
 from training.export.samples import NOVELTY_SAMPLES, novelty_rate

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from service.engine.types import SamplingParams
+from engine import SamplingParams
 from training.sample import complete
 
 LINE_MAX_CHARS = 200  # a `lines` sample that has not ended by then is cut (and marked with "…")

@@ -17,7 +17,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 from contract import IDX, LOGITS, POS, Manifest, new_kv_names, past_names
-from service.engine.types import BackendUnavailable, EngineError
+from engine.types import BackendUnavailable, EngineError
 
 BackendName = Literal["onnx", "torchscript"]
 Device = Literal["cpu", "cuda"]

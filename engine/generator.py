@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from service.engine.backends import BackendName, Device
-from service.engine.engine import DEFAULT_SLOTS, Engine
-from service.engine.types import Completion, Delta, SamplingParams, TokenLogprob
-from service.repository import ModelEntry
+from contract import ModelEntry
+from engine.backends import BackendName, Device
+from engine.engine import DEFAULT_SLOTS, Engine
+from engine.types import Completion, Delta, SamplingParams, TokenLogprob
 
 
 class Generator:

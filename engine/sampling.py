@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.engine.types import SamplingParams
+from engine.types import SamplingParams
 
 _SEED_MASK = (1 << 64) - 1
 

@@ -20,8 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from contract import Manifest
-from service.engine.backends import Backend
-from service.engine.kv import KVCache
+from engine.backends import Backend
+from engine.kv import KVCache
 
 # Rows per concurrent call: below this a second call costs more than it saves (shakespeare-gpt, 120 new
 # tokens, 2 threads: batch 32 in two spans of 16 ran at 6,753 tok/s against 7,114 in one; batch 128 in

@@ -15,17 +15,16 @@ from collections.abc import Hashable, Sequence
 
 import numpy as np
 
-from contract import Manifest
-from service.engine.backends import Backend, BackendName, Device, load_backend
-from service.engine.logprobs import prompt_logprobs, token_logprobs
-from service.engine.novelty import DataHashes
-from service.engine.penalties import Penalties
-from service.engine.runners import GPTRunner, WindowRunner
-from service.engine.sampling import Sampler
-from service.engine.sequence import Sequence as Seq
-from service.engine.types import BackendUnavailable, Delta, EngineError, InvalidPrompt, SamplingParams
-from service.protocol import MAX_NEW_TOKENS_CAP, default_max_new_tokens, offending_chars, prompt_problem
-from service.repository import ModelEntry
+from contract import Manifest, ModelEntry
+from engine.backends import Backend, BackendName, Device, load_backend
+from engine.logprobs import prompt_logprobs, token_logprobs
+from engine.novelty import DataHashes
+from engine.penalties import Penalties
+from engine.rules import MAX_NEW_TOKENS_CAP, default_max_new_tokens, offending_chars, prompt_problem
+from engine.runners import GPTRunner, WindowRunner
+from engine.sampling import Sampler
+from engine.sequence import Sequence as Seq
+from engine.types import BackendUnavailable, Delta, EngineError, InvalidPrompt, SamplingParams
 
 DEFAULT_SLOTS = 32
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.engine.types import TokenLogprob
+from engine.types import TokenLogprob
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from service.engine.types import SamplingParams
+from engine.types import SamplingParams
 
 
 class Penalties:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 
-from service.engine.types import Delta, FinishReason, SamplingParams, TokenLogprob
+from engine.types import Delta, FinishReason, SamplingParams, TokenLogprob
 
 
 class Sequence:
