@@ -114,18 +114,21 @@ def prepare_chat(body: ChatRequest, manifest: Manifest, rid: str, deadline: floa
     texts, _ = text_prompts(manifest, [prompt])
     k = (body.top_logprobs or 0) if body.logprobs else None
     check_logprobs(manifest, body.top_logprobs, "top_logprobs")
-    fields = body.engine_fields()
-    fields["stop"] = tuple(dict.fromkeys((*fields["stop"], *stops)))
+    # ignore_eos lifts the reply's implicit end (the speaker's blank line) as it lifts a names model's mark
+    implicit = () if body.ignore_eos else stops
+    params = body.sampling_params(
+        logit_bias=logit_bias(manifest, body),
+        max_new_tokens=body.budget,
+        logprobs=k,
+        stop=tuple(dict.fromkeys((*(body.stop or ()), *implicit))),
+    )
     req = EngineRequest(
         rid=rid,
         model=body.model,
         prompts=texts,
+        sampling=params,
         n=body.n or 1,
-        max_new_tokens=body.budget,
         stream=bool(body.stream),
         deadline=deadline,
-        logit_bias=logit_bias(manifest, body),
-        logprobs=k,
-        **fields,
     )
     return Prepared(req, (False,), echo=False)

@@ -19,6 +19,8 @@ from service.settings import Settings, describe_error, env_name, flag_name, load
 PROG = "python -m service"
 USAGE_ERROR = 2
 LOG_FORMAT = "%(asctime)s %(levelname)s %(processName)s[%(process)d] %(name)s: %(message)s"
+# Sampling fields the offline CLI has no use for: token ids of a vocabulary one cannot see from a shell.
+CLI_SKIPS = frozenset({"logit_bias"})
 
 
 class _Parser(argparse.ArgumentParser):
@@ -56,14 +58,26 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", required=True, help="model name (a folder's manifest name)")
     gen.add_argument("-n", dest="n", default="1", help="number of samples (1-64; default 1)")
     gen.add_argument("--prompt", default="", help="text every sample starts with")
-    gen.add_argument("--temperature", default="1.0", help="0 = greedy (default 1.0)")
-    gen.add_argument("--top-k", dest="top_k", default=None, help="sample among the k most likely")
-    gen.add_argument("--top-p", dest="top_p", default="1.0", help="nucleus sampling mass (default 1.0)")
-    gen.add_argument("--seed", default=None, help="random seed (same seed, same samples)")
     gen.add_argument("--max-new-tokens", dest="max_new_tokens", default=None, help="cap on new characters")
-    gen.add_argument("--stop", action="append", default=None, help="stop string (repeatable, up to 4)")
+    _add_sampling_options(gen)
     _add_settings_options(gen, ["models", "backend", "device", "threads"])
     return parser
+
+
+def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per sampling field of the HTTP API (service.schemas.Sampling), so both stay the same set."""
+    from service.schemas import Sampling
+
+    for name, info in Sampling.model_fields.items():
+        if name in CLI_SKIPS:
+            continue
+        flag, text = "--" + name.replace("_", "-"), info.description or name.replace("_", " ")
+        if info.annotation in (bool, bool | None):
+            parser.add_argument(flag, dest=name, action="store_const", const=True, default=None, help=text)
+        elif name == "stop":
+            parser.add_argument(flag, dest=name, action="append", default=None, help=text + " (repeatable)")
+        else:
+            parser.add_argument(flag, dest=name, default=None, help=f"{text} (default {info.default})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,24 +163,16 @@ def _without_backend_files(repo, backend: str):  # type: ignore[no-untyped-def]
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from service.schemas import GenerateRequest
+    from service.schemas import GenerateRequest, Sampling
 
     settings = _settings(args, ["models", "backend", "device", "threads"])
     if isinstance(settings, str):
         return _fail(settings)
     try:
+        fields = {name: getattr(args, name) for name in Sampling.model_fields if name not in CLI_SKIPS}
+        fields |= {"model": args.model, "prompt": args.prompt, "n": args.n, "max_new_tokens": args.max_new_tokens}
         request = GenerateRequest.model_validate(
-            {
-                "model": args.model,
-                "prompt": args.prompt,
-                "n": args.n,
-                "temperature": args.temperature,
-                "top_k": args.top_k,
-                "top_p": args.top_p,
-                "seed": args.seed,
-                "max_new_tokens": args.max_new_tokens,
-                "stop": args.stop,
-            },
+            {k: v for k, v in fields.items() if v is not None},
             strict=False,  # values come from the command line as strings
         )
     except ValidationError as exc:
@@ -181,7 +187,6 @@ def _generate(args: argparse.Namespace) -> int:
         EngineError,
         Generator,
         InvalidPrompt,
-        SamplingParams,
         derive_seed,
     )
 
@@ -202,14 +207,7 @@ def _generate(args: argparse.Namespace) -> int:
     except EngineError as exc:
         return _fail(exc.message, 1)
     params = [
-        SamplingParams(
-            temperature=request.temperature,
-            top_k=request.top_k,
-            top_p=request.top_p,
-            seed=derive_seed(request.seed, i),
-            max_new_tokens=request.max_new_tokens,
-            stop=tuple(request.stop or ()),
-        )
+        request.sampling_params(seed=derive_seed(request.seed, i), max_new_tokens=request.max_new_tokens)
         for i in range(request.n)
     ]
     completions = gen.generate([request.prompt] * request.n, params)

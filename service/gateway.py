@@ -35,7 +35,7 @@ from service.protocol import Accepted, Chunk, EngineRequest, Failed, Final, Work
 from service.responses import ChatShape, CompletionShape, GenerateShape, Reply, Shape
 from service.schemas import TEXT_CHOICE, CompletionRequest, GenerateRequest, OpenAIFields
 from service.shared import SharedState
-from service.translate import prepare
+from service.translate import check_size, prepare
 
 log = logging.getLogger("charlm.http")
 
@@ -83,6 +83,7 @@ class Gateway:
         else:
             prepared = prepare(body, manifest, rid, deadline)
         req = prepared.req
+        check_size(req, manifest, "max_new_tokens" if isinstance(body, GenerateRequest) else "max_tokens")
         options = body.stream_options if isinstance(body, OpenAIFields) else None
         include_usage = bool(options and options.include_usage)
         reply = Reply(

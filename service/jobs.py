@@ -47,7 +47,7 @@ class Job:
         choices = tuple(
             s.result(
                 req.stream,
-                req.logprobs is not None,
+                req.sampling.logprobs is not None,
                 is_novel(prompt + s.text) if is_novel is not None and s.finish == "stop" else None,
             )
             for prompt, s in pairs

@@ -13,9 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from contract import Manifest
-from engine import FinishReason, TokenLogprob, default_max_new_tokens
+from engine import FinishReason, SamplingParams, TokenLogprob, default_max_new_tokens
 
-MAX_CHOICES = 64  # prompts x n per request
+MAX_CHOICES = 64  # prompts x n (x best_of) per request
+# prompts x samples x max tokens: what one request may ask the workers for (64 x 512, 16 x 2048, ...)
+MAX_REQUEST_TOKENS = 32768
 MAX_STOP = 4
 # novel_only: attempts per choice in all. names-gpt's samples are new 57% of the time at temperature 1
 # (364 of 640, seeds 100-109 x n=64; test_novelty_http checks > 30%), so 16 copies in a row happen with
@@ -28,31 +30,20 @@ MAX_ATTEMPTS = 16
 class EngineRequest:
     """One admitted request: its prompts, n samples of each, how to sample, and when it must end.
 
-    Choice i samples prompt i // n with seed derive_seed(seed, i) (with `novel_only`, its attempt k >= 1
-    with derive_seed(seed, k << 32 | i): scheduler.sampling). `deadline` is on the monotonic clock,
+    `sampling` is the engine's own type, built once from the HTTP body or the CLI's flags
+    (service.translate.sampling_params). Choice i samples prompt i // n with seed
+    derive_seed(sampling.seed, i) (with `novel_only`, its attempt k >= 1 with
+    derive_seed(seed, k << 32 | i): scheduler.sampling). `deadline` is on the monotonic clock,
     which every process of the server shares.
     """
 
     rid: str
     model: str
     prompts: tuple[str, ...]
+    sampling: SamplingParams = field(default_factory=SamplingParams)  # every choice's, but for its seed
     n: int = 1
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float = 1.0
-    seed: int | None = None
-    max_new_tokens: int | None = None
-    stop: tuple[str, ...] = ()
     stream: bool = False
     deadline: float = float("inf")
-    min_tokens: int = 0
-    ignore_eos: bool = False
-    repetition_penalty: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    logit_bias: tuple[tuple[int, float], ...] = ()
-    logprobs: int | None = None  # alternatives per token (0: the chosen one only); None: no logprobs
-    prompt_logprobs: bool = False  # score the prompt's characters too (echo, native logprobs)
     best_of: int | None = None  # sample best_of per prompt, keep the n with the highest summed logprob
     novel_only: bool = False  # a `lines` sample found in the model's data is sampled again (scheduler.py)
     request_id: str | None = None  # the HTTP request's x-request-id, so worker-side log lines name it
@@ -77,7 +68,8 @@ class EngineRequest:
 
     def cost_tokens(self, manifest: Manifest) -> int:
         """The most tokens it can take: what admission by cost weighs (a scored prompt counts as one)."""
-        budget = default_max_new_tokens(manifest) if self.max_new_tokens is None else self.max_new_tokens
+        asked = self.sampling.max_new_tokens
+        budget = default_max_new_tokens(manifest) if asked is None else asked
         return self.sequences * max(1, budget)
 
 

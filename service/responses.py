@@ -53,7 +53,7 @@ class Reply:
 
     @property
     def logprobs(self) -> bool:
-        return self.req.logprobs is not None
+        return self.req.sampling.logprobs is not None
 
     def prompt_index(self, choice: int) -> int:
         return choice // self.req.n

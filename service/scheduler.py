@@ -15,7 +15,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from engine import EngineError, InvalidPrompt, SamplingParams, derive_seed
@@ -186,7 +186,7 @@ class Scheduler:
         lps = tuple(score_of(lp) for lp in d.logprobs) if d.logprobs is not None else None
         prompt = tuple(score_of(lp) for lp in d.prompt_logprobs) if d.prompt_logprobs is not None else None
         boundary = score_of(d.boundary_logprob)
-        want = req.logprobs is not None
+        want = req.sampling.logprobs is not None
         seq.text += d.text  # streamed too: the whole sample is what the novelty mark is about
         if req.stream:
             job.sent += len(d.text) + (boundary is not None)
@@ -218,7 +218,7 @@ class Scheduler:
         """Sample again? Only a whole sample (it ended at its boundary, not at a stop string) found in
         the model's data, while attempts are left and sampling is random enough to give another one."""
         req, seq = job.req, job.seqs[i]
-        if d.boundary_logprob is None or seq.attempt + 1 >= MAX_ATTEMPTS or req.temperature == 0 or req.top_k == 1:
+        if d.boundary_logprob is None or seq.attempt + 1 >= MAX_ATTEMPTS or req.sampling.greedy:
             return False
         is_novel = getattr(self.engines[req.model], "is_novel", None)
         return is_novel is not None and is_novel(req.prompts[i // req.samples] + seq.text) is False
@@ -248,23 +248,9 @@ def sampling(req: EngineRequest, i: int, attempt: int = 0) -> SamplingParams:
     the boundary's to tell a whole sample from one cut by a stop string. Attempt k >= 1 of novel_only
     is seeded derive_seed(seed, k << 32 | i): reproducible, and never another sequence's seed."""
     keep = req.samples > req.n or req.novel_only
-    logprobs = req.logprobs if req.logprobs is not None else (0 if keep else None)
-    return SamplingParams(
-        temperature=req.temperature,
-        top_k=req.top_k,
-        top_p=req.top_p,
-        seed=derive_seed(req.seed, attempt << 32 | i),
-        max_new_tokens=req.max_new_tokens,
-        stop=req.stop,
-        min_tokens=req.min_tokens,
-        ignore_eos=req.ignore_eos,
-        repetition_penalty=req.repetition_penalty,
-        presence_penalty=req.presence_penalty,
-        frequency_penalty=req.frequency_penalty,
-        logit_bias=req.logit_bias,
-        logprobs=logprobs,
-        prompt_logprobs=req.prompt_logprobs,
-    )
+    asked = req.sampling.logprobs
+    logprobs = asked if asked is not None else (0 if keep else None)
+    return replace(req.sampling, seed=derive_seed(req.sampling.seed, attempt << 32 | i), logprobs=logprobs)
 
 
 @dataclass(eq=False)

@@ -8,12 +8,13 @@ logprobs against the vocabulary, logit_bias ids, prompt characters) is checked i
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from engine import MAX_NEW_TOKENS_CAP
+from engine import MAX_NEW_TOKENS_CAP, SamplingParams
 from service.protocol import MAX_ATTEMPTS, MAX_CHOICES, MAX_STOP
 
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
@@ -67,20 +68,18 @@ class Sampling(BaseModel):
 
     _stop = field_validator("stop", mode="before")(lambda cls, v: _one_or_many(v))
 
-    def engine_fields(self) -> dict[str, Any]:
-        """The EngineRequest fields these give (logit_bias is resolved against the vocabulary later)."""
-        return {
-            "temperature": 1.0 if self.temperature is None else self.temperature,
-            "top_k": self.top_k,
-            "top_p": 1.0 if self.top_p is None else self.top_p,
-            "seed": self.seed,
-            "stop": tuple(self.stop or ()),
-            "min_tokens": self.min_tokens or 0,
-            "ignore_eos": bool(self.ignore_eos),
-            "repetition_penalty": 1.0 if self.repetition_penalty is None else self.repetition_penalty,
-            "presence_penalty": self.presence_penalty or 0.0,
-            "frequency_penalty": self.frequency_penalty or 0.0,
-        }
+    def sampling_params(self, **fields: Any) -> SamplingParams:
+        """The engine's SamplingParams, the one place request fields become it (HTTP routes and the CLI).
+
+        Every field shared with SamplingParams by name is copied (None leaves the engine's default), so
+        a new sampling option is a field here and in SamplingParams, nothing more; `fields` are what the
+        route decides (budget, logprobs, stops it adds, logit_bias resolved against the vocabulary).
+        """
+        shared = {name: getattr(self, name) for name in _SHARED if getattr(self, name) is not None}
+        return SamplingParams(**(shared | fields))
+
+
+_SHARED = tuple(f.name for f in dataclasses.fields(SamplingParams) if f.name in Sampling.model_fields)
 
 
 class GenerateRequest(Sampling):
@@ -155,6 +154,8 @@ class CompletionRequest(OpenAIFields):
     def _nonempty(cls, value: object) -> object:
         if isinstance(value, list) and not value:
             raise PydanticCustomError("too_short", "a prompt list must not be empty")
+        if isinstance(value, list) and len(value) > MAX_CHOICES and not all(isinstance(x, int) for x in value):
+            raise PydanticCustomError("too_long", f"at most {MAX_CHOICES} prompts, got {len(value)}")
         return value
 
     @field_validator("suffix")
@@ -164,23 +165,12 @@ class CompletionRequest(OpenAIFields):
             raise _unsupported("suffix", "leave it null")
         return value
 
-    @field_validator("n")
-    @classmethod
-    def _choices(cls, value: int | None, info: ValidationInfo) -> int | None:
-        total = _n_prompts(info.data.get("prompt", "")) * (value or 1)
-        if total > MAX_CHOICES:
-            raise PydanticCustomError("too_many_choices", f"prompts x n must be at most {MAX_CHOICES}, got {total}")
-        return value
-
     @field_validator("best_of")
     @classmethod
     def _best_of(cls, value: int | None, info: ValidationInfo) -> int | None:
         n = info.data.get("n") or 1
         if value is not None and value < n:
             raise PydanticCustomError("best_of", f"best_of must be >= n ({n})")
-        total = _n_prompts(info.data.get("prompt", "")) * (value or 1)
-        if total > MAX_CHOICES:
-            raise PydanticCustomError("too_many_choices", f"prompts x best_of must be at most {MAX_CHOICES}")
         if value is not None and value > n and info.data.get("stream"):
             raise PydanticCustomError("best_of", "best_of > n cannot be streamed (as in OpenAI)")
         return value
@@ -194,9 +184,3 @@ class CompletionRequest(OpenAIFields):
         if all(isinstance(x, int) for x in p):
             return [list(p)]  # type: ignore[arg-type]
         return list(p)  # type: ignore[arg-type]
-
-
-def _n_prompts(prompt: object) -> int:
-    if isinstance(prompt, list) and prompt and not all(isinstance(x, int) for x in prompt):
-        return len(prompt)
-    return 1

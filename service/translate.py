@@ -8,13 +8,13 @@ logprob. Everything refused here is a 400 naming the field.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from contract import Manifest
 from engine import prompt_problem
 from service.errors import APIError
-from service.protocol import EngineRequest
+from service.protocol import MAX_CHOICES, MAX_REQUEST_TOKENS, EngineRequest
 from service.schemas import CompletionRequest, GenerateRequest, Sampling
 
 
@@ -113,24 +113,50 @@ def prepare(body: Any, manifest: Manifest, rid: str, deadline: float) -> Prepare
     else:
         assert isinstance(body, CompletionRequest)
         budget, n, best_of, stream = body.budget, body.n or 1, body.best_of, bool(body.stream)
+    params = body.sampling_params(
+        logit_bias=logit_bias(manifest, body),
+        max_new_tokens=budget,
+        logprobs=body.logprobs,
+        prompt_logprobs=echo and body.logprobs is not None,
+    )
     req = EngineRequest(
         rid=rid,
         model=body.model,
         prompts=texts,
+        sampling=params,
         n=n,
-        max_new_tokens=budget,
         stream=stream,
         deadline=deadline,
-        logit_bias=logit_bias(manifest, body),
-        logprobs=body.logprobs,
-        prompt_logprobs=echo and body.logprobs is not None,
         best_of=best_of,
         novel_only=bool(body.novel_only),
-        **body.engine_fields(),
     )
     return Prepared(req, lead, echo)
 
 
-def with_stop(prepared: Prepared, extra: tuple[str, ...]) -> Prepared:
-    stops = tuple(dict.fromkeys((*prepared.req.stop, *extra)))
-    return replace(prepared, req=replace(prepared.req, stop=stops))
+def check_size(req: EngineRequest, manifest: Manifest, budget_param: str = "max_tokens") -> None:
+    """The one cost rule of every generation route, on the parsed request (whatever its fields' order):
+    at most MAX_CHOICES choices and sequences, at most MAX_REQUEST_TOKENS tokens asked for in all."""
+    prompts = len(req.prompts)
+    if req.choices > MAX_CHOICES:
+        raise APIError(
+            400,
+            f"prompts x n must be at most {MAX_CHOICES}, got {prompts} x {req.n} = {req.choices}",
+            param="n",
+            code="too_many_choices",
+        )
+    if req.sequences > MAX_CHOICES:
+        raise APIError(
+            400,
+            f"prompts x best_of must be at most {MAX_CHOICES}, got {prompts} x {req.samples} = {req.sequences}",
+            param="best_of",
+            code="too_many_choices",
+        )
+    tokens = req.cost_tokens(manifest)
+    if tokens > MAX_REQUEST_TOKENS:
+        raise APIError(
+            400,
+            f"the request asks for up to {tokens} tokens ({req.sequences} sequences x {tokens // req.sequences}); "
+            f"at most {MAX_REQUEST_TOKENS} per request: lower n, best_of or {budget_param}",
+            param=budget_param,
+            code="too_many_tokens",
+        )

@@ -17,6 +17,7 @@ import httpx
 import pytest
 from fake_engine import FakeEngine, make_app, manifest
 
+from engine import SamplingParams
 from service.protocol import EngineRequest, Final
 from service.scheduler import Scheduler
 from service.shared import SharedState
@@ -304,7 +305,7 @@ def test_scheduler_seeds_are_the_same_alone_and_in_a_batch() -> None:
             sched.step()
         return {rid: tuple(c.text for c in ev.choices) for rid, ev in out.items() if isinstance(ev, Final)}
 
-    target = EngineRequest("t", "names", ("a",), n=3, seed=11)
+    target = EngineRequest("t", "names", ("a",), n=3, sampling=SamplingParams(seed=11))
     alone = texts([target])["t"]
-    crowd = [EngineRequest(f"o{i}", "names", ("b",), n=2, seed=i) for i in range(5)]
+    crowd = [EngineRequest(f"o{i}", "names", ("b",), n=2, sampling=SamplingParams(seed=i)) for i in range(5)]
     assert texts([*crowd[:2], target, *crowd[2:]])["t"] == alone

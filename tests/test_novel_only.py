@@ -12,6 +12,7 @@ import httpx
 import pytest
 from fake_engine import FakeEngine, make_app, manifest
 
+from engine import SamplingParams
 from service.protocol import MAX_ATTEMPTS, Chunk, EngineRequest, Final, WorkerEvent
 from service.scheduler import Scheduler
 
@@ -39,9 +40,9 @@ def final(events: list[WorkerEvent]) -> Final:
 
 
 def test_copies_are_sampled_again_with_reproducible_seeds() -> None:
-    plain = final(run(EngineRequest("a", "names", ("k",), n=6, seed=3), lambda s: False)[2])
+    plain = final(run(EngineRequest("a", "names", ("k",), n=6, sampling=SamplingParams(seed=3)), lambda s: False)[2])
     first = {"k" + c.text for c in plain.choices}  # the data: exactly what the first attempts sample
-    req = EngineRequest("b", "names", ("k",), n=6, seed=3, novel_only=True)
+    req = EngineRequest("b", "names", ("k",), n=6, novel_only=True, sampling=SamplingParams(seed=3))
     _, engine, events = run(req, first.__contains__)
     out = final(events)
     assert all(c.novel is True and "k" + (c.text or "") not in first for c in out.choices)
@@ -53,26 +54,32 @@ def test_copies_are_sampled_again_with_reproducible_seeds() -> None:
 
 
 def test_after_max_attempts_the_last_copy_comes_back_marked() -> None:
-    req = EngineRequest("c", "names", ("", "a"), n=2, seed=1, novel_only=True)
+    req = EngineRequest("c", "names", ("", "a"), n=2, novel_only=True, sampling=SamplingParams(seed=1))
     _, engine, events = run(req, lambda s: True)
     out = final(events)
     assert [c.novel for c in out.choices] == [False] * 4
     assert len(engine.added) == 4 * MAX_ATTEMPTS
-    greedy = EngineRequest("g", "names", ("",), temperature=0, novel_only=True)
+    greedy = EngineRequest("g", "names", ("",), novel_only=True, sampling=SamplingParams(temperature=0))
     assert len(run(greedy, lambda s: True)[1].added) == 1, "greedy cannot sample anything else"
 
 
 def test_a_sample_cut_by_length_is_kept() -> None:
-    req = EngineRequest("d", "names", ("",), n=3, seed=2, max_new_tokens=2, novel_only=True)
+    req = EngineRequest("d", "names", ("",), n=3, novel_only=True, sampling=SamplingParams(seed=2, max_new_tokens=2))
     _, engine, events = run(req, lambda s: True)
     assert [c.finish_reason for c in final(events).choices] == ["length"] * 3 and len(engine.added) == 3
 
 
 def test_stream_sends_only_the_kept_attempt_in_one_piece() -> None:
-    plain = final(run(EngineRequest("a", "names", ("m",), n=3, seed=9), lambda s: False)[2])
+    plain = final(run(EngineRequest("a", "names", ("m",), n=3, sampling=SamplingParams(seed=9)), lambda s: False)[2])
     first = {"m" + (c.text or "") for c in plain.choices}
     req = EngineRequest(
-        "e", "names", ("m",), n=3, seed=9, stream=True, novel_only=True, logprobs=0, prompt_logprobs=True
+        "e",
+        "names",
+        ("m",),
+        n=3,
+        stream=True,
+        novel_only=True,
+        sampling=SamplingParams(seed=9, logprobs=0, prompt_logprobs=True),
     )
     _, engine, events = run(req, first.__contains__)
     deltas = [d for ev in events if isinstance(ev, Chunk) for d in ev.deltas]
@@ -94,7 +101,9 @@ def test_cancel_and_deadline_abort_a_choice_being_resampled(how: str) -> None:
     engine = FakeEngine(manifest("names"), slots=8, data=lambda s: True)
     events: list[WorkerEvent] = []
     sched = Scheduler({"names": engine}, lambda job, ev: events.append(ev), clock=lambda: now[0])
-    sched.admit(EngineRequest("f", "names", ("",), n=2, seed=4, novel_only=True, deadline=5.0), uid="f")
+    sched.admit(
+        EngineRequest("f", "names", ("",), n=2, novel_only=True, deadline=5.0, sampling=SamplingParams(seed=4)), uid="f"
+    )
     while not any(len(rid) == 3 for rid in engine.seqs):  # until a later attempt runs
         sched.fill()
         sched.step()
