@@ -65,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
-    """One flag per sampling field of the HTTP API (service.schemas.Sampling), so both stay the same set."""
-    from service.schemas import Sampling
+    """One flag per sampling field of the HTTP API (service.http.sampling.Sampling), so both stay the same set."""
+    from service.http.sampling import Sampling
 
     for name, info in Sampling.model_fields.items():
         if name in CLI_SKIPS:
@@ -163,7 +163,7 @@ def _without_backend_files(repo, backend: str):  # type: ignore[no-untyped-def]
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from service.schemas import GenerateRequest, Sampling
+    from service.http.sampling import GenerateRequest, Sampling
 
     settings = _settings(args, ["models", "backend", "device", "threads"])
     if isinstance(settings, str):

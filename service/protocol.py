@@ -31,7 +31,7 @@ class EngineRequest:
     """One admitted request: its prompts, n samples of each, how to sample, and when it must end.
 
     `sampling` is the engine's own type, built once from the HTTP body or the CLI's flags
-    (service.translate.sampling_params). Choice i samples prompt i // n with seed
+    (service.http.prompts.sampling_params). Choice i samples prompt i // n with seed
     derive_seed(sampling.seed, i) (with `novel_only`, its attempt k >= 1 with
     derive_seed(seed, k << 32 | i): scheduler.sampling). `deadline` is on the monotonic clock,
     which every process of the server shares.

@@ -22,18 +22,19 @@ from fastapi.middleware.cors import CORSMiddleware
 
 import service
 from contract.repository import Repository
-from service import metrics, playground
+from service import metrics
 from service.access import AccessLogMiddleware, TracedClient
-from service.catalog import Catalog
 from service.client import LitServeClient
-from service.gateway import CharLMSpec, Gateway
+from service.http import playground
+from service.http.catalog import Catalog
+from service.http.gateway import CharLMSpec, Gateway
+from service.http.routes import App, install_routes, readiness, settle
 from service.lifecycle import ShutdownSignals, kill_children
 from service.limits import uvicorn_limits
-from service.routes import App, install_routes, readiness, settle
 from service.security import PUBLIC_PATHS, ApiKeyMiddleware, RequestIdMiddleware, load_api_keys, logging_config
 from service.settings import MAX_BODY_BYTES, Settings
 from service.shared import FATAL, READY, SharedState
-from service.worker import CharLMAPI
+from service.worker.api import CharLMAPI
 
 __all__ = ["App", "StartupError", "build", "check_port", "install_routes", "readiness", "serve"]
 

@@ -21,14 +21,14 @@ from litserve.middlewares import MaxSizeMiddleware
 from contract import Manifest
 from contract.manifest import Metrics
 from engine import Delta, InvalidPrompt, TokenLogprob, default_max_new_tokens, prompt_problem
-from service.catalog import Catalog
-from service.gateway import CharLMSpec, Gateway
+from service.http.catalog import Catalog
+from service.http.gateway import CharLMSpec, Gateway
 from service.metrics import MetricsMiddleware
 from service.protocol import EngineRequest, WorkerEvent
-from service.scheduler import Scheduler
 from service.server import App, install_routes
 from service.settings import MAX_BODY_BYTES, Settings
 from service.shared import READY, SharedState
+from service.worker.scheduler import Scheduler
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 

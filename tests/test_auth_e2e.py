@@ -15,7 +15,7 @@ import openai
 import pytest
 from serving import MODELS, ServerProcess, running_server
 
-from service.playground import PUBLIC_PATHS as PLAYGROUND_PATHS
+from service.http.playground import PUBLIC_PATHS as PLAYGROUND_PATHS
 
 KEY = "sk-test-one-key"
 FILE_KEYS = ("sk-file-first", "sk-file-second")

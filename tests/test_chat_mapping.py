@@ -1,11 +1,11 @@
-"""How a chat request becomes the engine's request (service.chat), in-process: the speaker blocks of a
+"""How a chat request becomes the engine's request (service.http.chat), in-process: the speaker blocks of a
 `stream` model, the reply's implicit end, and the sampling fields carried over unchanged."""
 
 from __future__ import annotations
 
 from fake_engine import manifest
 
-from service.chat import ChatRequest, prepare_chat
+from service.http.chat import ChatRequest, prepare_chat
 
 PROSE = manifest("prose", "stream")
 

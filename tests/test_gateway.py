@@ -19,8 +19,8 @@ from fake_engine import FakeEngine, make_app, manifest
 
 from engine import SamplingParams
 from service.protocol import EngineRequest, Final
-from service.scheduler import Scheduler
 from service.shared import SharedState
+from service.worker.scheduler import Scheduler
 
 GEN, CMPL = "/v1/generate", "/v1/completions"
 

@@ -14,7 +14,7 @@ from fake_engine import FakeEngine, make_app, manifest
 
 from engine import SamplingParams
 from service.protocol import MAX_ATTEMPTS, Chunk, EngineRequest, Final, WorkerEvent
-from service.scheduler import Scheduler
+from service.worker.scheduler import Scheduler
 
 
 def run(

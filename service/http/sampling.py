@@ -3,7 +3,7 @@
 Requests are strict (no "1" for 1). The native route refuses unknown fields (a typo is a 400 naming
 the field); the OpenAI routes accept them, as vLLM does, and the gateway logs the ones it does not
 know (see IGNORED for the fields documented as accepted and ignored). What needs the model (token ids,
-logprobs against the vocabulary, logit_bias ids, prompt characters) is checked in service.translate.
+logprobs against the vocabulary, logit_bias ids, prompt characters) is checked in service.http.prompts.
 """
 
 from __future__ import annotations

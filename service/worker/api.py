@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING, Any
 import litserve as ls
 
 from service.lifecycle import die_with_parent
-from service.loop import SchedulerLoop
 from service.protocol import EngineRequest
-from service.scheduler import Scheduler
 from service.shared import FATAL, READY, SharedState
+from service.worker.loop import SchedulerLoop
+from service.worker.scheduler import Scheduler
 
 if TYPE_CHECKING:
     from contract.repository import ModelEntry
-    from service.gateway import CharLMSpec
+    from service.http.gateway import CharLMSpec
 
 log = logging.getLogger("charlm.worker")
 

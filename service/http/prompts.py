@@ -14,8 +14,8 @@ from typing import Any
 from contract import Manifest
 from engine import prompt_problem
 from service.errors import APIError
+from service.http.sampling import CompletionRequest, GenerateRequest, Sampling
 from service.protocol import MAX_CHOICES, MAX_REQUEST_TOKENS, EngineRequest
-from service.schemas import CompletionRequest, GenerateRequest, Sampling
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ def check_novel_only(manifest: Manifest) -> None:
 
 
 def prepare(body: Any, manifest: Manifest, rid: str, deadline: float) -> Prepared:
-    """A GenerateRequest or CompletionRequest as an EngineRequest (chat has its own, service.chat)."""
+    """A GenerateRequest or CompletionRequest as an EngineRequest (chat has its own, service.http.chat)."""
     texts, lead = text_prompts(manifest, body.prompts)
     check_logprobs(manifest, body.logprobs)
     if body.novel_only:

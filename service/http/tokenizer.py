@@ -16,9 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from contract import Manifest
 from engine import vocabulary_problem
-from service.catalog import Catalog
 from service.errors import APIError
-from service.translate import decode_ids
+from service.http.catalog import Catalog
+from service.http.prompts import decode_ids
 
 
 class TokenizeRequest(BaseModel):

@@ -25,17 +25,18 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from litserve.specs.base import LitSpec
 from starlette.types import Receive, Scope, Send
 
-from service import metrics, sse
-from service.bodies import ChatResponse, CompletionResponse, GenerateResponse, Timing
-from service.catalog import Catalog
-from service.chat import ChatRequest, prepare_chat
+from service import metrics
 from service.client import EngineClient, EventStream
 from service.errors import APIError
+from service.http import sse
+from service.http.bodies import ChatResponse, CompletionResponse, GenerateResponse, Timing
+from service.http.catalog import Catalog
+from service.http.chat import ChatRequest, prepare_chat
+from service.http.prompts import check_size, prepare
+from service.http.reply import ChatShape, CompletionShape, GenerateShape, Reply, Shape
+from service.http.sampling import TEXT_CHOICE, CompletionRequest, GenerateRequest, OpenAIFields
 from service.protocol import Accepted, Chunk, EngineRequest, Failed, Final, WorkerEvent
-from service.responses import ChatShape, CompletionShape, GenerateShape, Reply, Shape
-from service.schemas import TEXT_CHOICE, CompletionRequest, GenerateRequest, OpenAIFields
 from service.shared import SharedState
-from service.translate import check_size, prepare
 
 log = logging.getLogger("charlm.http")
 

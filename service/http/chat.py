@@ -19,9 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from contract import Manifest
 from engine import vocabulary_problem
 from service.errors import APIError
+from service.http.prompts import Prepared, check_logprobs, logit_bias, text_prompts
+from service.http.sampling import OpenAIFields, _unsupported
 from service.protocol import EngineRequest
-from service.schemas import OpenAIFields, _unsupported
-from service.translate import Prepared, check_logprobs, logit_bias, text_prompts
 
 SPEAKER_END = "\n\n"
 DEFAULT_SPEAKER = "ASSISTANT"

@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from service import scores
-from service.bodies import (
+from service.http import logprobs as scores
+from service.http.bodies import (
     ChatChoice,
     ChatChunk,
     ChatDelta,

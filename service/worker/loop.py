@@ -11,7 +11,7 @@ from litserve.loops.base import LitLoop
 from litserve.utils import LitAPIStatus, LoopResponseType
 
 from service.protocol import EngineRequest, Failed, Final, WorkerEvent
-from service.scheduler import Job, Orphan, Scheduler
+from service.worker.scheduler import Job, Orphan, Scheduler
 
 log = logging.getLogger("charlm.worker")
 

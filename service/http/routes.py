@@ -18,10 +18,11 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 
 import service
-from service import errors, metrics, playground, tokenizer
-from service.bodies import ModelCard, ModelList
-from service.catalog import Catalog
-from service.gateway import CharLMSpec
+from service import errors, metrics
+from service.http import playground, tokenizer
+from service.http.bodies import ModelCard, ModelList
+from service.http.catalog import Catalog
+from service.http.gateway import CharLMSpec
 from service.processes import server_processes
 from service.settings import Settings
 from service.shared import FATAL, READY, STARTING, SharedState

@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from contract import Manifest
-from service.bodies import ModelCard
 from service.errors import APIError
+from service.http.bodies import ModelCard
 
 
 class Catalog:

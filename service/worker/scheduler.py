@@ -19,8 +19,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from engine import EngineError, InvalidPrompt, SamplingParams, derive_seed
-from service.jobs import Job, score_of
 from service.protocol import MAX_ATTEMPTS, Accepted, ChoiceDelta, Chunk, EngineRequest, Failed, WorkerEvent
+from service.worker.jobs import Job, score_of
 
 log = logging.getLogger("charlm.scheduler")
 

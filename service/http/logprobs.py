@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine import TokenLogprob
-from service.bodies import ChatLogprobs, ChatTokenLogprob, CompletionLogprobs, TopLogprob
+from service.http.bodies import ChatLogprobs, ChatTokenLogprob, CompletionLogprobs, TopLogprob
 
 
 @dataclass(frozen=True)
