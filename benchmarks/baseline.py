@@ -21,7 +21,7 @@ from typing import Any
 import litserve as ls
 from fastapi import HTTPException
 
-from service.http.sampling import GenerateRequest
+from service.http.generate import GenerateRequest
 
 NOOP_NAME = "emma"
 ROUTE = "/v1/generate"

@@ -22,7 +22,7 @@ import litserve as ls
 from fastapi import HTTPException
 
 from benchmarks.baseline import ROUTE, _response
-from service.http.sampling import GenerateRequest
+from service.http.generate import GenerateRequest
 
 
 class HFGenerateAPI(ls.LitAPI):

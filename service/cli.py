@@ -163,7 +163,8 @@ def _without_backend_files(repo, backend: str):  # type: ignore[no-untyped-def]
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from service.http.sampling import GenerateRequest, Sampling
+    from service.http.generate import GenerateRequest
+    from service.http.sampling import Sampling
 
     settings = _settings(args, ["models", "backend", "device", "threads"])
     if isinstance(settings, str):

@@ -27,8 +27,9 @@ from service.access import AccessLogMiddleware, TracedClient
 from service.client import LitServeClient
 from service.http import playground
 from service.http.catalog import Catalog
-from service.http.gateway import CharLMSpec, Gateway
-from service.http.routes import App, install_routes, readiness, settle
+from service.http.gateway import Gateway
+from service.http.probes import readiness, settle
+from service.http.routes import App, CharLMSpec, install_routes
 from service.lifecycle import ShutdownSignals, kill_children
 from service.limits import uvicorn_limits
 from service.security import PUBLIC_PATHS, ApiKeyMiddleware, RequestIdMiddleware, load_api_keys, logging_config

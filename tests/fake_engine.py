@@ -22,7 +22,8 @@ from contract import Manifest
 from contract.manifest import Metrics
 from engine import Delta, InvalidPrompt, TokenLogprob, default_max_new_tokens, prompt_problem
 from service.http.catalog import Catalog
-from service.http.gateway import CharLMSpec, Gateway
+from service.http.gateway import Gateway
+from service.http.routes import CharLMSpec
 from service.metrics import MetricsMiddleware
 from service.protocol import EngineRequest, WorkerEvent
 from service.server import App, install_routes

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from serving import IN_CI, running_server
 
-from service.http.sampling import GenerateRequest
+from service.http.generate import GenerateRequest
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (the dev extra has it)")
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402

@@ -1,13 +1,12 @@
-"""Response bodies of the HTTP API, as pydantic models: the gateway builds every body by instantiating
-these, so the OpenAPI document describes exactly what the server sends."""
+"""Response models the routes share (usage, timing, logprobs, models, errors), as pydantic models: every
+body is built by instantiating these or a family's own (generate, completions, chat), so the OpenAPI
+document describes exactly what the server sends."""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
-
-from engine import FinishReason
 
 # Extension on `lines` models that carry their data's hashes; left out of the JSON when there is no mark.
 Novel = Annotated[
@@ -30,91 +29,16 @@ class CompletionLogprobs(BaseModel):
     text_offset: list[int]
 
 
-class GenerateChoice(BaseModel):
-    index: int
-    text: str = Field(description="prompt + generated text")
-    finish_reason: FinishReason
-    logprobs: CompletionLogprobs | None = None
-    novel: Novel = None
-
-
-class GenerateUsage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-
-
 class Timing(BaseModel):
     queue_ms: float = Field(description="admission to the start of its batch")
     first_token_ms: float = Field(description="admission to the first generated character")
     total_ms: float = Field(description="admission to the last character")
 
 
-class GenerateResponse(BaseModel):
-    id: str
-    model: str
-    choices: list[GenerateChoice]
-    usage: GenerateUsage
-    timing: Timing
-
-
-class GenerateStreamChoice(BaseModel):
-    index: int
-    text: str
-    finish_reason: FinishReason | None = None
-    logprobs: CompletionLogprobs | None = None
-    novel: Novel = None
-
-
-class GenerateChunk(BaseModel):
-    """One SSE event of /v1/generate; the last one has every finish_reason, `usage` and `timing`."""
-
-    id: str
-    model: str
-    choices: list[GenerateStreamChoice]
-    usage: GenerateUsage | None = None
-    timing: Timing | None = None
-
-
-class CompletionChoice(BaseModel):
-    text: str
-    index: int
-    logprobs: CompletionLogprobs | None = None
-    finish_reason: FinishReason
-    novel: Novel = None
-
-
 class CompletionUsage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
-
-
-class CompletionResponse(BaseModel):
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
-    choices: list[CompletionChoice]
-    usage: CompletionUsage
-
-
-class CompletionStreamChoice(BaseModel):
-    text: str
-    index: int
-    logprobs: CompletionLogprobs | None = None
-    finish_reason: FinishReason | None = None
-    novel: Novel = None
-
-
-class CompletionChunk(BaseModel):
-    """One SSE event of /v1/completions (OpenAI's text_completion chunk)."""
-
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
-    choices: list[CompletionStreamChoice]
-    usage: CompletionUsage | None = None
 
 
 class TopLogprob(BaseModel):
@@ -129,48 +53,6 @@ class ChatTokenLogprob(TopLogprob):
 
 class ChatLogprobs(BaseModel):
     content: list[ChatTokenLogprob]
-
-
-class ChatMessage(BaseModel):
-    role: Literal["assistant"] = "assistant"
-    content: str
-
-
-class ChatChoice(BaseModel):
-    index: int
-    message: ChatMessage
-    logprobs: ChatLogprobs | None = None
-    finish_reason: FinishReason
-
-
-class ChatResponse(BaseModel):
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    choices: list[ChatChoice]
-    usage: CompletionUsage
-
-
-class ChatDelta(BaseModel):
-    role: Literal["assistant"] | None = None
-    content: str | None = None
-
-
-class ChatStreamChoice(BaseModel):
-    index: int
-    delta: ChatDelta
-    logprobs: ChatLogprobs | None = None
-    finish_reason: FinishReason | None = None
-
-
-class ChatChunk(BaseModel):
-    id: str
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    choices: list[ChatStreamChoice]
-    usage: CompletionUsage | None = None
 
 
 class ModelCard(BaseModel):

@@ -17,11 +17,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from contract import Manifest
-from engine import vocabulary_problem
+from engine import FinishReason, vocabulary_problem
 from service.errors import APIError
+from service.http import logprobs as scores
+from service.http.bodies import ChatLogprobs, CompletionUsage, Timing
 from service.http.prompts import Prepared, check_logprobs, logit_bias, text_prompts
+from service.http.reply import Reply, dump, so_far
 from service.http.sampling import OpenAIFields, _unsupported
-from service.protocol import EngineRequest
+from service.protocol import ChoiceDelta, EngineRequest, Final
 
 SPEAKER_END = "\n\n"
 DEFAULT_SPEAKER = "ASSISTANT"
@@ -110,6 +113,10 @@ def render(manifest: Manifest, messages: list[Message]) -> tuple[str, tuple[str,
 
 
 def prepare_chat(body: ChatRequest, manifest: Manifest, rid: str, deadline: float) -> Prepared:
+    if (body.model_extra or {}).get("novel_only"):  # chat has no `novel` mark to show either
+        raise APIError(
+            400, "novel_only is not supported on /v1/chat/completions", param="novel_only", code="invalid_value"
+        )
     prompt, stops = render(manifest, body.messages)
     texts, _ = text_prompts(manifest, [prompt])
     k = (body.top_logprobs or 0) if body.logprobs else None
@@ -132,3 +139,113 @@ def prepare_chat(body: ChatRequest, manifest: Manifest, rid: str, deadline: floa
         deadline=deadline,
     )
     return Prepared(req, (False,), echo=False)
+
+
+class ChatMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: ChatMessage
+    logprobs: ChatLogprobs | None = None
+    finish_reason: FinishReason
+
+
+class ChatResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: CompletionUsage
+
+
+class ChatDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatStreamChoice(BaseModel):
+    index: int
+    delta: ChatDelta
+    logprobs: ChatLogprobs | None = None
+    finish_reason: FinishReason | None = None
+
+
+class ChatChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatStreamChoice]
+    usage: CompletionUsage | None = None
+
+
+class ChatRoute:
+    """POST /v1/chat/completions: OpenAI's chat.completion shapes (the reply only, never the prompt)."""
+
+    path = "/v1/chat/completions"
+    prefix = "chatcmpl-"
+    request = ChatRequest
+    response = ChatResponse
+    budget_param = "max_tokens"
+    summary = "OpenAI's /v1/chat/completions"
+    description = "The character-model mapping of messages is in docs/api.md."
+    prepare = staticmethod(prepare_chat)
+
+    @staticmethod
+    def _logprobs(r: Reply, i: int, lps: Any, boundary: Any) -> Any:
+        return scores.chat(r.vocab, r.pieces(i, lps, None, boundary)) if r.logprobs else None
+
+    @staticmethod
+    def full(r: Reply, final: Final, timing: Timing) -> dict[str, Any]:
+        choices = [
+            ChatChoice(
+                index=i,
+                message=ChatMessage(content=c.text or ""),
+                logprobs=ChatRoute._logprobs(r, i, c.logprobs, c.boundary),
+                finish_reason=c.finish_reason,
+            )
+            for i, c in enumerate(final.choices)
+        ]
+        usage = r.usage(final.prompt_tokens, final.completion_tokens)
+        return ChatResponse(
+            id=r.req.rid, created=r.created, model=r.req.model, choices=choices, usage=usage
+        ).model_dump()
+
+    @staticmethod
+    def _event(r: Reply, choices: list[ChatStreamChoice], usage: CompletionUsage | None) -> dict[str, Any]:
+        chunk = ChatChunk(id=r.req.rid, created=r.created, model=r.req.model, choices=choices, usage=usage)
+        return dump(chunk, keep_usage=r.include_usage)
+
+    @staticmethod
+    def opening(r: Reply) -> list[dict[str, Any]]:
+        return [
+            ChatRoute._event(
+                r, [ChatStreamChoice(index=i, delta=ChatDelta(role="assistant", content=""))], so_far(r, 0)
+            )
+            for i in range(r.req.choices)
+        ]
+
+    @staticmethod
+    def chunk(r: Reply, d: ChoiceDelta, completion_tokens: int) -> dict[str, Any]:
+        choice = ChatStreamChoice(
+            index=d.index,
+            delta=ChatDelta(content=d.text),
+            logprobs=ChatRoute._logprobs(r, d.index, d.logprobs, d.boundary),
+        )
+        return ChatRoute._event(r, [choice], so_far(r, completion_tokens))
+
+    @staticmethod
+    def closing(r: Reply, final: Final, timing: Timing) -> list[dict[str, Any]]:
+        usage = r.usage(final.prompt_tokens, final.completion_tokens)
+        choices = [
+            ChatStreamChoice(index=i, delta=ChatDelta(), finish_reason=c.finish_reason)
+            for i, c in enumerate(final.choices)
+        ]
+        events = [ChatRoute._event(r, choices, usage if r.continuous_usage else None)]
+        if r.include_usage:
+            events.append(ChatRoute._event(r, [], usage))
+        return events

@@ -1,4 +1,4 @@
-"""The HTTP side of generation: a LitSpec that owns both routes, and the Gateway behind them.
+"""The HTTP side of generation, for every route family (service.http.reply.Route): the Gateway.
 
 The Gateway checks everything it can before a worker sees the request (schema, model, prompt), admits
 it by count and by cost (503 + Retry-After), hands one EngineRequest to an `EngineClient` and turns the
@@ -18,23 +18,21 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Body, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from litserve.specs.base import LitSpec
 from starlette.types import Receive, Scope, Send
 
 from service import metrics
 from service.client import EngineClient, EventStream
 from service.errors import APIError
 from service.http import sse
-from service.http.bodies import ChatResponse, CompletionResponse, GenerateResponse, Timing
+from service.http.bodies import Timing
 from service.http.catalog import Catalog
-from service.http.chat import ChatRequest, prepare_chat
-from service.http.prompts import check_size, prepare
-from service.http.reply import ChatShape, CompletionShape, GenerateShape, Reply, Shape
-from service.http.sampling import TEXT_CHOICE, CompletionRequest, GenerateRequest, OpenAIFields
+from service.http.prompts import check_size
+from service.http.reply import Reply, Route
+from service.http.sampling import OpenAIFields
 from service.protocol import Accepted, Chunk, EngineRequest, Failed, Final, WorkerEvent
 from service.shared import SharedState
 
@@ -67,24 +65,15 @@ class Gateway:
         self.timeout = timeout
         self.max_queue = max_queue
 
-    async def handle(
-        self, request: Request, shape: Shape, body: GenerateRequest | CompletionRequest | ChatRequest
-    ) -> Response:
+    async def handle(self, request: Request, route: Route, body: Any) -> Response:
         manifest = self.catalog.resolve(body.model)
         request.state.charlm_model = body.model
-        rid, deadline = shape.prefix + uuid.uuid4().hex, time.monotonic() + self.timeout
+        rid, deadline = route.prefix + uuid.uuid4().hex, time.monotonic() + self.timeout
         if isinstance(body, OpenAIFields) and body.unknown_fields():
-            log.info("%s: ignored unknown fields %s", shape.api_path, ", ".join(body.unknown_fields()))
-        if isinstance(body, ChatRequest):
-            if (body.model_extra or {}).get("novel_only"):  # chat has no `novel` mark to show either
-                raise APIError(
-                    400, "novel_only is not supported on /v1/chat/completions", param="novel_only", code="invalid_value"
-                )
-            prepared = prepare_chat(body, manifest, rid, deadline)
-        else:
-            prepared = prepare(body, manifest, rid, deadline)
+            log.info("%s: ignored unknown fields %s", route.path, ", ".join(body.unknown_fields()))
+        prepared = route.prepare(body, manifest, rid, deadline)
         req = prepared.req
-        check_size(req, manifest, "max_new_tokens" if isinstance(body, GenerateRequest) else "max_tokens")
+        check_size(req, manifest, route.budget_param)
         options = body.stream_options if isinstance(body, OpenAIFields) else None
         include_usage = bool(options and options.include_usage)
         reply = Reply(
@@ -103,7 +92,7 @@ class Gateway:
             await self._close(ticket)
             raise
         if req.stream:
-            return await self._start_stream(request, shape, reply, ticket)
+            return await self._start_stream(request, route, reply, ticket)
         try:
             while True:
                 event = await self._receive(ticket, request)
@@ -116,7 +105,7 @@ class Gateway:
             await self._close(ticket)
         if isinstance(event, Failed):
             raise _error(event)
-        return JSONResponse(shape.full(reply, event, self._observe(ticket, event)))
+        return JSONResponse(route.full(reply, event, self._observe(ticket, event)))
 
     def _admit(self, req: EngineRequest, cost_tokens: int) -> Ticket:
         cost_s, refusal = self.shared.admit(cost_tokens, req.model, self.timeout, self.max_queue)
@@ -180,7 +169,7 @@ class Gateway:
             total_ms=round((now - t.t_admit) * ms, 3),
         )
 
-    async def _start_stream(self, request: Request, shape: Shape, reply: Reply, t: Ticket) -> Response:
+    async def _start_stream(self, request: Request, route: Route, reply: Reply, t: Ticket) -> Response:
         try:
             first = await self._receive(t, request)
             if isinstance(first, Failed):
@@ -192,23 +181,23 @@ class Gateway:
         except BaseException:
             await self._close(t)
             raise
-        return EventStreamResponse(self._events(request, shape, reply, t, first), on_close=lambda: self._close(t))
+        return EventStreamResponse(self._events(request, route, reply, t, first), on_close=lambda: self._close(t))
 
     async def _events(
-        self, request: Request, shape: Shape, r: Reply, t: Ticket, first: WorkerEvent
+        self, request: Request, route: Route, r: Reply, t: Ticket, first: WorkerEvent
     ) -> AsyncIterator[bytes]:
         event: WorkerEvent = first
         try:
             while True:
                 if isinstance(event, Accepted):
-                    for body in shape.opening(r):
+                    for body in route.opening(r):
                         yield sse.event(body)
                 elif isinstance(event, Chunk):
                     for delta in event.deltas:
-                        yield sse.event(shape.chunk(r, delta, event.completion_tokens))
+                        yield sse.event(route.chunk(r, delta, event.completion_tokens))
                 elif isinstance(event, Final):
                     t.finished = True
-                    for body in shape.closing(r, event, self._observe(t, event)):
+                    for body in route.closing(r, event, self._observe(t, event)):
                         yield sse.event(body)
                     yield sse.DONE
                     return
@@ -241,60 +230,3 @@ class EventStreamResponse(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             await self._on_close()
-
-
-class CharLMSpec(LitSpec):
-    """Both generation routes on one LitAPI (one worker pool), as LitServe's OpenAISpec owns its route."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.api_path = "/v1"  # LitServe's key for the request queue and worker status (not a route)
-        self.gateway: Gateway | None = None  # set once the LitServer exists (service.server.build)
-        self.add_endpoint(GenerateShape.api_path, self.generate, ["POST"])
-        self.add_endpoint(CompletionShape.api_path, self.completions, ["POST"])
-        self.add_endpoint(ChatShape.api_path, self.chat, ["POST"])
-        # lm-evaluation-harness finds its tokenizer next to the completions URL: one base URL per model
-        self.add_endpoint("/models/{model_id}" + CompletionShape.api_path, self.model_completions, ["POST"])
-
-    @property
-    def stream(self) -> bool:
-        return True  # LitServe then keeps every worker event, in order, per request
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        state["gateway"] = None  # the HTTP side stays in the API servers
-        return state
-
-    def decode_request(self, request: Any, context_kwargs: Any = None) -> Any:
-        return request
-
-    def encode_response(self, output: Any, context_kwargs: Any = None) -> Any:
-        return output
-
-    async def generate(self, request: Request, body: Annotated[GenerateRequest, Body()]) -> GenerateResponse:
-        assert self.gateway is not None
-        return await self.gateway.handle(request, GenerateShape, body)  # type: ignore[return-value]
-
-    async def completions(self, request: Request, body: Annotated[CompletionRequest, Body()]) -> CompletionResponse:
-        assert self.gateway is not None
-        return await self.gateway.handle(request, CompletionShape, body)  # type: ignore[return-value]
-
-    async def model_completions(
-        self, model_id: str, request: Request, body: Annotated[CompletionRequest, Body()]
-    ) -> CompletionResponse:
-        assert self.gateway is not None
-        if body.model != model_id:
-            raise APIError(
-                400, f"'model' is {body.model!r} on the route of {model_id!r}", param="model", code="invalid_value"
-            )
-        return await self.gateway.handle(request, CompletionShape, body)  # type: ignore[return-value]
-
-    async def chat(self, request: Request, body: Annotated[ChatRequest, Body()]) -> ChatResponse:
-        assert self.gateway is not None
-        return await self.gateway.handle(request, ChatShape, body)  # type: ignore[return-value]
-
-
-CharLMSpec.generate.__doc__ = "Generate samples (native API).\n\n" + TEXT_CHOICE
-CharLMSpec.completions.__doc__ = "OpenAI's /v1/completions.\n\n" + TEXT_CHOICE
-CharLMSpec.model_completions.__doc__ = "/v1/completions under /models/{model_id}, where its tokenizer routes are."
-CharLMSpec.chat.__doc__ = "OpenAI's /v1/chat/completions, with the character-model mapping of docs/api.md."

@@ -6,7 +6,6 @@ it works offline and in the Docker image). The page uses only the public API: `G
 set, the page and its assets stay open (they hold no data: pass PUBLIC_PATHS to the ApiKeyMiddleware),
 and the page asks for a key, which it keeps in sessionStorage and sends as `Authorization: Bearer`.
 
-    install_playground(fastapi_app)   # after LitServe built its app: replaces LitServe's bare `/`
 """
 
 from __future__ import annotations
@@ -32,23 +31,21 @@ PUBLIC_PATHS = frozenset({*PAGE_PATHS, *(ASSET_PREFIX + name for name in ASSETS)
 HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
 
 
-def install_playground(fastapi_app: FastAPI) -> None:
-    """Serve the page at `/` and `/playground`, its assets at `/static/<name>`; drop LitServe's own `/`."""
+def drop_litserve_root(fastapi_app: FastAPI) -> None:
+    """LitServe answers `/` itself; the playground takes that path (service.http.routes registers it)."""
     fastapi_app.router.routes[:] = [
         r
         for r in fastapi_app.router.routes
         if not (isinstance(r, APIRoute) and r.path in PAGE_PATHS and "GET" in r.methods)
     ]
 
-    async def page() -> FileResponse:
-        return FileResponse(STATIC / PAGE, media_type="text/html; charset=utf-8", headers=HEADERS)
 
-    for path in PAGE_PATHS:
-        fastapi_app.add_api_route(path, page, methods=["GET"], include_in_schema=False, name=f"playground{path}")
+async def page() -> FileResponse:
+    return FileResponse(STATIC / PAGE, media_type="text/html; charset=utf-8", headers=HEADERS)
 
-    @fastapi_app.get(ASSET_PREFIX + "{name}", include_in_schema=False, name="playground-asset")
-    async def asset(name: str) -> FileResponse:
-        media_type = ASSETS.get(name)
-        if media_type is None:
-            raise HTTPException(404, "Not Found")
-        return FileResponse(STATIC / name, media_type=media_type, headers=HEADERS)
+
+async def asset(name: str) -> FileResponse:
+    media_type = ASSETS.get(name)
+    if media_type is None:
+        raise HTTPException(404, "Not Found")
+    return FileResponse(STATIC / name, media_type=media_type, headers=HEADERS)

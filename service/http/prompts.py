@@ -14,7 +14,7 @@ from typing import Any
 from contract import Manifest
 from engine import prompt_problem
 from service.errors import APIError
-from service.http.sampling import CompletionRequest, GenerateRequest, Sampling
+from service.http.sampling import Sampling
 from service.protocol import MAX_CHOICES, MAX_REQUEST_TOKENS, EngineRequest
 
 
@@ -100,19 +100,15 @@ def check_novel_only(manifest: Manifest) -> None:
     raise APIError(400, f"invalid 'novel_only': {why}", param="novel_only", code="invalid_value")
 
 
-def prepare(body: Any, manifest: Manifest, rid: str, deadline: float) -> Prepared:
-    """A GenerateRequest or CompletionRequest as an EngineRequest (chat has its own, service.http.chat)."""
+def prepare(
+    body: Any, manifest: Manifest, rid: str, deadline: float, *, echo: bool, budget: int | None, best_of: int | None
+) -> Prepared:
+    """A text route's body (native or completions; chat renders its messages first, service.http.chat)
+    as an EngineRequest: prompts checked against the model, then the one SamplingParams."""
     texts, lead = text_prompts(manifest, body.prompts)
     check_logprobs(manifest, body.logprobs)
     if body.novel_only:
         check_novel_only(manifest)
-    native = isinstance(body, GenerateRequest)
-    echo = native or bool(body.echo)
-    if native:
-        budget, n, best_of, stream = body.max_new_tokens, body.n, None, body.stream
-    else:
-        assert isinstance(body, CompletionRequest)
-        budget, n, best_of, stream = body.budget, body.n or 1, body.best_of, bool(body.stream)
     params = body.sampling_params(
         logit_bias=logit_bias(manifest, body),
         max_new_tokens=budget,
@@ -124,8 +120,8 @@ def prepare(body: Any, manifest: Manifest, rid: str, deadline: float) -> Prepare
         model=body.model,
         prompts=texts,
         sampling=params,
-        n=n,
-        stream=stream,
+        n=body.n or 1,
+        stream=bool(body.stream),
         deadline=deadline,
         best_of=best_of,
         novel_only=bool(body.novel_only),

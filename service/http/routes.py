@@ -1,35 +1,88 @@
-"""charlm's own GET routes on LitServe's FastAPI app (/ready, /metrics, /v1/models, the tokenizer and
-the playground), the error contract, and the readiness report.
+"""Every route of the server, registered here and nowhere else.
 
-Nothing an unauthenticated caller can read (/ready is open for probes) shows a filesystem path or a
-process id: failure reasons pass through `redact_paths`, and the report has no pids.
+Generation routes are route families (service.http.reply.Route): `GENERATION` lists them, and the
+`CharLMSpec` (one LitSpec, so one worker pool serves them all, as LitServe's OpenAISpec owns its route)
+makes one POST endpoint per family whose body is the family's request model. `install_routes` adds the
+routes LitServe does not have: probes and the model list, the tokenizer, the playground.
 """
 
-from __future__ import annotations
-
-import re
-import sys
-import time
+# No `from __future__ import annotations`: FastAPI reads the endpoints' annotations, made per family below.
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import litserve as ls
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse, Response
+from fastapi import Body, FastAPI, Request
+from fastapi.responses import Response
+from litserve.specs.base import LitSpec
 
 import service
-from service import errors, metrics
-from service.http import playground, tokenizer
+from service import errors
+from service.errors import APIError
+from service.http import playground
 from service.http.bodies import ModelCard, ModelList
 from service.http.catalog import Catalog
-from service.http.gateway import CharLMSpec
-from service.processes import server_processes
+from service.http.chat import ChatRoute
+from service.http.completions import CompletionsRoute
+from service.http.gateway import Gateway
+from service.http.generate import GenerateRoute
+from service.http.probes import Probes
+from service.http.reply import Route
+from service.http.tokenizer import Tokenizer
 from service.settings import Settings
-from service.shared import FATAL, READY, STARTING, SharedState
+from service.shared import SharedState
 
-_STATES = {STARTING: "starting", READY: "ready", FATAL: "failed"}
-# An absolute path (two or more components, not part of a URL): only its last component is kept.
-_PATH = re.compile(r"(?<![\w.:/~-])/(?:[^\s/'\"()\[\],;]+/)+([^\s/'\"()\[\],;]*)")
+GENERATION: tuple[Route, ...] = (GenerateRoute, CompletionsRoute, ChatRoute)  # type: ignore[assignment]
+# lm-evaluation-harness finds its tokenizer next to the completions URL: one base URL per model
+PER_MODEL = "/models/{model_id}"
+
+
+class CharLMSpec(LitSpec):
+    """The generation routes on one LitAPI; the HTTP side of each runs in the API server's Gateway."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.api_path = "/v1"  # LitServe's key for the request queue and worker status (not a route)
+        self.gateway: Gateway | None = None  # set once the LitServer exists (service.server.build)
+        for route in GENERATION:
+            self.add_endpoint(route.path, self._endpoint(route), ["POST"])
+        self.add_endpoint(PER_MODEL + CompletionsRoute.path, self._per_model(CompletionsRoute), ["POST"])
+
+    @property
+    def stream(self) -> bool:
+        return True  # LitServe then keeps every worker event, in order, per request
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["gateway"] = None  # the HTTP side stays in the API servers
+        return state
+
+    def decode_request(self, request: Any, context_kwargs: Any = None) -> Any:
+        return request
+
+    def encode_response(self, output: Any, context_kwargs: Any = None) -> Any:
+        return output
+
+    def _endpoint(self, route: Route) -> Any:
+        async def endpoint(request: Request, body: Annotated[route.request, Body()]) -> route.response:  # type: ignore[name-defined]
+            assert self.gateway is not None
+            return await self.gateway.handle(request, route, body)
+
+        endpoint.__name__ = route.__name__.removesuffix("Route").lower()  # type: ignore[attr-defined]
+        endpoint.__doc__ = f"{route.summary}.\n\n{route.description}"
+        return endpoint
+
+    def _per_model(self, route: Route) -> Any:
+        async def endpoint(model_id: str, request: Request, body: Annotated[route.request, Body()]) -> route.response:  # type: ignore[name-defined]
+            assert self.gateway is not None
+            if body.model != model_id:
+                raise APIError(
+                    400, f"'model' is {body.model!r} on the route of {model_id!r}", param="model", code="invalid_value"
+                )
+            return await self.gateway.handle(request, route, body)
+
+        endpoint.__name__ = "model_" + route.__name__.removesuffix("Route").lower()  # type: ignore[attr-defined]
+        endpoint.__doc__ = f"{route.path} under {PER_MODEL}, where its tokenizer routes are."
+        return endpoint
 
 
 @dataclass
@@ -41,13 +94,8 @@ class App:
     settings: Settings
 
 
-def redact_paths(text: str) -> str:
-    """`/models/x/model.onnx: sha256 mismatch` -> `model.onnx: sha256 mismatch` (for open routes)."""
-    return _PATH.sub(r"\1", text)
-
-
 def install_routes(fastapi_app: FastAPI, app: App) -> None:
-    """Error contract, docs text, and the GET routes LitServe does not have."""
+    """Error contract, docs text, and the routes LitServe does not have."""
     errors.install(fastapi_app)
     fastapi_app.title = "charlm"
     fastapi_app.version = service.__version__
@@ -57,71 +105,30 @@ def install_routes(fastapi_app: FastAPI, app: App) -> None:
         "Streaming (`stream: true`): Server-Sent Events, one event per chunk of text per choice, "
         "a final event with every finish_reason and the usage, then `data: [DONE]`."
     )
+    get, post = _adder(fastapi_app, "GET"), _adder(fastapi_app, "POST")
 
-    @fastapi_app.get("/ready", summary="Readiness: every worker up and stepping; failed model folders")
-    async def ready() -> JSONResponse:
-        body, ok = readiness(app)
-        return JSONResponse(body, status_code=200 if ok else 503)
+    probes = Probes(app)
+    get("/ready", probes.ready, summary="Readiness: every worker up and stepping; failed model folders")
+    get("/metrics", probes.metrics, summary="Prometheus metrics of every process", response_class=Response)
+    get("/v1/models", probes.models, summary="Served models (OpenAI list shape)", response_model=ModelList)
+    get("/v1/models/{model_id}", probes.model, summary="One served model", response_model=ModelCard)
 
-    @fastapi_app.get("/metrics", summary="Prometheus metrics of every process", response_class=Response)
-    async def metrics_route() -> Response:
-        workers = (app.shared.worker_info(i).get("pid") for i in range(app.settings.workers))
-        data, content_type = metrics.render(server_processes(pid for pid in workers if pid))
-        return Response(data, media_type=content_type)
+    tok = Tokenizer(app.catalog)
+    post("/tokenize", tok.tokenize, summary="Text -> token ids (one per character)")
+    post("/detokenize", tok.detokenize, summary="Token ids -> text")
+    get("/tokenizer_info", tok.info, summary="The tokenizer's special tokens and vocabulary (vLLM's shape)")
+    post(PER_MODEL + "/tokenize", tok.tokenize, summary="/tokenize for one model")
+    post(PER_MODEL + "/detokenize", tok.detokenize, summary="/detokenize for one model")
+    get(PER_MODEL + "/tokenizer_info", tok.model_info, summary="/tokenizer_info for one model")
 
-    @fastapi_app.get("/v1/models", response_model=ModelList, summary="Served models (OpenAI list shape)")
-    async def models() -> JSONResponse:
-        settle(app)
-        return JSONResponse({"object": "list", "data": app.catalog.cards()})
-
-    @fastapi_app.get("/v1/models/{model_id}", response_model=ModelCard, summary="One served model")
-    async def model(model_id: str) -> JSONResponse:
-        settle(app)
-        app.catalog.resolve(model_id)
-        return JSONResponse(next(c for c in app.catalog.cards() if c["id"] == model_id))
-
-    tokenizer.install(fastapi_app, app.catalog)
-
-    playground.install_playground(fastapi_app)  # the web page at / and /playground (replaces LitServe's /)
+    playground.drop_litserve_root(fastapi_app)  # the web page takes / and /playground
+    for path in playground.PAGE_PATHS:
+        get(path, playground.page, include_in_schema=False, name=f"playground{path}")
+    get(playground.ASSET_PREFIX + "{name}", playground.asset, include_in_schema=False, name="playground-asset")
 
 
-def settle(app: App) -> None:
-    app.catalog.apply_worker_failures([app.shared.worker_info(w) for w in range(app.shared.workers)])
+def _adder(fastapi_app: FastAPI, method: str) -> Any:
+    def add(path: str, endpoint: Any, **kwargs: Any) -> None:
+        fastapi_app.add_api_route(path, endpoint, methods=[method], **kwargs)
 
-
-def readiness(app: App) -> tuple[dict[str, Any], bool]:
-    shared, now = app.shared, time.monotonic()
-    settle(app)
-    stalled = set(shared.stalled(app.settings.stall_timeout, now))
-    workers = {}
-    for w in range(shared.workers):
-        info = shared.worker_info(w)
-        workers[f"worker_{w}"] = {
-            "status": "stalled" if w in stalled else _STATES.get(shared.state[w], "starting"),
-            "last_step_age_s": round(now - shared.beat[w], 3) if shared.beat[w] else None,
-            "sequences": shared.live[w],
-            "torch_imported": info.get("torch_imported"),
-        }
-    waiting = [k for k, v in workers.items() if v["status"] != "ready"]
-    reason = None
-    if shared.draining.value:
-        reason = "shutting down"
-    elif waiting:
-        reason = "workers not ready: " + ", ".join(f"{k} ({workers[k]['status']})" for k in waiting)
-    elif not app.catalog.models:
-        reason = "no model could be loaded"
-    body: dict[str, Any] = {
-        "status": "ready" if reason is None else "not_ready",
-        "reason": reason,
-        "models": sorted(app.catalog.models),
-        "failed": {name: redact_paths(why) for name, why in sorted(app.catalog.failed.items())},
-        "backend": app.settings.backend,
-        "device": app.settings.device,
-        "workers": workers,
-        "in_flight": shared.in_flight.value,
-        # Honest, per process: did anything import torch here? (the ONNX path must not)
-        "api_server": {"torch_imported": "torch" in sys.modules},
-    }
-    if reason is not None:
-        body["error"] = errors.error_body(reason, "server_error", None, "not_ready")["error"]
-    return body, reason is None
+    return add

@@ -1,9 +1,10 @@
-"""Request bodies of the HTTP API, as pydantic models (they also make the OpenAPI docs).
+"""What the generation routes' request bodies share, as pydantic models (they also make the OpenAPI docs).
 
 Requests are strict (no "1" for 1). The native route refuses unknown fields (a typo is a 400 naming
 the field); the OpenAI routes accept them, as vLLM does, and the gateway logs the ones it does not
 know (see IGNORED for the fields documented as accepted and ignored). What needs the model (token ids,
-logprobs against the vocabulary, logit_bias ids, prompt characters) is checked in service.http.prompts.
+logprobs against the vocabulary, logit_bias ids, prompt characters) is checked in service.http.prompts;
+each route's own body is in its family's module (generate, completions, chat).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 from pydantic_core import PydanticCustomError
 
 from engine import MAX_NEW_TOKENS_CAP, SamplingParams
@@ -82,30 +83,6 @@ class Sampling(BaseModel):
 _SHARED = tuple(f.name for f in dataclasses.fields(SamplingParams) if f.name in Sampling.model_fields)
 
 
-class GenerateRequest(Sampling):
-    """POST /v1/generate."""
-
-    model_config = _STRICT
-
-    model: str = Field(min_length=1, description="a model id from GET /v1/models")
-    prompt: str = Field("", description="text the sample starts with (names: the first letters)")
-    n: int = Field(1, ge=1, le=MAX_CHOICES, description="independent samples, run as one batch")
-    max_new_tokens: int | None = Field(
-        None,
-        ge=0,
-        le=MAX_NEW_TOKENS_CAP,
-        description="default: lines models run to their end marker (at most 64), stream models 256; "
-        "0 with logprobs scores the prompt",
-    )
-    logprobs: int | None = Field(None, ge=0, description="alternatives per character (0: the chosen one only)")
-    stream: bool = Field(False, description="Server-Sent Events instead of one JSON body")
-    novel_only: bool = Field(False, description=NOVEL_ONLY)
-
-    @property
-    def prompts(self) -> list[str | list[int]]:
-        return [self.prompt]
-
-
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 
@@ -137,50 +114,3 @@ class OpenAIFields(Sampling):
     def unknown_fields(self) -> list[str]:
         """Fields sent that this route does not know and that are not in IGNORED (the gateway logs them)."""
         return sorted(set(self.model_extra or {}) - IGNORED)
-
-
-class CompletionRequest(OpenAIFields):
-    """POST /v1/completions: OpenAI's legacy completions request."""
-
-    prompt: str | PromptList | TokenIds | IdsList = Field("", description="text, texts, token ids, or lists of ids")
-    echo: bool | None = Field(False, description="prepend the prompt (and its logprobs) to each choice")
-    logprobs: int | None = Field(None, ge=0, description="alternatives per token: 0-5 (OpenAI), up to the vocabulary")
-    best_of: int | None = Field(None, ge=1, le=MAX_CHOICES, description="samples per prompt; the n best are kept")
-    suffix: str | None = None
-    novel_only: bool | None = Field(False, description=NOVEL_ONLY)
-
-    @field_validator("prompt", mode="before")
-    @classmethod
-    def _nonempty(cls, value: object) -> object:
-        if isinstance(value, list) and not value:
-            raise PydanticCustomError("too_short", "a prompt list must not be empty")
-        if isinstance(value, list) and len(value) > MAX_CHOICES and not all(isinstance(x, int) for x in value):
-            raise PydanticCustomError("too_long", f"at most {MAX_CHOICES} prompts, got {len(value)}")
-        return value
-
-    @field_validator("suffix")
-    @classmethod
-    def _no_suffix(cls, value: str | None) -> str | None:
-        if value:
-            raise _unsupported("suffix", "leave it null")
-        return value
-
-    @field_validator("best_of")
-    @classmethod
-    def _best_of(cls, value: int | None, info: ValidationInfo) -> int | None:
-        n = info.data.get("n") or 1
-        if value is not None and value < n:
-            raise PydanticCustomError("best_of", f"best_of must be >= n ({n})")
-        if value is not None and value > n and info.data.get("stream"):
-            raise PydanticCustomError("best_of", "best_of > n cannot be streamed (as in OpenAI)")
-        return value
-
-    @property
-    def prompts(self) -> list[str | list[int]]:
-        """One entry per prompt: text, or token ids."""
-        p = self.prompt
-        if isinstance(p, str):
-            return [p]
-        if all(isinstance(x, int) for x in p):
-            return [list(p)]  # type: ignore[arg-type]
-        return list(p)  # type: ignore[arg-type]

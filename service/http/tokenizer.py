@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Body, FastAPI
+from fastapi import Body
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from contract import Manifest
@@ -79,40 +79,24 @@ def info(name: str, m: Manifest) -> dict:
     }
 
 
-def install(app: FastAPI, catalog: Catalog) -> None:
-    def tokenize(model: str | None, body: TokenizeRequest) -> dict:
-        m = _pick(catalog, model or body.model)
+class Tokenizer:
+    """The tokenizer routes' handlers over the served models (registered by service.http.routes)."""
+
+    def __init__(self, catalog: Catalog):
+        self.catalog = catalog
+
+    async def tokenize(self, body: Annotated[TokenizeRequest, Body()], model_id: str | None = None) -> dict:
+        m = _pick(self.catalog, model_id or body.model)
         tokens = encode(m, body.prompt)
         return {"count": len(tokens), "max_model_len": m.block_size, "tokens": tokens, "token_strs": list(body.prompt)}
 
-    def detokenize(model: str | None, body: DetokenizeRequest) -> dict:
-        m = _pick(catalog, model or body.model)
+    async def detokenize(self, body: Annotated[DetokenizeRequest, Body()], model_id: str | None = None) -> dict:
+        m = _pick(self.catalog, model_id or body.model)
         return {"prompt": decode_ids(m, body.tokens, "tokens")}
 
-    def tokenizer_info(model: str | None) -> dict:
-        m = _pick(catalog, model)
+    async def info(self, model: str | None = None) -> dict:
+        m = _pick(self.catalog, model)
         return info(m.name if model is None else model, m)
 
-    @app.post("/tokenize", summary="Text -> token ids (one per character)")
-    async def tokenize_route(body: Annotated[TokenizeRequest, Body()]) -> dict:
-        return tokenize(None, body)
-
-    @app.post("/detokenize", summary="Token ids -> text")
-    async def detokenize_route(body: Annotated[DetokenizeRequest, Body()]) -> dict:
-        return detokenize(None, body)
-
-    @app.get("/tokenizer_info", summary="The tokenizer's special tokens and vocabulary (vLLM's shape)")
-    async def tokenizer_info_route(model: str | None = None) -> dict:
-        return tokenizer_info(model)
-
-    @app.post("/models/{model_id}/tokenize", summary="/tokenize for one model")
-    async def model_tokenize(model_id: str, body: Annotated[TokenizeRequest, Body()]) -> dict:
-        return tokenize(model_id, body)
-
-    @app.post("/models/{model_id}/detokenize", summary="/detokenize for one model")
-    async def model_detokenize(model_id: str, body: Annotated[DetokenizeRequest, Body()]) -> dict:
-        return detokenize(model_id, body)
-
-    @app.get("/models/{model_id}/tokenizer_info", summary="/tokenizer_info for one model")
-    async def model_tokenizer_info(model_id: str) -> dict:
-        return tokenizer_info(model_id)
+    async def model_info(self, model_id: str) -> dict:
+        return await self.info(model_id)

@@ -24,7 +24,7 @@ from service.worker.scheduler import Scheduler
 
 if TYPE_CHECKING:
     from contract.repository import ModelEntry
-    from service.http.gateway import CharLMSpec
+    from service.http.routes import CharLMSpec
 
 log = logging.getLogger("charlm.worker")
 
