@@ -4,6 +4,7 @@ the manifest schema, the graphs' I/O names and shapes, and the model repository 
 Defined once, imported by all; it imports neither torch nor onnxruntime nor numpy.
 """
 
+from contract.families import ARCHS, FAMILIES, Arch, Family, family
 from contract.graph import (
     GRAPH_VERSION,
     IDX,
@@ -29,6 +30,8 @@ from contract.manifest import (
 from contract.repository import ModelEntry, Repository, describe_unservable, log_left_out, scan_repository
 
 __all__ = [
+    "ARCHS",
+    "FAMILIES",
     "GRAPH_VERSION",
     "IDX",
     "LOGITS",
@@ -36,7 +39,9 @@ __all__ = [
     "POS",
     "SCHEMA_VERSION",
     "WEIGHTS_FILE",
+    "Arch",
     "DataInfo",
+    "Family",
     "FileEntry",
     "Manifest",
     "ManifestError",
@@ -45,6 +50,7 @@ __all__ = [
     "Repository",
     "TrainingInfo",
     "describe_unservable",
+    "family",
     "key_shape",
     "log_left_out",
     "new_kv_names",

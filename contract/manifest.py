@@ -16,12 +16,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from contract.families import Arch, family
+
 SCHEMA_VERSION = 2
 MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILE = "model.safetensors"
 UPGRADE_HINT = "python -m training upgrade {folder}"
 
-Arch = Literal["bigram", "mlp", "wavenet", "gpt"]
 Format = Literal["onnx", "torchscript"]
 
 
@@ -95,10 +96,11 @@ class Manifest(_Strict):
         if self.boundary_token is not None and not 0 <= self.boundary_token < len(self.vocab):
             raise ValueError("boundary_token is not a vocab index")
         gpt_fields = (self.n_layer, self.n_head, self.head_dim)
-        if self.arch == "gpt" and any(v is None or v < 1 for v in gpt_fields):
-            raise ValueError("gpt models need n_layer, n_head and head_dim")
-        if self.arch != "gpt" and any(v is not None for v in gpt_fields):
-            raise ValueError("n_layer, n_head and head_dim are for gpt models only")
+        kv_cache = family(self.arch).kv_cache
+        if kv_cache and any(v is None or v < 1 for v in gpt_fields):
+            raise ValueError(f"{self.arch} models need n_layer, n_head and head_dim")
+        if not kv_cache and any(v is not None for v in gpt_fields):
+            raise ValueError("n_layer, n_head and head_dim are for models with a KV cache only")
         return self
 
     @property

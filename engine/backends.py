@@ -16,7 +16,7 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-from contract import IDX, LOGITS, POS, Manifest, new_kv_names, past_names
+from contract import IDX, LOGITS, POS, Manifest, family, new_kv_names, past_names
 from engine.types import BackendUnavailable, EngineError
 
 BackendName = Literal["onnx", "torchscript"]
@@ -39,7 +39,7 @@ class Backend(Protocol):
 
 def graph_io(manifest: Manifest) -> tuple[list[str], list[str]]:
     """The input and output names the contract promises for this model."""
-    if manifest.arch == "gpt":
+    if family(manifest.arch).kv_cache:
         n_layer = manifest.n_layer or 0
         return [IDX, POS, *past_names(n_layer)], [LOGITS, *new_kv_names(n_layer)]
     return [IDX], [LOGITS]
@@ -144,7 +144,7 @@ class TorchEagerBackend:
         self._torch = torch
         self.device = device
         self._net = net.to(device).eval()
-        self._step = manifest.arch == "gpt"
+        self._step = family(manifest.arch).kv_cache
         self._n_outputs = len(graph_io(manifest)[1])
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:

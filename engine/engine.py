@@ -15,7 +15,7 @@ from collections.abc import Hashable, Sequence
 
 import numpy as np
 
-from contract import Manifest, ModelEntry
+from contract import Manifest, ModelEntry, family
 from engine.backends import Backend, BackendName, Device, load_backend
 from engine.logprobs import prompt_logprobs, token_logprobs
 from engine.novelty import DataHashes
@@ -78,7 +78,7 @@ class Engine:
         `manifest` may be a `model_spec` when there is no model folder."""
         if threads < 1 or slots < 1:
             raise ValueError(f"threads and slots must be >= 1, got {threads} and {slots}")
-        runner_cls = GPTRunner if manifest.arch == "gpt" else WindowRunner
+        runner_cls = GPTRunner if family(manifest.arch).kv_cache else WindowRunner
         runner = runner_cls(graph, manifest, pad_token(manifest), slots, threads)
         logits = runner.warmup()
         if logits.ndim != 2 or logits.shape[1] != manifest.vocab_size:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from contract import Arch
 from training.nets import build
 
 WEIGHTS_FILE = "model.safetensors"
@@ -53,7 +54,7 @@ class LinesInfo(BaseModel):
 
 class CheckpointMeta(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    arch: Literal["bigram", "mlp", "wavenet", "gpt"]
+    arch: Arch
     model: dict[str, Any]  # the net's config, as accepted by training.nets.build
     vocab: list[str]
     format: Literal["lines", "stream"]

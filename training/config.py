@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from contract import Arch, family
 from training.nets import FAMILIES
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -26,7 +27,7 @@ class TrainConfig(BaseModel):
     data: str | None = Field(None, description="path to a text file instead of a built-in dataset")
     format: Literal["lines", "stream"] | None = None
     split_seed: int = 42
-    arch: Literal["bigram", "mlp", "wavenet", "gpt"]
+    arch: Arch
     model: dict[str, Any] = Field(default_factory=dict, description="the net's hyperparameters")
 
     batch_size: int = Field(32, ge=1)
@@ -65,7 +66,7 @@ class TrainConfig(BaseModel):
         unknown = sorted(set(self.model) - allowed)
         if unknown:
             raise ValueError(f"unknown model key(s) for {self.arch}: {', '.join(unknown)}")
-        if self.model.get("block_size") == "auto" and self.arch != "gpt":
+        if self.model.get("block_size") == "auto" and not family(self.arch).kv_cache:
             raise ValueError(f'model.block_size = "auto" is for a gpt on lines data, not {self.arch}')
         return self
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from contract import family
 from training.checkpoint import CheckpointMeta, LinesInfo, SplitInfo, load_checkpoint, load_meta
 from training.config import TrainConfig
 from training.data import DataError, Splits, Vocab, check_stream_length, line_lengths, load_corpus, split_corpus
@@ -59,8 +60,8 @@ def resolve_block_size(cfg: TrainConfig, corpus_lines, fmt: str) -> tuple[int | 
     """A GPT on `lines` data sees one sample per row, so block_size must fit the longest sample plus the
     boundary token. Unset or "auto": derived from the data. Too small: an error naming the longest line
     (before, such lines were cut silently: 197 of 200 samples of a 30-60 character file came out 15 long)."""
-    set_to = cfg.model.get("block_size", "auto" if cfg.arch == "gpt" else None)
-    if fmt != "lines" or cfg.arch != "gpt":
+    set_to = cfg.model.get("block_size", "auto" if family(cfg.arch).kv_cache else None)
+    if fmt != "lines" or not family(cfg.arch).kv_cache:
         if set_to == "auto":
             raise DataError(f'model.block_size = "auto" needs a gpt on lines data (this is {cfg.arch} on {fmt})')
         return set_to, None

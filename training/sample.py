@@ -14,6 +14,7 @@ from dataclasses import replace
 
 from torch import nn
 
+from contract import family
 from engine import Completion, Engine, Generator, SamplingParams, TorchEagerBackend, derive_seed, model_spec
 
 MAX_SLOTS = 256  # sequences decoded together; more wait for a free slot (Generator)
@@ -24,7 +25,7 @@ def eager_generator(
 ) -> Generator:
     """An engine over the eager net: the same slots, KV cache, sampler and stop rules as the server."""
     cfg = net.cfg
-    gpt = {"n_layer": cfg.n_layer, "n_head": cfg.n_head, "head_dim": cfg.head_dim} if arch == "gpt" else {}
+    gpt = {"n_layer": cfg.n_layer, "n_head": cfg.n_head, "head_dim": cfg.head_dim} if family(arch).kv_cache else {}
     spec = model_spec("eager", arch, vocab, boundary_token, cfg.block_size, **gpt)
     return Generator(Engine.from_backend(spec, TorchEagerBackend(net, spec, device), slots=slots))
 

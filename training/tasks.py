@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from contract import family
 from training.data import Splits, sequence_examples, stream_chunks, window_examples
 
 EVAL_BATCH = 512
@@ -32,8 +33,8 @@ class Task:
 
     def __init__(self, arch: str, splits: Splits, block_size: int, boundary: int | None):
         self.block_size = block_size
-        self.stream = arch == "gpt" and boundary is None
-        self.padded = arch == "gpt" and boundary is not None  # one sample per row, padded to block_size
+        self.stream = family(arch).kv_cache and boundary is None
+        self.padded = family(arch).kv_cache and boundary is not None  # one sample per row, padded to block_size
         self.tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         named = {split: splits.get(split) for split in SPLITS}
         if boundary is not None:
@@ -41,7 +42,7 @@ class Task:
         for split, samples in named.items():
             if not samples:
                 continue
-            if arch != "gpt":
+            if not family(arch).kv_cache:
                 x, y = window_examples(samples, block_size, boundary)
             elif boundary is not None:
                 x, y = sequence_examples(samples, block_size, boundary)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from contract import IDX, LOGITS, POS, Manifest, ManifestError, key_shape, past_names, value_shape
+from contract import IDX, LOGITS, POS, Manifest, ManifestError, family, key_shape, past_names, value_shape
 from training.data import (
     BUILTIN,
     Vocab,
@@ -65,7 +65,7 @@ def onnx_split_loss(
     session = ort.InferenceSession(
         str(model_dir / manifest.files["onnx"].path), options, providers=["CPUExecutionProvider"]
     )
-    if manifest.arch != "gpt":
+    if not family(manifest.arch).kv_cache:
         x, y = window_examples(samples, manifest.block_size, manifest.boundary_token)
         nll = [
             _log_softmax_nll(session.run([LOGITS], {IDX: x[i : i + BATCH]})[0], y[i : i + BATCH])

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import httpx
 
+from contract import family
 from training.verify import split_samples
 
 PROMPTS_PER_REQUEST = 64
@@ -64,7 +65,7 @@ def http_split_loss(
 ) -> float:
     """Mean NLL (nats/char) of `split` through the server at `url` serving the model of `model_dir`."""
     manifest, samples = split_samples(Path(model_dir), split, data_path)
-    if manifest.boundary_token is None and manifest.arch != "gpt":
+    if manifest.boundary_token is None and not family(manifest.arch).kv_cache:
         raise ValueError(
             f"{manifest.name}: --via scores lines models and stream GPTs (a stream window model's eval "
             "scores every position with a full window, which this check does not reproduce)"

@@ -6,7 +6,8 @@ makes one POST endpoint per family whose body is the family's request model. `in
 routes LitServe does not have: probes and the model list, the tokenizer, the playground.
 """
 
-# No `from __future__ import annotations`: FastAPI reads the endpoints' annotations, made per family below.
+from __future__ import annotations
+
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -21,10 +22,10 @@ from service.errors import APIError
 from service.http import playground
 from service.http.bodies import ModelCard, ModelList
 from service.http.catalog import Catalog
-from service.http.chat import ChatRoute
-from service.http.completions import CompletionsRoute
+from service.http.chat import ChatRequest, ChatResponse, ChatRoute
+from service.http.completions import CompletionRequest, CompletionResponse, CompletionsRoute
 from service.http.gateway import Gateway
-from service.http.generate import GenerateRoute
+from service.http.generate import GenerateRequest, GenerateResponse, GenerateRoute
 from service.http.probes import Probes
 from service.http.reply import Route
 from service.http.tokenizer import Tokenizer
@@ -43,9 +44,9 @@ class CharLMSpec(LitSpec):
         super().__init__()
         self.api_path = "/v1"  # LitServe's key for the request queue and worker status (not a route)
         self.gateway: Gateway | None = None  # set once the LitServer exists (service.server.build)
-        for route in GENERATION:
-            self.add_endpoint(route.path, self._endpoint(route), ["POST"])
-        self.add_endpoint(PER_MODEL + CompletionsRoute.path, self._per_model(CompletionsRoute), ["POST"])
+        for route, endpoint in zip(GENERATION, (self.generate, self.completions, self.chat), strict=True):
+            self.add_endpoint(route.path, endpoint, ["POST"])
+        self.add_endpoint(PER_MODEL + CompletionsRoute.path, self.model_completions, ["POST"])
 
     @property
     def stream(self) -> bool:
@@ -62,27 +63,38 @@ class CharLMSpec(LitSpec):
     def encode_response(self, output: Any, context_kwargs: Any = None) -> Any:
         return output
 
-    def _endpoint(self, route: Route) -> Any:
-        async def endpoint(request: Request, body: Annotated[route.request, Body()]) -> route.response:  # type: ignore[name-defined]
-            assert self.gateway is not None
-            return await self.gateway.handle(request, route, body)
+    # One method per family (bound methods pickle, so the spec can travel to the workers): FastAPI reads
+    # each body's model from the annotation.
+    async def generate(self, request: Request, body: Annotated[GenerateRequest, Body()]) -> GenerateResponse:
+        return await self._handle(GenerateRoute, request, body)
 
-        endpoint.__name__ = route.__name__.removesuffix("Route").lower()  # type: ignore[attr-defined]
-        endpoint.__doc__ = f"{route.summary}.\n\n{route.description}"
-        return endpoint
+    async def completions(self, request: Request, body: Annotated[CompletionRequest, Body()]) -> CompletionResponse:
+        return await self._handle(CompletionsRoute, request, body)
 
-    def _per_model(self, route: Route) -> Any:
-        async def endpoint(model_id: str, request: Request, body: Annotated[route.request, Body()]) -> route.response:  # type: ignore[name-defined]
-            assert self.gateway is not None
-            if body.model != model_id:
-                raise APIError(
-                    400, f"'model' is {body.model!r} on the route of {model_id!r}", param="model", code="invalid_value"
-                )
-            return await self.gateway.handle(request, route, body)
+    async def chat(self, request: Request, body: Annotated[ChatRequest, Body()]) -> ChatResponse:
+        return await self._handle(ChatRoute, request, body)
 
-        endpoint.__name__ = "model_" + route.__name__.removesuffix("Route").lower()  # type: ignore[attr-defined]
-        endpoint.__doc__ = f"{route.path} under {PER_MODEL}, where its tokenizer routes are."
-        return endpoint
+    async def model_completions(
+        self, model_id: str, request: Request, body: Annotated[CompletionRequest, Body()]
+    ) -> CompletionResponse:
+        if body.model != model_id:
+            raise APIError(
+                400, f"'model' is {body.model!r} on the route of {model_id!r}", param="model", code="invalid_value"
+            )
+        return await self._handle(CompletionsRoute, request, body)
+
+    async def _handle(self, route: Route, request: Request, body: Any) -> Any:
+        assert self.gateway is not None
+        return await self.gateway.handle(request, route, body)
+
+
+for _route, _method in (
+    (GenerateRoute, CharLMSpec.generate),
+    (CompletionsRoute, CharLMSpec.completions),
+    (ChatRoute, CharLMSpec.chat),
+):
+    _method.__doc__ = f"{_route.summary}.\n\n{_route.description}"
+CharLMSpec.model_completions.__doc__ = f"{CompletionsRoute.path} under {PER_MODEL}, where its tokenizer routes are."
 
 
 @dataclass

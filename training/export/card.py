@@ -8,7 +8,7 @@ import re
 import shlex
 from typing import Any
 
-from contract import Manifest
+from contract import Manifest, family
 from training.export.onnx import OPSET
 
 FORMAT_NOTES = {
@@ -37,7 +37,7 @@ def render_card(
 
 
 def _header(m: Manifest, net_config: dict[str, Any]) -> str:
-    if m.arch == "gpt":
+    if family(m.arch).kv_cache:
         shape = f"{m.n_layer} layers, {m.n_head} heads of {m.head_dim} dims, context {m.block_size} characters"
     else:
         shape = f"context window of {m.block_size} character{'s' if m.block_size > 1 else ''}"
@@ -160,7 +160,7 @@ def _files(m: Manifest) -> str:
         )
     rows.append("- `manifest.json`: everything above, machine-readable (schema in `contract/manifest.py`)")
     rows.append("")
-    if m.arch == "gpt":
+    if family(m.arch).kv_cache:
         rows.append(
             "Graph I/O (contract v2, one step graph for prefill and decode over a KV cache the caller owns): "
             "`idx` int64 [batch, new], `pos` int64 [batch] (each row's cached length), `past_key_i` float32 "

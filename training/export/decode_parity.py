@@ -24,6 +24,7 @@ from pathlib import Path
 
 from torch import nn
 
+from contract import family
 from engine import Completion, Engine, EngineError, Generator, SamplingParams, TokenLogprob, load_backend
 from training.export.errors import ParityError
 from training.export.samples import LINE_MAX_CHARS
@@ -83,9 +84,9 @@ def decode_requests(arch: str, vocab: Sequence[str], boundary_token: int | None,
     `lines` models (plus, for a GPT, one that ignores the boundary long enough to slide)."""
     gpt_new = block_size + GPT_PAST_BLOCK
     if boundary_token is not None:
-        new = max(LINE_MAX_CHARS, gpt_new) if arch == "gpt" else LINE_MAX_CHARS
+        new = max(LINE_MAX_CHARS, gpt_new) if family(arch).kv_cache else LINE_MAX_CHARS
     else:
-        new = gpt_new if arch == "gpt" else WINDOW_STREAM_CHARS
+        new = gpt_new if family(arch).kv_cache else WINDOW_STREAM_CHARS
     prompt = _prompt(vocab, boundary_token)
     s1, s2, s3, s4 = SEEDS
     requests = [
@@ -96,7 +97,7 @@ def decode_requests(arch: str, vocab: Sequence[str], boundary_token: int | None,
         Request(prompt, SamplingParams(temperature=1.0, seed=s3, max_new_tokens=new)),
         Request("", SamplingParams(temperature=0.8, top_k=5, top_p=0.9, seed=s4, max_new_tokens=new)),
     ]
-    if boundary_token is not None and arch == "gpt":
+    if boundary_token is not None and family(arch).kv_cache:
         requests.append(Request("", SamplingParams(temperature=1.0, seed=s1, max_new_tokens=gpt_new, ignore_eos=True)))
     return requests
 

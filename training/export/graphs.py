@@ -14,9 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from contract import IDX, LOGITS, POS, new_kv_names, past_names
+from contract import IDX, LOGITS, POS, family, new_kv_names, past_names
 from training.export.errors import ExportError
-from training.nets import WINDOW_ARCHS
 
 # A loaded graph, whatever its format: positional inputs -> flat list of outputs, numpy in and out.
 Runner = Callable[[Sequence[np.ndarray]], list[np.ndarray]]
@@ -68,7 +67,11 @@ def graph_spec(arch: str, net: nn.Module) -> GraphSpec:
         raise ExportError("refusing to export a model in training mode (call .eval() first)")
     cfg = net.cfg
     gen = torch.Generator().manual_seed(0)
-    if arch in WINDOW_ARCHS:
+    try:
+        graph = family(arch).graph
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
+    if graph == "window":
         # Batch 2 for tracing: torch.export specialises sizes 0 and 1, which would pin the batch.
         example = (torch.randint(0, cfg.vocab_size, (2, cfg.block_size), generator=gen),)
         return GraphSpec(
@@ -80,8 +83,6 @@ def graph_spec(arch: str, net: nn.Module) -> GraphSpec:
             vocab_size=cfg.vocab_size,
             block_size=cfg.block_size,
         )
-    if arch != "gpt":
-        raise ExportError(f"unknown architecture {arch!r}")
     if cfg.block_size < 2:
         raise ExportError("gpt block_size must be >= 2 to export a step graph with a dynamic length")
     # Trace at batch, new and past > 1 so that no dimension is specialised to 0 or 1, pairwise distinct

@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import ValidationError
 from torch import nn
 
-from contract import DataInfo, FileEntry, Manifest, Metrics, TrainingInfo, sha256_of
+from contract import DataInfo, FileEntry, Manifest, Metrics, TrainingInfo, family, sha256_of
 from training.checkpoint import CheckpointMeta
 from training.export.errors import ExportError
 from training.export.preflight import LOSSES
@@ -30,7 +30,7 @@ def build_manifest(
     """Everything the service needs to serve the folder, where the model came from, and the weights and
     net config that let it be re-exported or fine-tuned without its run directory."""
     cfg = net.cfg
-    gpt = {"n_layer": cfg.n_layer, "n_head": cfg.n_head, "head_dim": cfg.head_dim} if meta.arch == "gpt" else {}
+    gpt = {"n_layer": cfg.n_layer, "n_head": cfg.n_head, "head_dim": cfg.head_dim} if family(meta.arch).kv_cache else {}
     try:
         return Manifest(
             name=name,

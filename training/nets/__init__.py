@@ -1,4 +1,5 @@
-"""The four model families, each a plain nn.Module in its own file, built by name from a config dict."""
+"""The nets of the model families (contract/families.py), each a plain nn.Module in its own file, built by
+name from a config dict."""
 
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ FAMILIES: dict[str, tuple[type[BaseModel], type[nn.Module]]] = {
     "wavenet": (WaveNetConfig, WaveNet),
     "gpt": (GPTConfig, GPT),
 }
-WINDOW_ARCHS = ("bigram", "mlp", "wavenet")
 
 
 def build(arch: str, config: dict[str, Any]) -> nn.Module:
