@@ -16,13 +16,11 @@ from contract import Manifest
 from engine import FinishReason, SamplingParams, TokenLogprob, default_max_new_tokens
 
 MAX_CHOICES = 64  # prompts x n (x best_of) per request
-# prompts x samples x max tokens: what one request may ask the workers for (64 x 512, 16 x 2048, ...)
+# prompts x samples x max tokens one request may ask for, by default (--max-request-tokens)
 MAX_REQUEST_TOKENS = 32768
 MAX_STOP = 4
-# novel_only: attempts per choice in all. names-gpt's samples are new 57% of the time at temperature 1
-# (364 of 640, seeds 100-109 x n=64; test_novelty_http checks > 30%), so 16 copies in a row happen with
-# p ~ 0.43**16 ~ 1e-6, and 16 attempts cost at most 16x a choice's tokens. A prompt or a low temperature
-# whose samples are mostly in the data gets its 16th copy back, novel: false (T=0.3: 36 of 64 choices).
+# novel_only: attempts per choice in all, so a choice costs at most this many times its tokens; why 16 is
+# enough at temperature 1, and what a low temperature gets back, is in docs/api.md (`novel_only`).
 MAX_ATTEMPTS = 16
 
 

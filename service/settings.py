@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.protocol import MAX_REQUEST_TOKENS
+
 ENV_PREFIX = "CHARLM_"
 REPO_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 MAX_BODY_BYTES = 64 * 1024  # fixed by the API contract: bigger bodies get 413
@@ -45,6 +47,9 @@ class Settings(BaseSettings):
     )
     timeout: float = Field(30.0, gt=0, le=3600, description="seconds a request may take in all before 504")
     max_queue: int = Field(256, ge=1, le=100_000, description="admitted, unfinished requests before 503")
+    max_request_tokens: int = Field(
+        MAX_REQUEST_TOKENS, ge=1, description="prompts x samples x max tokens one request may ask for (400 over it)"
+    )
     threads: int | None = Field(
         None, ge=1, le=256, description="cores per model engine (rows split across graph calls)"
     )

@@ -227,7 +227,7 @@ def make_app(
     catalog = Catalog({name: e.manifest for name, e in engines.items()}, {"broken": "no manifest.json"}, "onnx")
     client = LocalClient(engines, shared, step_s)
     spec = CharLMSpec()
-    spec.gateway = Gateway(catalog, client, shared, cfg.timeout, cfg.max_queue)
+    spec.gateway = Gateway(catalog, client, shared, cfg.timeout, cfg.max_queue, cfg.max_request_tokens)
     app = FastAPI()
     for path, endpoint, methods in spec.endpoints:  # what LitServer does with a spec's endpoints
         app.add_api_route(path, endpoint, methods=methods)

@@ -19,8 +19,6 @@ import httpx
 import pytest
 from serving import IN_CI, running_server
 
-from service.http.generate import GenerateRequest
-
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (the dev extra has it)")
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -163,11 +161,6 @@ def test_prompt_outside_the_vocabulary_shows_the_400_next_to_the_prompt(server, 
     shot(browser, tmp_path / "bad-prompt.png")
 
 
-@pytest.mark.xfail(
-    "logprobs" not in GenerateRequest.model_fields,
-    reason="POST /v1/generate has no `logprobs` yet (the scoring issue adds it)",
-    strict=True,
-)
 def test_probability_shading_and_alternatives_on_hover(server, browser, tmp_path) -> None:
     open_page(browser, server.url("/"))
     fill(browser, "names-gpt", prompt="", n=8, seed=3)

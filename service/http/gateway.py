@@ -33,7 +33,7 @@ from service.http.catalog import Catalog
 from service.http.prompts import check_size
 from service.http.reply import Reply, Route
 from service.http.sampling import OpenAIFields
-from service.protocol import Accepted, Chunk, EngineRequest, Failed, Final, WorkerEvent
+from service.protocol import MAX_REQUEST_TOKENS, Accepted, Chunk, EngineRequest, Failed, Final, WorkerEvent
 from service.shared import SharedState
 
 log = logging.getLogger("charlm.http")
@@ -58,12 +58,21 @@ class Ticket:
 
 
 class Gateway:
-    def __init__(self, catalog: Catalog, client: EngineClient, shared: SharedState, timeout: float, max_queue: int):
+    def __init__(
+        self,
+        catalog: Catalog,
+        client: EngineClient,
+        shared: SharedState,
+        timeout: float,
+        max_queue: int,
+        max_request_tokens: int = MAX_REQUEST_TOKENS,
+    ):
         self.catalog = catalog
         self.client = client
         self.shared = shared
         self.timeout = timeout
         self.max_queue = max_queue
+        self.max_request_tokens = max_request_tokens
 
     async def handle(self, request: Request, route: Route, body: Any) -> Response:
         manifest = self.catalog.resolve(body.model)
@@ -73,7 +82,7 @@ class Gateway:
             log.info("%s: ignored unknown fields %s", route.path, ", ".join(body.unknown_fields()))
         prepared = route.prepare(body, manifest, rid, deadline)
         req = prepared.req
-        check_size(req, manifest, route.budget_param)
+        check_size(req, manifest, route.budget_param, self.max_request_tokens)
         options = body.stream_options if isinstance(body, OpenAIFields) else None
         include_usage = bool(options and options.include_usage)
         reply = Reply(

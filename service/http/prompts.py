@@ -129,9 +129,10 @@ def prepare(
     return Prepared(req, lead, echo)
 
 
-def check_size(req: EngineRequest, manifest: Manifest, budget_param: str = "max_tokens") -> None:
+def check_size(req: EngineRequest, manifest: Manifest, budget_param: str, max_tokens: int = MAX_REQUEST_TOKENS) -> None:
     """The one cost rule of every generation route, on the parsed request (whatever its fields' order):
-    at most MAX_CHOICES choices and sequences, at most MAX_REQUEST_TOKENS tokens asked for in all."""
+    at most MAX_CHOICES choices and sequences, at most `max_tokens` tokens asked for in all
+    (--max-request-tokens: what one request may hold the workers for)."""
     prompts = len(req.prompts)
     if req.choices > MAX_CHOICES:
         raise APIError(
@@ -148,11 +149,11 @@ def check_size(req: EngineRequest, manifest: Manifest, budget_param: str = "max_
             code="too_many_choices",
         )
     tokens = req.cost_tokens(manifest)
-    if tokens > MAX_REQUEST_TOKENS:
+    if tokens > max_tokens:
         raise APIError(
             400,
             f"the request asks for up to {tokens} tokens ({req.sequences} sequences x {tokens // req.sequences}); "
-            f"at most {MAX_REQUEST_TOKENS} per request: lower n, best_of or {budget_param}",
+            f"at most {max_tokens} per request: lower n, best_of or {budget_param}",
             param=budget_param,
             code="too_many_tokens",
         )
