@@ -9,12 +9,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from training.errors import CLIError
+
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl+C
-
-
-class CLIError(Exception):
-    """A user mistake: printed as one line, exit code 2."""
 
 
 def _parser() -> argparse.ArgumentParser:

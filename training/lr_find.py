@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.cli import CLIError
 from training.config import load_config
+from training.errors import CLIError
 from training.run import Run, pick_device, set_threads
 from training.step import Diverged, make_optimizer, train_step
 
