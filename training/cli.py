@@ -20,7 +20,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model from a TOML config (or fine-tune one: --init-from)")
-    t.add_argument("--config", help="training/configs/<name>.toml (or just <name>); with --init-from: optional")
+    t.add_argument(
+        "--config", help="training/configs/<name>.toml (or just <name>); optional with --init-from or --resume"
+    )
     t.add_argument(
         "--init-from",
         metavar="MODEL_DIR",
@@ -77,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--seed", type=int, default=1337)
 
     sub.add_parser("export", help="export a checkpoint to models/<name> (python -m training export -h)")
+    sub.add_parser("launch", help="train on N processes (torchrun); Ctrl+C exits 130 (python -m training launch -h)")
     sub.add_parser("verify", help="re-measure shipped models' test loss with ONNX Runtime alone")
     sub.add_parser("upgrade", help="upgrade v1 model folders to graph contract v2 (python -m training upgrade -h)")
     return p
@@ -94,8 +97,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = init_config(args.init_from, args.config, args.set, **options)
     elif args.config:
         cfg = load_config(args.config, args.set, **options)
+    elif args.resume and args.out:
+        cfg = recorded_config(Path(args.out), args.set, options)
     else:
-        raise CLIError("give --config (or --init-from MODEL_DIR to fine-tune a model)")
+        raise CLIError("give --config (or --init-from MODEL_DIR to fine-tune a model, or --resume --out RUN_DIR)")
     out = Path(args.out or f"runs/{cfg.name}")
     check_out_dir(out)
     if not args.resume and (out / "checkpoint.json").exists():
@@ -113,6 +118,19 @@ def cmd_train(args: argparse.Namespace) -> int:
             return EXIT_INTERRUPTED
         raise
     return 0
+
+
+def recorded_config(out: Path, overrides: list[str], options: dict):
+    """`train --resume --out RUN_DIR` alone: the config the run recorded in RUN_DIR/config.json."""
+    import json
+
+    from training.config import config_from
+    from training.state import CONFIG_FILE
+
+    path = out / CONFIG_FILE
+    if not path.is_file():
+        raise CLIError(f"{out}: no {CONFIG_FILE} to resume from; give the run's --config")
+    return config_from(json.loads(path.read_text()), str(path), overrides, **options)
 
 
 _interrupted = False
@@ -198,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
         from training.export.cli import main_upgrade
 
         return main_upgrade(argv[1:])
+    if argv and argv[0] == "launch":
+        from training.launch import main_launch
+
+        return main_launch(argv[1:])
     if argv and argv[0] == "verify":
         from training.verify import main as verify_main
 

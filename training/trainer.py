@@ -25,7 +25,15 @@ from training.evaluate import better_weights, check_initial_loss, estimate_both,
 from training.nets import n_params
 from training.run import Run, pick_device, set_threads
 from training.state import CONFIG_FILE, Processes, restore, snapshot
-from training.step import Diverged, TrainState, lr_at, make_optimizer, train_step, weight_average
+from training.step import (
+    Diverged,
+    TrainState,
+    lr_at,
+    make_optimizer,
+    schedule_warning,
+    train_step,
+    weight_average,
+)
 
 __all__ = [  # what lr-find, the benchmark and the tests import from here
     "Run",
@@ -66,8 +74,9 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, log=print) -> Check
         f"{cfg.name}: {cfg.arch}, {n_params(model):,} parameters, vocab {run.vocab.size}, {run.describe_block()}, "
         f"device {device}, {threads} thread(s)" + (f" x {procs.world} processes" if procs.ddp else "")
     )
-    if busy:
-        say(busy)
+    for note in (busy, schedule_warning(cfg)):
+        if note:
+            say(note)
     if master and state.step == 0:
         check_initial_loss(run, model, device, say)
 

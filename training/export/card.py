@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
-import shlex
+from pathlib import Path
 from typing import Any
 
 from contract import Manifest
@@ -179,28 +179,22 @@ def _files(m: Manifest) -> str:
 
 
 def _reproduce(m: Manifest, export_command: str) -> str:
-    config = m.training.config
-    if config.get("name"):
-        args = ["python", "-m", "training", "train", "--config", f"training/configs/{config['name']}.toml"]
-        note = "The training config, as resolved at training time:"
-    else:
-        args = ["python", "-m", "training", "train", "--config", "<the config below, saved as TOML>"]
-        note = "The training config has no name; as resolved at training time it was:"
-    if config.get("init_from"):  # fine-tuned from a shipped model
-        args += ["--init-from", str(config["init_from"])]
-    if config.get("data"):  # trained on a user's file rather than a built-in dataset
-        args += ["--data", str(config["data"])] + (["--format", config["format"]] if config.get("format") else [])
-    train = shlex.join(args)
+    from training.export.reproduce import SAVED_AS, train_command
+
+    train, toml = train_command(m.training.config)
     t = m.training
+    parts = ["## Reproduce", "", _fence(f"{train}\n{export_command}", "sh"), ""]
+    if toml is not None:
+        parts += [f"`{SAVED_AS}`: the run's config as recorded (every `--set` applied):", "", _fence(toml, "toml"), ""]
+    if t.config.get("data"):
+        shown = Path(str(t.config["data"])).name
+        parts += [f"`--data {shown}`: the data file (sha256 above), wherever it is on your machine.", ""]
     return "\n".join(
         [
-            "## Reproduce",
-            "",
-            _fence(f"{train}\n{export_command}", "sh"),
-            "",
+            *parts,
             f"Training: {t.steps:,} steps in {_duration(t.wall_seconds)} on `{t.device}`, torch {t.torch_version}.",
             "",
-            note,
+            "The training config, as resolved at training time:",
             "",
             _fence(json.dumps(t.config, indent=2, sort_keys=True), "json"),
         ]

@@ -160,7 +160,9 @@ def reexport_folder(
         command = f"python -m training export --from-model {src} --out {out}"
         if src.resolve() == Path(out).resolve():  # in place: keep the card's provenance
             command = _card_command(src) or command
-        return export_checkpoint(ckpt, out, formats=formats, force=force, name=name or manifest.name, command=command)
+        # the name defaults to the --out folder's, as for any export: a copy beside its source must not
+        # keep the source's name (a server given both folders refuses both: "name used twice")
+        return export_checkpoint(ckpt, out, formats=formats, force=force, name=name, command=command)
 
 
 def _replace(
