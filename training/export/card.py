@@ -18,7 +18,12 @@ FORMAT_NOTES = {
 
 
 def render_card(
-    manifest: Manifest, net_config: dict[str, Any], samples: list[str], export_command: str, novelty=None
+    manifest: Manifest,
+    net_config: dict[str, Any],
+    samples: list[str],
+    export_command: str,
+    novelty=None,
+    curve: bool = False,
 ) -> str:
     """The whole README.md: facts from the manifest, plus the net's config, samples, the novelty rate
     (training.export.novelty.Novelty, lines models whose data was at hand) and the command."""
@@ -27,6 +32,7 @@ def render_card(
         _header(m, net_config),
         _data(m),
         _losses(m),
+        curve_section(curve),
         _samples(m, samples),
         *([_novelty(m, novelty)] if novelty is not None else []),
         _files(m),
@@ -98,6 +104,29 @@ def _losses(m: Manifest) -> str:
         f"{math.log(m.vocab_size):.4f} nats/char.",
     ]
     return "\n".join(rows)
+
+
+NO_CURVE = (
+    "The per-step training curve is not recorded for this model: it was trained before charlm recorded "
+    "every step's loss (lossi.csv), or exported without its run folder. Its final figures are the losses above."
+)
+
+
+def curve_section(curve: bool) -> str:
+    """The loss curve (curve.png, drawn by the export from the run's lossi.csv and metrics.jsonl), or a plain
+    statement that there is none."""
+    if not curve:
+        return "\n".join(["## Training curve", "", NO_CURVE])
+    return "\n".join(
+        [
+            "## Training curve",
+            "",
+            "![training loss per step, log10](curve.png)",
+            "",
+            "log10 of the training loss at every step (light), its running mean, and the train/val evaluations "
+            "(markers), as the Zero to Hero lectures plot them; from the run's lossi.csv and metrics.jsonl.",
+        ]
+    )
 
 
 def _samples(m: Manifest, samples: list[str]) -> str:

@@ -155,6 +155,8 @@ def reexport_folder(
     with tempfile.TemporaryDirectory(prefix="charlm-reexport-") as tmp:
         ckpt = Path(tmp)
         shutil.copyfile(src / manifest.weights.path, ckpt / WEIGHTS_FILE)
+        if (src / "curve.png").is_file():  # the card's curve travels with the model (core.CURVE_FILE)
+            shutil.copyfile(src / "curve.png", ckpt / "curve.png")
         meta = checkpoint_meta(raw, manifest.net_config)
         (ckpt / META_FILE).write_text(meta.model_dump_json(indent=2) + "\n")
         command = f"python -m training export --from-model {src} --out {out}"
