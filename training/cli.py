@@ -9,6 +9,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from training.course.cli import COMMANDS as COURSE_COMMANDS
+from training.course.cli import add_parsers as add_course_parsers
 from training.errors import CLIError
 
 EXIT_USAGE = 2
@@ -79,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--samples", type=int, default=60, help="points of the two-moons dataset")
     m.add_argument("--seed", type=int, default=1337)
 
+    add_course_parsers(sub)
     sub.add_parser("export", help="export a checkpoint to models/<name> (python -m training export -h)")
     sub.add_parser("launch", help="train on N processes (torchrun); Ctrl+C exits 130 (python -m training launch -h)")
     sub.add_parser("verify", help="re-measure shipped models' test loss with ONNX Runtime alone")
@@ -232,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         "eval": cmd_eval,
         "lr-find": cmd_lr_find,
         "micrograd": cmd_micrograd,
+        **COURSE_COMMANDS,
     }
     try:
         return commands[args.command](args)
