@@ -77,8 +77,8 @@ def _parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("micrograd", help="train a tiny MLP on scalar autograd (micrograd) and plot its boundary")
     m.add_argument("--out", default="runs/micrograd", help="folder for boundary.png")
-    m.add_argument("--steps", type=int, default=60)
-    m.add_argument("--samples", type=int, default=60, help="points of the two-moons dataset")
+    m.add_argument("--steps", type=int, default=100, help="the lecture's 100")
+    m.add_argument("--samples", type=int, default=100, help="points of the two-moons dataset (the lecture's 100)")
     m.add_argument("--seed", type=int, default=1337)
 
     add_course_parsers(sub)
