@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--data", help="a text file instead of the config's dataset")
     t.add_argument("--format", choices=["lines", "stream"], help="how to read --data")
     t.add_argument("--out", help="output folder (default runs/<config name>)")
-    t.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    t.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="auto: cuda when available, else cpu")
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.add_argument(
         "--diagnostics",

@@ -27,10 +27,14 @@ DEFAULT_THREADS = 1
 
 
 def pick_device(choice: str) -> str:
+    """The torch device for a config's `device`. "auto" picks CUDA or the CPU, never MPS: Apple's backend
+    still lacks kernels some nets use, so it is taken only when asked for by name."""
     if choice == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if choice == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda: no CUDA device is available")
+    if choice == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError("--device mps: no MPS device is available (Apple silicon with an MPS build of torch)")
     return choice
 
 
