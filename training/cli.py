@@ -9,12 +9,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from training.course.cli import COMMANDS as COURSE_COMMANDS
+from training.course.cli import add_parsers as add_course_parsers
+from training.errors import CLIError
+
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl+C
-
-
-class CLIError(Exception):
-    """A user mistake: printed as one line, exit code 2."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -22,7 +22,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model from a TOML config (or fine-tune one: --init-from)")
-    t.add_argument("--config", help="training/configs/<name>.toml (or just <name>); with --init-from: optional")
+    t.add_argument(
+        "--config", help="training/configs/<name>.toml (or just <name>); optional with --init-from or --resume"
+    )
     t.add_argument(
         "--init-from",
         metavar="MODEL_DIR",
@@ -32,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--data", help="a text file instead of the config's dataset")
     t.add_argument("--format", choices=["lines", "stream"], help="how to read --data")
     t.add_argument("--out", help="output folder (default runs/<config name>)")
-    t.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    t.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="auto: cuda when available, else cpu")
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.add_argument(
         "--diagnostics",
@@ -69,16 +71,19 @@ def _parser() -> argparse.ArgumentParser:
     lr.add_argument("--format", choices=["lines", "stream"])
     lr.add_argument("--out", help="folder for the plot (default runs/<config name>-lr-find)")
     lr.add_argument("--steps", type=int, default=300)
-    lr.add_argument("--min-lr", type=float, default=1e-3)
+    # 1e-7: below where any shipped net's loss moves in a 300-step sweep (names_gpt's still falls at 1e-5)
+    lr.add_argument("--min-lr", type=float, default=1e-7)
     lr.add_argument("--max-lr", type=float, default=1.0)
 
     m = sub.add_parser("micrograd", help="train a tiny MLP on scalar autograd (micrograd) and plot its boundary")
     m.add_argument("--out", default="runs/micrograd", help="folder for boundary.png")
-    m.add_argument("--steps", type=int, default=60)
-    m.add_argument("--samples", type=int, default=60, help="points of the two-moons dataset")
+    m.add_argument("--steps", type=int, default=100, help="the lecture's 100")
+    m.add_argument("--samples", type=int, default=100, help="points of the two-moons dataset (the lecture's 100)")
     m.add_argument("--seed", type=int, default=1337)
 
+    add_course_parsers(sub)
     sub.add_parser("export", help="export a checkpoint to models/<name> (python -m training export -h)")
+    sub.add_parser("launch", help="train on N processes (torchrun); Ctrl+C exits 130 (python -m training launch -h)")
     sub.add_parser("verify", help="re-measure shipped models' test loss with ONNX Runtime alone")
     sub.add_parser("upgrade", help="upgrade v1 model folders to graph contract v2 (python -m training upgrade -h)")
     return p
@@ -96,8 +101,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = init_config(args.init_from, args.config, args.set, **options)
     elif args.config:
         cfg = load_config(args.config, args.set, **options)
+    elif args.resume and args.out:
+        cfg = recorded_config(Path(args.out), args.set, options)
     else:
-        raise CLIError("give --config (or --init-from MODEL_DIR to fine-tune a model)")
+        raise CLIError("give --config (or --init-from MODEL_DIR to fine-tune a model, or --resume --out RUN_DIR)")
     out = Path(args.out or f"runs/{cfg.name}")
     check_out_dir(out)
     if not args.resume and (out / "checkpoint.json").exists():
@@ -115,6 +122,19 @@ def cmd_train(args: argparse.Namespace) -> int:
             return EXIT_INTERRUPTED
         raise
     return 0
+
+
+def recorded_config(out: Path, overrides: list[str], options: dict):
+    """`train --resume --out RUN_DIR` alone: the config the run recorded in RUN_DIR/config.json."""
+    import json
+
+    from training.config import config_from
+    from training.state import CONFIG_FILE
+
+    path = out / CONFIG_FILE
+    if not path.is_file():
+        raise CLIError(f"{out}: no {CONFIG_FILE} to resume from; give the run's --config")
+    return config_from(json.loads(path.read_text()), str(path), overrides, **options)
 
 
 _interrupted = False
@@ -200,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
         from training.export.cli import main_upgrade
 
         return main_upgrade(argv[1:])
+    if argv and argv[0] == "launch":
+        from training.launch import main_launch
+
+        return main_launch(argv[1:])
     if argv and argv[0] == "verify":
         from training.verify import main as verify_main
 
@@ -211,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         "eval": cmd_eval,
         "lr-find": cmd_lr_find,
         "micrograd": cmd_micrograd,
+        **COURSE_COMMANDS,
     }
     try:
         return commands[args.command](args)

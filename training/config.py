@@ -46,7 +46,7 @@ class TrainConfig(BaseModel):
     eval_interval: int = Field(500, ge=1)
     eval_iters: int = Field(50, ge=1)
     seed: int = 1337
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # mps: Apple GPUs, asked for by name
     compile: bool = False
     threads: int | None = Field(None, ge=1, description="torch intra-op threads on CPU (default 1: measured fastest)")
     diagnostics: bool = False

@@ -34,6 +34,7 @@ def init_config(
         raw["name"] = f"{Path(init_from).resolve().name}-finetune"
     raw.update(arch=meta.arch, init_from=str(init_from), model={**start, **raw.get("model", {})})
     cfg = config_from(raw, f"--init-from {init_from}", overrides, data=data, format=fmt, **extra)
+    cfg = _fit_warmup(cfg, inherited=config is None, overrides=overrides)
     differ = [
         f"model.{k} ({start.get(k)} -> {v})"
         for k, v in sorted(cfg.model.items())
@@ -42,6 +43,17 @@ def init_config(
     if differ:
         raise ConfigError(f"--init-from {init_from} fixes the net, but the config changes {', '.join(differ)}")
     return cfg
+
+
+WARMUP_FRACTION = 10  # an inherited warmup is at most max_iters // 10
+
+
+def _fit_warmup(cfg: TrainConfig, inherited: bool, overrides: list[str]) -> TrainConfig:
+    """A recipe's warmup was sized for its own run (names_gpt: 300 of 40,000 steps); a short fine-tune that
+    inherits it (300 steps) would end at the peak learning rate. Scale it down, unless it was --set."""
+    if not inherited or any(item.partition("=")[0].strip() == "warmup_iters" for item in overrides):
+        return cfg
+    return cfg.model_copy(update={"warmup_iters": min(cfg.warmup_iters, cfg.max_iters // WARMUP_FRACTION)})
 
 
 def start_vocab(meta: CheckpointMeta, corpus: Corpus) -> Vocab:

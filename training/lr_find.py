@@ -20,6 +20,10 @@ min/3 lands within 2x of every config's hand-tuned rate and matches or beats it 
 behind); min/10 lost 0.04-0.05 nats on the three deeper nets. Short runs favour higher rates, so treat the
 suggestion as a starting point for long runs. The steepest descent (away from the curve's edges) is
 reported too; it moved 10x between configs whose best rates agree, so it is not the suggestion.
+
+The default sweep starts at 1e-7: from 1e-3 (the old default) names_gpt's loss was still falling from its
+initial value (3.34 -> 2.79 in 12 steps), so "steepest" sat at the left edge; from 1e-5 it still fell
+(3.34 -> 3.27); from 1e-7 the curve starts flat. A steepest point at the edge is reported as such.
 """
 
 from __future__ import annotations
@@ -33,8 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.cli import CLIError
 from training.config import load_config
+from training.errors import CLIError
 from training.run import Run, pick_device, set_threads
 from training.step import Diverged, make_optimizer, train_step
 
@@ -88,7 +92,10 @@ def suggest(lrs: list[float], smoothed: list[float]) -> dict[str, Any]:
     if i_min >= 4:
         slope = np.gradient(np.array(smoothed[: i_min + 1]), np.log10(lrs[: i_min + 1]))
         lo, hi = int(0.1 * (i_min + 1)), max(int(0.1 * (i_min + 1)) + 1, int(0.9 * (i_min + 1)))
-        result["steepest_lr"] = lrs[lo + int(np.argmin(slope[lo:hi]))]
+        at = int(np.argmin(slope[lo:hi]))
+        result["steepest_lr"] = lrs[lo + at]
+        # at the window's first point: the loss was still falling from its initial value at --min-lr
+        result["steepest_at_left_edge"] = at == 0
     return result
 
 
@@ -150,6 +157,9 @@ def lr_find_command(args: argparse.Namespace) -> int:
     print(f"minimum smoothed loss {result['min_smoothed_loss']:.4f} at lr {result['lr_at_min_loss']:.3e}")
     if "steepest_lr" in result:
         print(f"steepest descent at lr {result['steepest_lr']:.3e}")
+    if result.get("steepest_at_left_edge"):
+        print("note: the steepest descent is at the sweep's left edge (the loss was still falling from its initial "
+              "value at --min-lr); sweep from a lower --min-lr")  # fmt: skip
     if result["still_falling_at_max_lr"]:
         print("note: the loss was still falling at --max-lr; sweep higher for a better suggestion")
     print(f"plot: {out / 'lr_find.png'}, numbers: {out / 'lr_find.json'}")

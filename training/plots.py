@@ -1,4 +1,4 @@
-"""Plots of a run: plots/loss.png from metrics.jsonl (every run), and the diagnostics figures.
+"""Plots of a run: plots/loss.png from lossi.csv and metrics.jsonl (every run), and the diagnostics figures.
 
 Diagnostics figures have one panel per layer type (a 6-layer GPT's six c_fc layers share a panel, one
 line each) and their legends outside the data: one panel of 18 lines on 10 colours was unreadable.
@@ -48,26 +48,13 @@ def _figure(width: float, height: float, ncols: int = 1):
 
 
 def plot_losses(out_dir: Path | str, log: Callable[[str], None] | None = None) -> Path | None:
-    """plots/loss.png from metrics.jsonl: train and val loss per eval. Never fails a finished run."""
+    """plots/loss.png: log10 of every step's training loss (lossi.csv) with the eval points of metrics.jsonl
+    on the same axes, as the lectures plot them. Never fails a finished run."""
     out_dir = Path(out_dir)
-    rows = [r for r in read_jsonl(out_dir / "metrics.jsonl") if "step" in r]
-    if not rows:
-        return None
+    path = out_dir / PLOTS_DIR / "loss.png"
     try:
-        fig, (ax,) = _figure(7, 4.5)
-        steps = [r["step"] for r in rows]
-        series = (("train_loss", "o-", "train"), ("val_loss", "s-", "val"), ("val_loss_ema", "^-", "val, EMA weights"))
-        for key, style, name in series:
-            if any(key in r for r in rows):
-                ax.plot(steps, [r.get(key, math.nan) for r in rows], style, ms=3, label=name)
-        best = min(min(r.get("val_loss", math.inf), r.get("val_loss_ema", math.inf)) for r in rows)
-        ax.axhline(best, color="grey", lw=0.8, ls=":", label=f"best val {best:.4f}")
-        ax.set(xlabel="step", ylabel="loss (nats/char)", title=f"{_run_name(out_dir)}: loss")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        path = out_dir / PLOTS_DIR / "loss.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
+        if not draw_curve(out_dir, path, size=(8, 4.5), dpi=110):
+            return None
     except Exception as exc:  # a plot is never worth losing a finished training run over
         if log is not None:
             log(f"warning: could not plot the loss curves ({type(exc).__name__}: {exc})")
@@ -75,6 +62,48 @@ def plot_losses(out_dir: Path | str, log: Callable[[str], None] | None = None) -
     if log is not None:
         log(f"loss curves: {path}")
     return path
+
+
+def smoothed(values: list[float], window: int) -> tuple[list[int], list[float]]:
+    """Means of consecutive windows (the lectures' `lossi.view(-1, 1000).mean(1)`): (window ends, means)."""
+    ends, means = [], []
+    for i in range(0, len(values) - window + 1, window):
+        ends.append(i + window - 1)
+        means.append(sum(values[i : i + window]) / window)
+    return ends, means
+
+
+def draw_curve(out_dir: Path, path: Path, size: tuple[float, float] = (8, 4.5), dpi: int = 110) -> bool:
+    """Draw the run's loss curve to `path`; False when the run recorded nothing to draw."""
+    from training.curves import read_lossi
+
+    rows = [r for r in read_jsonl(out_dir / "metrics.jsonl") if "step" in r]
+    steps, lossi = read_lossi(out_dir)
+    if not rows and not steps:
+        return False
+    fig, (ax,) = _figure(*size)
+    if steps:
+        logs = [math.log10(v) if v > 0 and math.isfinite(v) else math.nan for v in lossi]
+        ax.plot(steps, logs, color="tab:blue", alpha=0.25, lw=0.6, label="train, every step (lossi)")
+        window = max(1, len(logs) // 100)
+        if window > 1:
+            ends, means = smoothed(logs, window)
+            ax.plot([steps[i] for i in ends], means, color="tab:blue", lw=1.6, label=f"train, mean of {window} steps")
+    series = (("train_loss", "o", "train (eval)"), ("val_loss", "s", "val (eval)"), ("val_loss_ema", "^", "val, EMA"))
+    for key, marker, name in series:
+        if any(key in r for r in rows):
+            values = [math.log10(r[key]) if r.get(key, 0) > 0 else math.nan for r in rows]
+            ax.plot([r["step"] for r in rows], values, marker + "-", ms=4, lw=1, label=name)
+    if rows:
+        best = min(min(r.get("val_loss", math.inf), r.get("val_loss_ema", math.inf)) for r in rows)
+        if math.isfinite(best) and best > 0:
+            ax.axhline(math.log10(best), color="grey", lw=0.8, ls=":", label=f"best val {best:.4f}")
+    ax.set(xlabel="step", ylabel="log10(loss)", title=f"{_run_name(out_dir)}: loss (nats/char, log10)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    return True
 
 
 def layer_type(label: str) -> tuple[str, str]:

@@ -28,32 +28,39 @@ DEFAULT_THREADS = 1
 
 
 def pick_device(choice: str) -> str:
+    """The torch device for a config's `device`. "auto" picks CUDA or the CPU, never MPS: Apple's backend
+    still lacks kernels some nets use, so it is taken only when asked for by name."""
     if choice == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if choice == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda: no CUDA device is available")
+    if choice == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError("--device mps: no MPS device is available (Apple silicon with an MPS build of torch)")
     return choice
 
 
 def set_threads(cfg: TrainConfig, processes: int = 1) -> tuple[int, str | None]:
-    """Apply cfg.threads (default 1) and return it with a warning when the machine is already busy:
-    more runnable processes (1-minute load average) than the cores this run leaves free."""
+    """Apply cfg.threads (default 1) and return it with a warning when the machine is already busy."""
     threads = cfg.threads or DEFAULT_THREADS
     torch.set_num_threads(threads)
-    cores = os.cpu_count() or 1
     try:
         load = os.getloadavg()[0]
     except OSError:  # not available on this platform
         return threads, None
+    return threads, busy_warning(threads * processes, os.cpu_count() or 1, load)
+
+
+def busy_warning(wanted: int, cores: int, load: float) -> str | None:
+    """A warning when more processes are runnable (1-minute load average) than the cores this run leaves
+    free; it names the free cores only when there is at least one ("about 0.0 free cores" read as a bug)."""
     free = cores - load
-    wanted = threads * processes
-    if wanted > free:
-        note = (
-            f"WARNING: the machine is busy (load {load:.1f} on {cores} cores): {wanted} training thread(s) will "
-            f"contend for about {max(free, 0):.1f} free cores; expect it slower than on a quiet machine"
-        )
-        return threads, note
-    return threads, None
+    if wanted <= free:
+        return None
+    room = f"about {free:.1f} free cores" if free >= 1 else f"no free core (the load fills all {cores})"
+    return (
+        f"WARNING: the machine is busy (load {load:.1f} on {cores} cores): {wanted} training thread(s) will "
+        f"contend for {room}; expect it slower than on a quiet machine"
+    )
 
 
 def resolve_block_size(cfg: TrainConfig, corpus_lines, fmt: str) -> tuple[int | None, LinesInfo | None]:

@@ -43,6 +43,17 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
 
 
+def schedule_warning(cfg: TrainConfig) -> str | None:
+    """A schedule that never leaves its warmup ends at the peak learning rate: no cosine decay at all."""
+    if cfg.max_iters > cfg.warmup_iters:
+        return None
+    return (
+        f"WARNING: max_iters {cfg.max_iters} <= warmup_iters {cfg.warmup_iters}: the learning rate only warms up "
+        f"and the run ends at its peak ({lr_at(cfg.max_iters - 1, cfg):.2e}); --set warmup_iters="
+        f"{max(1, cfg.max_iters // 10)} decays it"
+    )
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """Weight decay on matrices and embeddings (dim >= 2) only, never on biases and norm gains."""
     params = [p for p in model.parameters() if p.requires_grad]

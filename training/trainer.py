@@ -20,12 +20,20 @@ from tqdm import tqdm
 
 from training.checkpoint import CheckpointMeta, save_checkpoint, save_state
 from training.config import TrainConfig
-from training.curves import METRICS_FILE, Curves
+from training.curves import METRICS_FILE, Curves, keep_lossi
 from training.evaluate import better_weights, check_initial_loss, estimate_both, estimate_loss, finish
 from training.nets import n_params
 from training.run import Run, pick_device, set_threads
 from training.state import CONFIG_FILE, Processes, restore, snapshot
-from training.step import Diverged, TrainState, lr_at, make_optimizer, train_step, weight_average
+from training.step import (
+    Diverged,
+    TrainState,
+    lr_at,
+    make_optimizer,
+    schedule_warning,
+    train_step,
+    weight_average,
+)
 
 __all__ = [  # what lr-find, the benchmark and the tests import from here
     "Run",
@@ -61,13 +69,16 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, log=print) -> Check
         out.mkdir(parents=True, exist_ok=True)
         (out / METRICS_FILE).write_text("")
     if master:
+        keep_lossi(out, state.step if resume else None)
+    if master:
         (out / CONFIG_FILE).write_text(json.dumps(cfg.model_dump(), indent=2) + "\n")
     say(
         f"{cfg.name}: {cfg.arch}, {n_params(model):,} parameters, vocab {run.vocab.size}, {run.describe_block()}, "
         f"device {device}, {threads} thread(s)" + (f" x {procs.world} processes" if procs.ddp else "")
     )
-    if busy:
-        say(busy)
+    for note in (busy, schedule_warning(cfg)):
+        if note:
+            say(note)
     if master and state.step == 0:
         check_initial_loss(run, model, device, say)
 
@@ -103,6 +114,8 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, log=print) -> Check
             if diagnostics is not None:
                 diagnostics.after_step(state.step, lr, loss)
             state.step += 1
+            if curves is not None:
+                curves.step(state.step, loss)
             if master and state.step % 10 == 0:
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
                 bar.update(state.step - bar.n)

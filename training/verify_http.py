@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 
 from contract import family
-from training.verify import split_samples
+from training.model_split import split_samples
 
 PROMPTS_PER_REQUEST = 64
 CONCURRENCY = 4

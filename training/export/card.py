@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
-import shlex
+from pathlib import Path
 from typing import Any
 
 from contract import Manifest, family
@@ -18,7 +18,12 @@ FORMAT_NOTES = {
 
 
 def render_card(
-    manifest: Manifest, net_config: dict[str, Any], samples: list[str], export_command: str, novelty=None
+    manifest: Manifest,
+    net_config: dict[str, Any],
+    samples: list[str],
+    export_command: str,
+    novelty=None,
+    curve: bool = False,
 ) -> str:
     """The whole README.md: facts from the manifest, plus the net's config, samples, the novelty rate
     (training.export.novelty.Novelty, lines models whose data was at hand) and the command."""
@@ -27,6 +32,7 @@ def render_card(
         _header(m, net_config),
         _data(m),
         _losses(m),
+        curve_section(curve),
         _samples(m, samples),
         *([_novelty(m, novelty)] if novelty is not None else []),
         _files(m),
@@ -98,6 +104,29 @@ def _losses(m: Manifest) -> str:
         f"{math.log(m.vocab_size):.4f} nats/char.",
     ]
     return "\n".join(rows)
+
+
+NO_CURVE = (
+    "The per-step training curve is not recorded for this model: it was trained before charlm recorded "
+    "every step's loss (lossi.csv), or exported without its run folder. Its final figures are the losses above."
+)
+
+
+def curve_section(curve: bool) -> str:
+    """The loss curve (curve.png, drawn by the export from the run's lossi.csv and metrics.jsonl), or a plain
+    statement that there is none."""
+    if not curve:
+        return "\n".join(["## Training curve", "", NO_CURVE])
+    return "\n".join(
+        [
+            "## Training curve",
+            "",
+            "![training loss per step, log10](curve.png)",
+            "",
+            "log10 of the training loss at every step (light), its running mean, and the train/val evaluations "
+            "(markers), as the Zero to Hero lectures plot them; from the run's lossi.csv and metrics.jsonl.",
+        ]
+    )
 
 
 def _samples(m: Manifest, samples: list[str]) -> str:
@@ -179,28 +208,22 @@ def _files(m: Manifest) -> str:
 
 
 def _reproduce(m: Manifest, export_command: str) -> str:
-    config = m.training.config
-    if config.get("name"):
-        args = ["python", "-m", "training", "train", "--config", f"training/configs/{config['name']}.toml"]
-        note = "The training config, as resolved at training time:"
-    else:
-        args = ["python", "-m", "training", "train", "--config", "<the config below, saved as TOML>"]
-        note = "The training config has no name; as resolved at training time it was:"
-    if config.get("init_from"):  # fine-tuned from a shipped model
-        args += ["--init-from", str(config["init_from"])]
-    if config.get("data"):  # trained on a user's file rather than a built-in dataset
-        args += ["--data", str(config["data"])] + (["--format", config["format"]] if config.get("format") else [])
-    train = shlex.join(args)
+    from training.export.reproduce import SAVED_AS, train_command
+
+    train, toml = train_command(m.training.config)
     t = m.training
+    parts = ["## Reproduce", "", _fence(f"{train}\n{export_command}", "sh"), ""]
+    if toml is not None:
+        parts += [f"`{SAVED_AS}`: the run's config as recorded (every `--set` applied):", "", _fence(toml, "toml"), ""]
+    if t.config.get("data"):
+        shown = Path(str(t.config["data"])).name
+        parts += [f"`--data {shown}`: the data file (sha256 above), wherever it is on your machine.", ""]
     return "\n".join(
         [
-            "## Reproduce",
-            "",
-            _fence(f"{train}\n{export_command}", "sh"),
-            "",
+            *parts,
             f"Training: {t.steps:,} steps in {_duration(t.wall_seconds)} on `{t.device}`, torch {t.torch_version}.",
             "",
-            note,
+            "The training config, as resolved at training time:",
             "",
             _fence(json.dumps(t.config, indent=2, sort_keys=True), "json"),
         ]

@@ -83,12 +83,30 @@ def _export(ckpt_dir: Path, out_dir: Path, formats: tuple[str, ...], name: str, 
         manifest.save(staging)
         samples = draw_samples(net, meta.arch, meta.vocab, meta.boundary_token)
         command = command or _export_command(ckpt_dir, out_dir, formats, name)
-        (staging / "README.md").write_text(render_card(manifest, meta.model, samples, command, novelty))
+        curve = _curve(ckpt_dir, staging / CURVE_FILE)
+        card = render_card(manifest, meta.model, samples, command, novelty, curve=curve)
+        (staging / "README.md").write_text(card)
         Manifest.load(staging).verify_files(staging)  # what the service will do at start-up
         _move_into_place(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return manifest
+
+
+CURVE_FILE = "curve.png"
+
+
+def _curve(ckpt_dir: Path, path: Path) -> bool:
+    """The run's loss curve, small, for the card: drawn from the run folder's lossi.csv and metrics.jsonl,
+    or a re-exported model folder's own curve.png; False when neither exists (nothing is invented)."""
+    from training.plots import draw_curve
+
+    if draw_curve(ckpt_dir, path, size=(5.5, 3.2), dpi=80):
+        return True
+    if (ckpt_dir / CURVE_FILE).is_file():
+        shutil.copyfile(ckpt_dir / CURVE_FILE, path)
+        return True
+    return False
 
 
 @contextlib.contextmanager

@@ -60,8 +60,12 @@ def check_checkpoint(ckpt_dir: Path) -> dict[str, Any]:
     if arch not in get_args(Arch):
         raise ExportError(f"{path}: unknown architecture {arch!r} (known: {', '.join(get_args(Arch))})")
     missing = [k for k in LOSSES if raw.get(k) is None]
-    if missing:
-        raise ExportError(f"{ckpt_dir}: checkpoint has not been evaluated (no {', '.join(missing)})")
+    if missing:  # the trainer writes the exact losses when a run ends: this one was stopped before
+        raise ExportError(
+            f"{ckpt_dir}: checkpoint has not been evaluated (no {', '.join(missing)}): the run stopped before "
+            f"its end; finish it with `python -m training train --resume --out {ckpt_dir}` (its recorded "
+            "config), then export"
+        )
     return raw
 
 

@@ -155,12 +155,16 @@ def reexport_folder(
     with tempfile.TemporaryDirectory(prefix="charlm-reexport-") as tmp:
         ckpt = Path(tmp)
         shutil.copyfile(src / manifest.weights.path, ckpt / WEIGHTS_FILE)
+        if (src / "curve.png").is_file():  # the card's curve travels with the model (core.CURVE_FILE)
+            shutil.copyfile(src / "curve.png", ckpt / "curve.png")
         meta = checkpoint_meta(raw, manifest.net_config)
         (ckpt / META_FILE).write_text(meta.model_dump_json(indent=2) + "\n")
         command = f"python -m training export --from-model {src} --out {out}"
         if src.resolve() == Path(out).resolve():  # in place: keep the card's provenance
             command = _card_command(src) or command
-        return export_checkpoint(ckpt, out, formats=formats, force=force, name=name or manifest.name, command=command)
+        # the name defaults to the --out folder's, as for any export: a copy beside its source must not
+        # keep the source's name (a server given both folders refuses both: "name used twice")
+        return export_checkpoint(ckpt, out, formats=formats, force=force, name=name, command=command)
 
 
 def _replace(

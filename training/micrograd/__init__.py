@@ -5,7 +5,8 @@ rule, and `backward()` applies the chain rule in reverse topological order. `Neu
 `MLP` are built from Values only. Checked against PyTorch in tests/test_micrograd.py.
 """
 
+from training.micrograd.draw import draw_dot
 from training.micrograd.engine import Value
 from training.micrograd.nn import MLP, Layer, Module, Neuron
 
-__all__ = ["MLP", "Layer", "Module", "Neuron", "Value"]
+__all__ = ["MLP", "Layer", "Module", "Neuron", "Value", "draw_dot"]

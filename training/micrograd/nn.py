@@ -27,7 +27,7 @@ class Neuron(Module):
         self.act = act
 
     def __call__(self, x: list[Value | float]) -> Value:
-        z = sum((wi * xi for wi, xi in zip(self.w, x, strict=True)), self.b)
+        z = Value.linear(self.w, x, self.b)  # = sum((wi * xi for wi, xi in zip(self.w, x)), self.b), one node
         if self.act == "tanh":
             return z.tanh()
         if self.act == "relu":
