@@ -32,6 +32,12 @@ METRICS = {
     "charlm_requests_in_flight": "gauge",
     "charlm_model_info": "gauge",
     "charlm_build_info": "gauge",
+    "charlm_sequences_running": "gauge",
+    "charlm_sequences_waiting": "gauge",
+    "charlm_slots": "gauge",
+    "charlm_slot_occupancy_ratio": "gauge",
+    "charlm_prompt_tokens_total": "counter",
+    "charlm_choices_finished_total": "counter",
     "charlm_process_cpu_seconds_total": "counter",
     "charlm_process_resident_memory_bytes": "gauge",
 }
