@@ -104,7 +104,8 @@ bench: $(VENV)/.bench-installed wrk ## run the benchmarks (installs the bench ex
 	$(PY) -m benchmarks
 
 # Provenance for the image's OCI labels and charlm_build_info (Dockerfile, last lines).
-REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+# The checkout's commit, with -dirty when files differ from it (as charlm_build_info says outside an image).
+REVISION ?= $(shell h=$$(git rev-parse HEAD 2>/dev/null) && { git diff --quiet HEAD || h=$$h-dirty; echo $$h; } || echo unknown)
 SOURCE ?= $(shell git remote get-url origin 2>/dev/null || echo unknown)
 CREATED ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
 docker: ## build the serving image (ONNX Runtime, no torch), tagged $(IMAGE):<version> and $(IMAGE):latest

@@ -10,7 +10,7 @@ import os
 import re
 import tomllib
 
-from deploy_common import DEPLOY, ROOT, dockerfile_stages, run
+from deploy_common import DEPLOY, ROOT, checkout_revision, dockerfile_stages, run
 
 LOCKS = ROOT / "requirements"
 
@@ -145,8 +145,8 @@ def test_make_targets_install_from_the_lock_and_build_both_images() -> None:
 
 def test_make_docker_revision_defaults_to_the_checkout() -> None:
     res = run("make", "-n", "-B", "--no-print-directory", "docker")
-    head = run("git", "rev-parse", "HEAD").stdout.strip()
-    assert head and f"--build-arg REVISION={head}" in res.stdout
+    head = checkout_revision()
+    assert len(head) >= 40 and f"--build-arg REVISION={head} " in res.stdout
 
 
 def test_image_labels_and_build_info_come_from_the_build_args() -> None:

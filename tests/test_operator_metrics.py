@@ -4,7 +4,6 @@ reason, and the model label of a request refused by the schema (kept when it nam
 
 from __future__ import annotations
 
-import subprocess
 import threading
 import time
 import uuid
@@ -13,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
-from deploy_common import ROOT
+from deploy_common import checkout_revision
 from prometheus_client.parser import text_string_to_metric_families
 from serving import ServerProcess, start_server
 
@@ -56,10 +55,9 @@ def wait_for(check: Callable[[], bool], timeout: float = 20.0) -> None:
 
 def test_build_info_names_the_version_and_the_git_revision(srv: ServerProcess) -> None:
     (labels,) = [dict(lb) for (name, lb), v in samples(srv).items() if name == "charlm_build_info" and v == 1]
-    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "-C", str(ROOT), "diff", "--quiet", "HEAD"]).returncode == 1
-    assert labels == {"version": service.__version__, "revision": head + ("-dirty" if dirty else "")}
-    assert len(head) == 40
+    revision = checkout_revision()
+    assert labels == {"version": service.__version__, "revision": revision}
+    assert len(revision.removesuffix("-dirty")) == 40
 
 
 def test_the_image_revision_wins_over_the_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
