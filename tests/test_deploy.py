@@ -25,7 +25,14 @@ COMPOSE_FILE = DEPLOY / "docker-compose.yml"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "charlm.json"
 GRAFANA_PROVISIONING = DEPLOY / "grafana" / "provisioning"
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
-ALERTS = {"CharlmHighErrorRatio", "CharlmSlowFirstToken", "CharlmSlowTokens", "CharlmTargetDown", "CharlmAbsent"}
+ALERTS = {
+    "CharlmHighErrorRatio",
+    "CharlmSlowFirstToken",
+    "CharlmSlowTokens",
+    "CharlmSlotsSaturated",
+    "CharlmTargetDown",
+    "CharlmAbsent",
+}
 
 
 def metric_families(expr: str) -> set[str]:
