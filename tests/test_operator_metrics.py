@@ -4,11 +4,15 @@ reason, and the model label of a request refused by the schema (kept when it nam
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -145,3 +149,32 @@ def test_a_schema_level_400_keeps_the_model_label(srv: ServerProcess) -> None:
     )
     assert got[("charlm_requests_total", frozenset({"model": "none", "route": route, "status": "400"}.items()))] == 4
     assert not [key for key in got if stranger in str(key)]  # a client cannot mint label values
+
+
+def test_a_dead_workers_slot_gauges_leave_with_it(tmp_path: Path) -> None:
+    """A process (a worker that crashed) sets its gauges and dies; the next render leaves them out, while a
+    live process's values stay."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    setter = "from service import metrics; metrics.observe_slots(lambda: {'m': (%d, 1, 4)}, force=True)"
+    subprocess.run([sys.executable, "-c", setter % 3], env=env, check=True, timeout=60)  # exits: dead
+    live = subprocess.Popen(
+        [sys.executable, "-c", setter % 2 + "; print('set', flush=True); import time; time.sleep(60)"],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert live.stdout is not None and live.stdout.readline().strip() == "set"
+        render = "from service import metrics; print(metrics.render()[0].decode())"
+        out = subprocess.run([sys.executable, "-c", render], env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        got = {
+            (s.name, s.labels.get("model")): s.value
+            for f in text_string_to_metric_families(out.stdout)
+            for s in f.samples
+        }
+        assert got[("charlm_sequences_running", "m")] == 2  # not 2 + 3
+        assert got[("charlm_slots", "m")] == 4 and got[("charlm_slot_occupancy_ratio", "m")] == 0.5
+    finally:
+        live.kill()
+        live.wait()
