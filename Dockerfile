@@ -1,6 +1,7 @@
 # charlm serving image: ONNX Runtime, no torch, the shipped models baked in at /models.
 #
-#   docker build -t charlm .                                       # any builder, BuildKit or legacy
+#   make docker                      # charlm:<version> and charlm:latest, with the build's version labels
+#   docker build -t charlm .         # any builder, BuildKit or legacy (labels: "unknown" revision)
 #   docker build -f deploy/torch.Dockerfile -t charlm:torch .      # adds torch for --backend torchscript
 #
 # Stages: deps (venv from requirements/serve.lock) and code (the project, built apart) -> serve, the last
@@ -31,15 +32,16 @@ COPY contract ./contract
 COPY engine ./engine
 COPY service ./service
 COPY training ./training
-# --target: the packages and their dist-info (for the version in charlm_build_info) in one folder that the
-# serving stage puts on PYTHONPATH, apart from the dependencies' layer.
-RUN python -m pip install -q --no-deps --no-compile --target /opt/charlm . \
+# The build backend too comes pinned with hashes (requirements/build.lock), not whatever PyPI has today.
+COPY requirements/build.lock /tmp/build.lock
+# --target: the packages and their dist-info in one folder that the serving stage puts on PYTHONPATH,
+# apart from the dependencies' layer.
+RUN python -m pip install -q --require-hashes -r /tmp/build.lock \
+ && python -m pip install -q --no-deps --no-build-isolation --no-compile --target /opt/charlm . \
  && python -m compileall -q /opt/charlm >/dev/null
 
 
 FROM ${PYTHON_IMAGE} AS serve
-LABEL org.opencontainers.image.title="charlm" \
-      org.opencontainers.image.description="Serve small character-level language models over HTTP (ONNX Runtime)"
 # A numeric uid so that Kubernetes' runAsNonRoot can verify it; any other uid works too (`--user 12345`):
 # nothing in the image is writable, HOME=/tmp and /tmp is the one writable mount (a tmpfs or emptyDir),
 # where PROMETHEUS_MULTIPROC_DIR lives too.
@@ -57,6 +59,19 @@ ENV PATH=/opt/venv/bin:$PATH \
     CHARLM_BACKEND=onnx \
     CHARLM_DEVICE=cpu
 COPY --from=code /opt/charlm /opt/charlm
+# Provenance, last so that a new commit changes metadata only (`make docker` passes all four; see
+# `docker inspect`): the revision also reaches charlm_build_info{version, revision} on /metrics.
+ARG VERSION=unknown
+ARG REVISION=unknown
+ARG CREATED=unknown
+ARG SOURCE=unknown
+LABEL org.opencontainers.image.title="charlm" \
+      org.opencontainers.image.description="Serve small character-level language models over HTTP (ONNX Runtime)" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.source="${SOURCE}"
+ENV CHARLM_BUILD_REVISION=${REVISION}
 USER 10001:10001
 WORKDIR /tmp
 EXPOSE 8000

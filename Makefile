@@ -7,7 +7,9 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
-IMAGE ?= charlm:latest
+IMAGE ?= charlm
+# The release: pyproject.toml's version; `make docker` tags $(IMAGE):$(VERSION) and $(IMAGE):latest.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 ARGS ?=
 PYTEST_ARGS ?=
 # Tests, training and benchmarks read the corpora from ../shared/data unless told otherwise.
@@ -27,14 +29,20 @@ help: ## list the targets
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# requirements/dev.lock pins every dependency (`make lock` regenerates it); the image uses serve.lock.
-$(VENV)/.serve-installed: pyproject.toml requirements/dev.lock | $(PY)
-	$(PY) -m pip install -e '.[serve]' -c requirements/dev.lock
+# requirements/dev.lock pins every dependency with its hashes and extras (`make lock` regenerates it); the
+# image uses serve.lock. pip takes no hashes nor extras in a constraints file, so the installs below are
+# constrained by the lock's bare pins (name==version ; marker), derived from it.
+CONSTRAINTS := $(VENV)/constraints.txt
+$(CONSTRAINTS): requirements/dev.lock | $(PY)
+	sed -nE 's/^([A-Za-z0-9_.-]+)(\[[^]]*\])?(==[^ ;\\]+)( ;[^\\]*[^ \\])?.*/\1\3\4/p' $< > $@
+
+$(VENV)/.serve-installed: pyproject.toml $(CONSTRAINTS) | $(PY)
+	$(PY) -m pip install -e '.[serve]' -c $(CONSTRAINTS)
 	touch $@
 
 # dev includes serve, so it refreshes both stamps.
-$(VENV)/.dev-installed: pyproject.toml requirements/dev.lock | $(PY)
-	$(PY) -m pip install -e '.[dev]' -c requirements/dev.lock
+$(VENV)/.dev-installed: pyproject.toml $(CONSTRAINTS) | $(PY)
+	$(PY) -m pip install -e '.[dev]' -c $(CONSTRAINTS)
 	touch $@ $(VENV)/.serve-installed
 
 serve: $(VENV)/.serve-installed ## serve models/ on :8000 (ONNX Runtime, no torch); ARGS="--port 9000 ..."
@@ -76,27 +84,37 @@ models: $(VENV)/.dev-installed ## retrain and re-export the three shipped models
 	$(call train_export,names_gpt,names-gpt)
 	$(call train_export,shakespeare_gpt,shakespeare-gpt)
 
-# Pins from the current lock are kept unless UPGRADE=1; both files come from pyproject.toml's extras.
-lock: $(VENV)/.dev-installed ## regenerate requirements/{serve,dev}.lock with uv (UPGRADE=1: newest versions)
-	$(VENV)/bin/uv pip compile pyproject.toml --extra serve --generate-hashes --universal --python-version 3.11 \
-	  --custom-compile-command 'make lock' -q $(if $(UPGRADE),--upgrade) -o requirements/serve.lock
-	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 \
-	  --custom-compile-command 'make lock' -q $(if $(UPGRADE),--upgrade) -o requirements/dev.lock
+# Pins from the current lock are kept unless UPGRADE=1; serve and dev come from pyproject.toml's extras, build
+# from requirements/build.in (what `pip install .` builds with). Every file has hashes and keeps the extras
+# it pins (`uvicorn[standard]==...`): pip <= 23.2 refuses `--require-hashes` when a dependency asks for an
+# extra that the file pins without it (tests/test_locks.py).
+UV_COMPILE = $(VENV)/bin/uv pip compile --generate-hashes --no-strip-extras --universal --python-version 3.11 \
+  --custom-compile-command 'make lock' -q $(if $(UPGRADE),--upgrade)
+lock: $(VENV)/.dev-installed ## regenerate requirements/{serve,dev,build}.lock with uv (UPGRADE=1: newest versions)
+	$(UV_COMPILE) pyproject.toml --extra serve -o requirements/serve.lock
+	$(UV_COMPILE) pyproject.toml --extra dev -o requirements/dev.lock
+	$(UV_COMPILE) requirements/build.in -c requirements/dev.lock -o requirements/build.lock
 
 # bench adds transformers (the engine benchmark's Hugging Face reference) to the dev venv.
 $(VENV)/.bench-installed: pyproject.toml $(VENV)/.dev-installed
-	$(PY) -m pip install -e '.[dev,bench]' -c requirements/dev.lock
+	$(PY) -m pip install -e '.[dev,bench]' -c $(CONSTRAINTS)
 	touch $@
 
 bench: $(VENV)/.bench-installed wrk ## run the benchmarks (installs the bench extras: transformers)
 	$(PY) -m benchmarks
 
-docker: ## build the serving image (ONNX Runtime, no torch); IMAGE=charlm:latest
-	docker build -t $(IMAGE) .
+# Provenance for the image's OCI labels and charlm_build_info (Dockerfile, last lines).
+# The checkout's commit, with -dirty when files differ from it (as charlm_build_info says outside an image).
+REVISION ?= $(shell h=$$(git rev-parse HEAD 2>/dev/null) && { git diff --quiet HEAD || h=$$h-dirty; echo $$h; } || echo unknown)
+SOURCE ?= $(shell git remote get-url origin 2>/dev/null || echo unknown)
+CREATED ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
+docker: ## build the serving image (ONNX Runtime, no torch), tagged $(IMAGE):<version> and $(IMAGE):latest
+	docker build --build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) --build-arg CREATED=$(CREATED) \
+	  --build-arg SOURCE=$(SOURCE) -t $(IMAGE):$(VERSION) -t $(IMAGE):latest .
 
-docker-torch: docker ## build the TorchScript image charlm:torch on top (deploy/torch.Dockerfile; TORCH_PIP_ARGS=...)
-	docker build -f deploy/torch.Dockerfile --build-arg BASE_IMAGE=$(IMAGE) \
-	  --build-arg TORCH_PIP_ARGS="$(TORCH_PIP_ARGS)" -t charlm:torch .
+docker-torch: docker ## build the TorchScript image $(IMAGE):torch on top (deploy/torch.Dockerfile; TORCH_PIP_ARGS=...)
+	docker build -f deploy/torch.Dockerfile --build-arg BASE_IMAGE=$(IMAGE):$(VERSION) \
+	  --build-arg TORCH_PIP_ARGS="$(TORCH_PIP_ARGS)" -t $(IMAGE):$(VERSION)-torch -t $(IMAGE):torch .
 
 docker-smoke: ## build the image, run it read-only as uid 12345 with a key; check ready, auth, a generation, metrics, stop
 	bash deploy/smoke.sh

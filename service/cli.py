@@ -1,7 +1,9 @@
 """`python -m service serve|generate`: run the HTTP server, or sample from a model without HTTP.
 
 Bad options are one line on stderr and exit code 2, never a traceback; heavy imports (litserve,
-onnxruntime, prometheus_client) happen only once the options are known to be good.
+onnxruntime, prometheus_client) happen only once the options are known to be good. With `--log-format json`
+(or CHARLM_LOG_FORMAT=json) that line is one JSON object like every other log line, even when the options
+that asked for it are the ones at fault: the format is read from the raw arguments first.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
+import os
 import sys
 from typing import NoReturn
 
@@ -24,14 +27,39 @@ CLI_SKIPS = frozenset({"logit_bias"})
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (no usage dump) and exit code 2."""
+    """argparse, but a usage error is one line (no usage dump, JSON when asked) and exit code 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(USAGE_ERROR, f"{self.prog}: error: {message}\n")
+        self.exit(USAGE_ERROR, _fatal_line(f"{self.prog}: error: {message}", USAGE_ERROR) + "\n")
+
+
+_fatal_format = "text"  # set by main() from the raw arguments, before anything can fail
+
+
+def requested_log_format(argv: list[str]) -> str:
+    """json when the last --log-format of `argv`, else CHARLM_LOG_FORMAT, says so; text otherwise."""
+    fmt = os.environ.get(env_name("log_format"), "")
+    for i, arg in enumerate(argv):
+        if arg == flag_name("log_format") and i + 1 < len(argv):
+            fmt = argv[i + 1]
+        elif arg.startswith(flag_name("log_format") + "="):
+            fmt = arg.partition("=")[2]
+    return "json" if fmt.strip().lower() == "json" else "text"
+
+
+def _fatal_line(text: str, code: int) -> str:
+    """`text` as the one line it is, or as one JSON log record (the JsonFormatter's fields) in json mode."""
+    if _fatal_format != "json":
+        return text
+    from service.security import JsonFormatter
+
+    record = logging.LogRecord("charlm.cli", logging.CRITICAL, __file__, 0, text, None, None)
+    record.exit_code = code
+    return JsonFormatter().format(record)
 
 
 def _fail(message: str, code: int = USAGE_ERROR) -> int:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
+    print(_fatal_line(f"{PROG}: error: {message}", code), file=sys.stderr)
     return code
 
 
@@ -81,6 +109,8 @@ def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global _fatal_format
+    _fatal_format = requested_log_format(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)

@@ -8,8 +8,14 @@ plain in-process ones and nobody reads them.
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import subprocess
 import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -72,6 +78,38 @@ IN_FLIGHT = Gauge(
     ["model"],
     multiprocess_mode="livesum",
 )
+# The engines' slots, set by each worker (service.loop): livesum adds the live workers up, so a dead worker's
+# values leave with it (render() drops the files of processes that are gone).
+SEQUENCES_RUNNING = Gauge(
+    "charlm_sequences_running",
+    "Sequences (choices) holding a slot of their model's engine, over the live workers",
+    ["model"],
+    multiprocess_mode="livesum",
+)
+SEQUENCES_WAITING = Gauge(
+    "charlm_sequences_waiting",
+    "Sequences (choices) a worker admitted that wait for a free slot of their model",
+    ["model"],
+    multiprocess_mode="livesum",
+)
+SLOTS = Gauge(
+    "charlm_slots",
+    "Slots (concurrent sequences) of each model over the live workers",
+    ["model"],
+    multiprocess_mode="livesum",
+)
+SLOT_OCCUPANCY = Gauge(
+    "charlm_slot_occupancy_ratio",
+    "Busy slots over slots of each model, on its fullest worker (0..1)",
+    ["model"],
+    multiprocess_mode="livemax",
+)
+PROMPT_TOKENS = Counter("charlm_prompt_tokens_total", "Prompt characters of the requests workers finished", ["model"])
+CHOICES_FINISHED = Counter(
+    "charlm_choices_finished_total",
+    "Choices (sequences) workers finished, by finish_reason; a request of n choices counts n",
+    ["model", "finish_reason"],
+)
 MODEL_INFO = Gauge(
     "charlm_model_info",
     "Loaded models (value 1) and what they are",
@@ -79,9 +117,70 @@ MODEL_INFO = Gauge(
     multiprocess_mode="max",
 )
 
-BUILD_INFO = Gauge("charlm_build_info", "The running charlm version (value 1)", ["version"], multiprocess_mode="max")
+BUILD_INFO = Gauge(
+    "charlm_build_info",
+    "The running charlm version and the git revision it was built from (value 1)",
+    ["version", "revision"],
+    multiprocess_mode="max",
+)
+REVISION_ENV = "CHARLM_BUILD_REVISION"  # the image sets it from `make docker`'s REVISION
 GENERATION_ROUTES = ("/v1/generate", "/v1/completions")
 NO_MODEL = "none"  # the model label when the request named no served model
+MAX_PEEK_BYTES = 1 << 20  # a refused body larger than this is not parsed for its model
+
+
+SLOTS_EVERY_S = 0.05  # a busy worker refreshes its slot gauges at most this often
+_slots_seen: dict[str, tuple[int, int, int]] = {}
+_slots_at = 0.0
+
+
+def observe_slots(read: Callable[[], Mapping[str, tuple[int, int, int]]], force: bool = False) -> None:
+    """This worker's slot gauges from `read()` (model -> running, waiting, slots), at most every
+    SLOTS_EVERY_S unless `force` (an idle worker: so the last change is never left out); only what
+    changed is written."""
+    global _slots_at
+    now = time.monotonic()
+    if not force and now - _slots_at < SLOTS_EVERY_S:
+        return
+    _slots_at = now
+    for model, value in read().items():
+        if _slots_seen.get(model) == value:
+            continue
+        _slots_seen[model] = value
+        running, waiting, slots = value
+        SEQUENCES_RUNNING.labels(model).set(running)
+        SEQUENCES_WAITING.labels(model).set(waiting)
+        SLOTS.labels(model).set(slots)
+        SLOT_OCCUPANCY.labels(model).set(running / slots if slots else 0.0)
+
+
+def observe_finished(model: str, prompt_tokens: int, finish_reasons: Iterable[str]) -> None:
+    """A request a worker finished: its prompt characters and each choice's finish_reason."""
+    PROMPT_TOKENS.labels(model).inc(prompt_tokens)
+    for reason in finish_reasons:
+        CHOICES_FINISHED.labels(model, reason).inc()
+
+
+def build_revision() -> str:
+    """The git revision of this code: the image's CHARLM_BUILD_REVISION, else the checkout's HEAD (with
+    `-dirty` for uncommitted changes), else "unknown"."""
+    if os.environ.get(REVISION_ENV):
+        return os.environ[REVISION_ENV]
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "diff", "--quiet", "HEAD"], timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("-dirty" if dirty.returncode == 1 else "") if head else "unknown"
+
+
+def set_build_info() -> None:
+    from service import __version__
+
+    BUILD_INFO.labels(__version__, build_revision()).set(1)
 
 
 def render(processes: dict[int, str] | None = None) -> tuple[bytes, str]:
@@ -92,6 +191,7 @@ def render(processes: dict[int, str] | None = None) -> tuple[bytes, str]:
 
         from service.processes import ProcessCollector
 
+        _forget_dead_processes(multiprocess)
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         if processes:
@@ -102,15 +202,29 @@ def render(processes: dict[int, str] | None = None) -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
+def _forget_dead_processes(multiprocess: Any) -> None:
+    """Remove the live-gauge files of processes that are gone (a worker that crashed keeps no slots)."""
+    pids = {int(m[1]) for f in os.listdir(os.environ[MULTIPROC_ENV]) if (m := _LIVE_FILE.match(f))}
+    for pid in pids:
+        if not Path(f"/proc/{pid}").exists():
+            multiprocess.mark_process_dead(pid)
+
+
+_LIVE_FILE = re.compile(r"^gauge_live\w+_(\d+)\.db$")
+
+
 class MetricsMiddleware:
     """charlm_requests_total and charlm_request_duration_seconds for every generation request.
 
     Pure ASGI (not BaseHTTPMiddleware) so streamed bodies pass through untouched; the duration ends with
-    the last byte, and requests rejected before the handler (bad JSON, 413) are counted too.
+    the last byte, and requests rejected before the handler (bad JSON, 413) are counted too. A request the
+    handler never saw (a schema-level 400) keeps its model label when its body is a JSON object whose
+    `model` is one of `models`: any other name is NO_MODEL, so a client cannot add label values.
     """
 
-    def __init__(self, app: ASGIApp):
+    def __init__(self, app: ASGIApp, models: Iterable[str] = ()):
         self.app = app
+        self.models = frozenset(models)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] not in GENERATION_ROUTES:
@@ -118,6 +232,17 @@ class MetricsMiddleware:
             return
         t0 = time.perf_counter()
         status = 500
+        body: list[bytes] = []
+        size = 0
+
+        async def receive_wrapper() -> Message:
+            nonlocal size
+            message = await receive()
+            if message["type"] == "http.request" and size <= MAX_PEEK_BYTES:
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                body.append(chunk)
+            return message
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
@@ -126,9 +251,21 @@ class MetricsMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive_wrapper if self.models else receive, send_wrapper)
         finally:
-            model = (scope.get("state") or {}).get("charlm_model", NO_MODEL)
+            model = (scope.get("state") or {}).get("charlm_model")
+            if model is None:
+                model = self._model_of(body, size)
             route = scope["path"]
             REQUESTS.labels(model, route, str(status)).inc()
             REQUEST_DURATION.labels(model, route).observe(time.perf_counter() - t0)
+
+    def _model_of(self, body: list[bytes], size: int) -> str:
+        """The served model a body names, read only when the handler did not say (a refused body)."""
+        if not body or size > MAX_PEEK_BYTES:
+            return NO_MODEL
+        try:
+            name = json.loads(b"".join(body)).get("model")
+        except (ValueError, RecursionError, AttributeError):
+            return NO_MODEL
+        return name if isinstance(name, str) and name in self.models else NO_MODEL

@@ -15,12 +15,12 @@ import multiprocessing
 import socket
 import threading
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import litserve as ls
 from fastapi.middleware.cors import CORSMiddleware
 
-import service
 from contract.repository import Repository
 from service import metrics
 from service.access import AccessLogMiddleware, TracedClient
@@ -54,11 +54,11 @@ class StartupError(RuntimeError):
         self.exit_code = exit_code
 
 
-def middlewares(settings: Settings) -> list[tuple[Any, dict[str, Any]]]:
+def middlewares(settings: Settings, models: Iterable[str] = ()) -> list[tuple[Any, dict[str, Any]]]:
     """Innermost first (LitServe adds them in order; the last added is outermost): metrics, API keys,
     the access log (so a 401 is logged), request ids (so the access line and a 401 carry the id), CORS
-    (a preflight needs no API key)."""
-    stack: list[tuple[Any, dict[str, Any]]] = [(metrics.MetricsMiddleware, {})]
+    (a preflight needs no API key). `models`: the names the metrics may use as a label."""
+    stack: list[tuple[Any, dict[str, Any]]] = [(metrics.MetricsMiddleware, {"models": frozenset(models)})]
     keys = load_api_keys(settings.api_key)
     if keys:
         stack.append((ApiKeyMiddleware, {"keys": keys, "public_paths": PUBLIC_PATHS | playground.PUBLIC_PATHS}))
@@ -108,7 +108,7 @@ def build(settings: Settings, repo: Repository) -> App:
         workers_per_device=settings.workers,
         timeout=settings.timeout,
         max_payload_size=MAX_BODY_BYTES,  # LitServe's middleware: an int, its strings are not parsed
-        middlewares=middlewares(settings),
+        middlewares=middlewares(settings, repo.models),
     )
     server.uvicorn_graceful_timeout = UVICORN_GRACE_S
     server.monitor_internal = 3600  # LitServe's own monitor would race ours at shutdown; ours is below
@@ -188,7 +188,7 @@ def serve(settings: Settings, repo: Repository) -> int:
         shared, settings.drain_timeout, serving=lambda: any(shared.state[w] == READY for w in range(shared.workers))
     )
     watcher = Watcher(app, signals)
-    metrics.BUILD_INFO.labels(service.__version__).set(1)
+    metrics.set_build_info()
     for name, entry in repo.models.items():
         m = entry.manifest
         metrics.MODEL_INFO.labels(name, m.arch, settings.backend, str(m.n_params)).set(1)

@@ -32,13 +32,21 @@ METRICS = {
     "charlm_requests_in_flight": "gauge",
     "charlm_model_info": "gauge",
     "charlm_build_info": "gauge",
+    "charlm_sequences_running": "gauge",
+    "charlm_sequences_waiting": "gauge",
+    "charlm_slots": "gauge",
+    "charlm_slot_occupancy_ratio": "gauge",
+    "charlm_prompt_tokens_total": "counter",
+    "charlm_choices_finished_total": "counter",
     "charlm_process_cpu_seconds_total": "counter",
     "charlm_process_resident_memory_bytes": "gauge",
 }
 
 
-def run(*cmd: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=120, check=False, env=env)
+def run(
+    *cmd: str, cwd: Path = ROOT, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False, env=env)
 
 
 def load_yaml(path: Path) -> Any:
@@ -76,3 +84,9 @@ def dockerfile_stages(path: Path = ROOT / "Dockerfile") -> dict[str | None, list
         elif stages:
             current.append(line)
     return stages
+
+
+def checkout_revision() -> str:
+    """HEAD of this checkout, with -dirty when the files differ from it."""
+    head = run("git", "rev-parse", "HEAD").stdout.strip()
+    return head + ("-dirty" if run("git", "diff", "--quiet", "HEAD").returncode == 1 else "")

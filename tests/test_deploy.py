@@ -25,7 +25,14 @@ COMPOSE_FILE = DEPLOY / "docker-compose.yml"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "charlm.json"
 GRAFANA_PROVISIONING = DEPLOY / "grafana" / "provisioning"
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
-ALERTS = {"CharlmHighErrorRatio", "CharlmSlowFirstToken", "CharlmSlowTokens", "CharlmTargetDown", "CharlmAbsent"}
+ALERTS = {
+    "CharlmHighErrorRatio",
+    "CharlmSlowFirstToken",
+    "CharlmSlowTokens",
+    "CharlmSlotsSaturated",
+    "CharlmTargetDown",
+    "CharlmAbsent",
+}
 
 
 def metric_families(expr: str) -> set[str]:
@@ -291,6 +298,10 @@ def test_dashboard_has_the_panels_we_operate_by() -> None:
     assert "charlm_batch_size" in panel("batch size")
     assert "charlm_requests_in_flight" in panel("in-flight")
     assert 'status=~"5.."' in panel("error ratio")
+    assert "charlm_sequences_running" in panel("running / waiting") and "charlm_sequences_waiting" in panel("waiting")
+    assert "charlm_slot_occupancy_ratio" in panel("occupancy")
+    assert "rate(charlm_prompt_tokens_total" in panel("prompt tokens")
+    assert "by (model, finish_reason)" in panel("finish")
     assert "charlm_time_per_output_token_seconds_bucket" in panel("per output token")
     assert "charlm_process_cpu_seconds_total" in panel("cpu")
     assert "charlm_process_resident_memory_bytes" in panel("memory")

@@ -10,7 +10,7 @@ import os
 import re
 import tomllib
 
-from deploy_common import DEPLOY, ROOT, dockerfile_stages, run
+from deploy_common import DEPLOY, ROOT, checkout_revision, dockerfile_stages, run
 
 LOCKS = ROOT / "requirements"
 
@@ -50,6 +50,8 @@ def test_serving_image_layers_put_the_code_last() -> None:
     deps, code, serve = (dockerfile_stages()[s] for s in ("deps", "code", "serve"))
     (install,) = [ln for ln in deps if ln.startswith("RUN ") and "pip install" in ln]
     assert "--require-hashes -r /tmp/serve.lock" in install and "--no-deps" in install
+    (build,) = [ln for ln in code if ln.startswith("RUN ") and "pip install" in ln]
+    assert "--require-hashes -r /tmp/build.lock" in build and "--no-build-isolation" in build
     assert "COPY requirements/serve.lock /tmp/serve.lock" in deps
     copies = [ln for ln in serve if ln.startswith("COPY")]
     assert copies == [
@@ -72,7 +74,7 @@ def test_dockerfile_copies_every_package_and_dockerignore_lets_them_through() ->
         assert f"COPY {pkg} ./{pkg}" in code
         assert f"!{pkg}/" in ignore
     assert "!models/" in ignore and "!pyproject.toml" in ignore
-    assert {"!requirements/serve.lock", "!requirements/dev.lock"} <= set(ignore)
+    assert {"!requirements/serve.lock", "!requirements/dev.lock", "!requirements/build.lock"} <= set(ignore)
 
 
 def test_torch_image_builds_on_the_serving_image_with_the_pinned_torch() -> None:
@@ -83,7 +85,7 @@ def test_torch_image_builds_on_the_serving_image_with_the_pinned_torch() -> None
     assert re.search(r"^ARG BASE_IMAGE=charlm:\S+$", (DEPLOY / "torch.Dockerfile").read_text(), re.MULTILINE)
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     (torch_pin,) = [d for d in extras["torch"] if d.startswith("torch")]
-    assert torch_pin in text and "-c /tmp/dev.lock" in text
+    assert torch_pin in text and "-c /tmp/constraints.txt" in text and "/tmp/dev.lock >" in text
     # `python -m ensurepip -q` fails ("unrecognized arguments"): ensurepip has no -q.
     assert "ensurepip -q" not in text and "python -m ensurepip" in text
     assert [ln.split()[1] for ln in stage if ln.startswith("USER ")][-1] == "10001:10001"
@@ -126,13 +128,37 @@ def test_smoke_runs_the_image_as_production_does() -> None:
 
 
 def test_make_targets_install_from_the_lock_and_build_both_images() -> None:
-    res = run("make", "-n", "-B", "--no-print-directory", "docker-torch", "IMAGE=charlm:x")
+    res = run("make", "-n", "-B", "--no-print-directory", "docker-torch", "IMAGE=reg/charlm", "REVISION=abc123")
     assert res.returncode == 0, res.stderr
-    assert "docker build -t charlm:x ." in res.stdout
-    assert "-f deploy/torch.Dockerfile --build-arg BASE_IMAGE=charlm:x" in res.stdout
+    out = res.stdout.replace("\\\n", " ")
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    # The release tag and latest, with the provenance the Dockerfile turns into OCI labels.
+    assert f"-t reg/charlm:{version} -t reg/charlm:latest ." in out
+    assert f"--build-arg VERSION={version}" in out and "--build-arg REVISION=abc123" in out
+    assert re.search(r"--build-arg CREATED=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", out)
+    assert "--build-arg SOURCE=" in out
+    assert f"-f deploy/torch.Dockerfile --build-arg BASE_IMAGE=reg/charlm:{version}" in out
     makefile = (ROOT / "Makefile").read_text()
-    assert "pip install -e '.[dev]' -c requirements/dev.lock" in makefile
+    assert "pip install -e '.[dev]' -c $(CONSTRAINTS)" in makefile
     assert re.search(r"^bench: .*\bwrk\b", makefile, re.MULTILINE)
+
+
+def test_make_docker_revision_defaults_to_the_checkout() -> None:
+    res = run("make", "-n", "-B", "--no-print-directory", "docker")
+    head = checkout_revision()
+    assert len(head) >= 40 and f"--build-arg REVISION={head} " in res.stdout
+
+
+def test_image_labels_and_build_info_come_from_the_build_args() -> None:
+    serve = dockerfile_stages()["serve"]
+    args = {ln.split()[1].split("=")[0] for ln in serve if ln.startswith("ARG ")}
+    assert {"VERSION", "REVISION", "CREATED", "SOURCE"} <= args
+    (label,) = [ln for ln in serve if ln.startswith("LABEL")]
+    for key, arg in (("version", "VERSION"), ("revision", "REVISION"), ("created", "CREATED"), ("source", "SOURCE")):
+        assert f'org.opencontainers.image.{key}="${{{arg}}}"' in label
+    assert "ENV CHARLM_BUILD_REVISION=${REVISION}" in serve
+    # Metadata after the code: a new commit never invalidates the dependency or model layers.
+    assert serve.index(label) > serve.index("COPY --from=code /opt/charlm /opt/charlm")
 
 
 def test_make_models_trains_and_exports_the_three_shipped_models() -> None:

@@ -3,17 +3,22 @@ strict, for the oldest and newest versions we support), the kustomization's part
 agree with each other and with the service: selectors, ports, ConfigMap keys, threads per CPU, drain
 timing, the API key Secret.
 
-`kubectl apply --dry-run=client` is not used: it needs an API server to look up the kinds.
+`kubectl apply --dry-run=client` is not used: it needs an API server to look up the kinds. `kubectl kustomize`
+(no cluster needed) renders the kustomization where the generated names and the optional ServiceMonitor
+component matter.
 """
 
 from __future__ import annotations
 
+import shutil
 import tomllib
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from deploy_common import K8S_DIR, ROOT, load_yaml, require_module, settings_fields
+from deploy_common import K8S_DIR, ROOT, load_yaml, require_module, run, settings_fields
+from serving import require_binary
 
 K8S_VERSIONS = ("1.29.0", None)  # the oldest we support and the newest kubernetes-validate knows
 
@@ -22,14 +27,49 @@ def kustomization() -> dict[str, Any]:
     return load_yaml(K8S_DIR / "kustomization.yaml")
 
 
+def env_file(path: Path) -> dict[str, str]:
+    """A kustomize env file: KEY=VALUE lines, # comments."""
+    lines = [ln.strip() for ln in path.read_text().splitlines()]
+    return dict(ln.split("=", 1) for ln in lines if ln and not ln.startswith("#"))
+
+
 def k8s_objects() -> dict[str, dict[str, Any]]:
-    """Every object the kustomization lists, by kind (one of each kind is what we ship)."""
+    """Every object the kustomization lists, by kind (one of each kind is what we ship), and the
+    ConfigMap its generator makes (under its unhashed name)."""
     objs: dict[str, dict[str, Any]] = {}
     for name in kustomization()["resources"]:
         for doc in yaml.safe_load_all((K8S_DIR / name).read_text()):
             if doc:
                 assert doc["kind"] not in objs, f"two {doc['kind']} objects"
                 objs[doc["kind"]] = doc
+    (gen,) = kustomization()["configMapGenerator"]
+    data: dict[str, str] = {}
+    for env in gen["envs"]:
+        data.update(env_file(K8S_DIR / env))
+    objs["ConfigMap"] = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": gen["name"]}, "data": data}
+    return objs
+
+
+def render(tmp_path: Path, components: tuple[str, ...] = (), config: dict[str, str] | None = None) -> dict[str, Any]:
+    """`kubectl kustomize` of a copy of deploy/k8s (with an API key file, the components added and
+    config.env changed as asked): the objects by kind."""
+    kubectl = require_binary("kubectl")
+    copy = tmp_path / "k8s"
+    shutil.copytree(K8S_DIR, copy, dirs_exist_ok=True)
+    (copy / "api-keys.txt").write_text("sk-test\n")
+    if config:
+        (copy / "config.env").write_text(
+            "".join(f"{k}={v}\n" for k, v in {**env_file(copy / "config.env"), **config}.items())
+        )
+    if components:
+        kust = load_yaml(copy / "kustomization.yaml")
+        kust["components"] = list(components)
+        (copy / "kustomization.yaml").write_text(yaml.safe_dump(kust))
+    res = run(kubectl, "kustomize", str(copy))
+    assert res.returncode == 0, res.stderr
+    docs = [d for d in yaml.safe_load_all(res.stdout) if d]
+    objs = {d["kind"]: d for d in docs}
+    assert len(objs) == len(docs)
     return objs
 
 
@@ -42,6 +82,7 @@ def test_kustomization_lists_every_manifest_and_pins_the_image() -> None:
     kust = kustomization()
     assert kust["kind"] == "Kustomization"
     on_disk = {p.name for p in K8S_DIR.glob("*.yaml")} - {"kustomization.yaml"}
+    assert "monitoring" not in kust.get("components", []), "the base must apply without the Operator's CRDs"
     assert set(kust["resources"]) == on_disk
     (image,) = kust["images"]
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
@@ -56,7 +97,8 @@ def test_k8s_manifests_match_the_api_schemas(version: str | None) -> None:
     kubernetes_validate = require_module("kubernetes_validate")
     version = version or kubernetes_validate.utils.latest_version()
     objs = k8s_objects()
-    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "ConfigMap", "PodDisruptionBudget"} <= set(objs)
+    kinds = {"Deployment", "Service", "HorizontalPodAutoscaler", "ConfigMap", "PodDisruptionBudget", "NetworkPolicy"}
+    assert kinds <= set(objs)
     for kind, obj in objs.items():
         try:
             kubernetes_validate.validate(obj, version, strict=True)
@@ -120,9 +162,8 @@ def test_k8s_stop_sequence_fits_the_grace_period() -> None:
     assert command[0] == "sleep"
     pre_stop = int(command[1])
     assert 1 <= pre_stop <= 10
-    from service.settings import Settings
-
-    drain_s = Settings.model_fields["drain_timeout"].default  # seconds in-flight requests get after SIGTERM
+    # Set explicitly, not left to the code's default: the grace period is sized for this value.
+    drain_s = float(k8s_objects()["ConfigMap"]["data"]["CHARLM_DRAIN_TIMEOUT"])
     assert drain_s == 20
     assert spec["terminationGracePeriodSeconds"] == 30
     assert pre_stop + drain_s + 5 <= spec["terminationGracePeriodSeconds"]
@@ -184,3 +225,44 @@ def test_k8s_configmap_sets_known_service_options() -> None:
     assert data["CHARLM_HOST"] == "0.0.0.0"
     assert data["CHARLM_PORT"] == "8000"
     assert data["CHARLM_MODELS"] == "/models"
+
+
+def test_k8s_config_change_rolls_the_pods(tmp_path: Path) -> None:
+    """The ConfigMap's name carries a hash of its data and the Deployment follows it: a new setting is a new
+    pod template, so `kubectl apply -k` rolls the pods."""
+    first = render(tmp_path / "a")
+    name = first["ConfigMap"]["metadata"]["name"]
+    assert name.startswith("charlm-config-") and first["ConfigMap"]["data"]["CHARLM_DRAIN_TIMEOUT"] == "20"
+    (ctr,) = first["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert [e["configMapRef"]["name"] for e in ctr["envFrom"]] == [name]
+    second = render(tmp_path / "b", config={"CHARLM_WORKERS": "2"})
+    (ctr2,) = second["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert second["ConfigMap"]["metadata"]["name"] != name
+    assert [e["configMapRef"]["name"] for e in ctr2["envFrom"]] == [second["ConfigMap"]["metadata"]["name"]]
+
+
+def test_k8s_network_policy_admits_only_the_http_port_and_no_egress() -> None:
+    objs = k8s_objects()
+    pol, pod = objs["NetworkPolicy"]["spec"], objs["Deployment"]["spec"]["template"]
+    assert pol["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert set(pol["policyTypes"]) == {"Ingress", "Egress"}
+    (rule,) = pol["ingress"]
+    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert "http" in {p["name"] for p in container()["ports"]}
+    assert pol["egress"] == []  # the service connects nowhere
+
+
+def test_k8s_service_monitor_is_an_optional_component(tmp_path: Path) -> None:
+    base = render(tmp_path / "base")
+    assert "ServiceMonitor" not in base
+    objs = render(tmp_path / "monitored", components=("monitoring",))
+    mon = objs["ServiceMonitor"]
+    assert mon["apiVersion"] == "monitoring.coreos.com/v1"
+    assert mon["spec"]["selector"]["matchLabels"].items() <= objs["Service"]["metadata"]["labels"].items()
+    (endpoint,) = mon["spec"]["endpoints"]
+    assert endpoint["port"] in {p["name"] for p in objs["Service"]["spec"]["ports"]}
+    assert endpoint["path"] == "/metrics"
+    # The key: the generated Secret under its hashed name, and a key that Secret has.
+    creds = endpoint["authorization"]["credentials"]
+    assert creds["name"] == objs["Secret"]["metadata"]["name"] != "charlm-api-key"
+    assert creds["key"] in objs["Secret"]["data"]

@@ -5,7 +5,11 @@ DEBUG; a 503 gets a WARNING with its reason; the worker's lines about a request 
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from serving import ServerProcess, start_server
+from serving import MODELS, ServerProcess, start_server
 
 REQUEST_ID = re.compile(r"req_[0-9a-f]{32}")
 GEN = "/v1/generate"
@@ -148,3 +152,47 @@ def test_worker_lines_carry_the_request_id(run) -> None:
     assert {r["logger"] for r in worker} == {"charlm.worker"}, worker
     messages = " | ".join(r["message"] for r in worker)
     assert "admitted" in messages and "finished" in messages, messages
+
+
+# ----- fatal start-up lines -----
+
+FATAL_CASES = [
+    (["--port", "eighty"], {}, "--port"),  # the settings refuse it: before logging is configured
+    (["--no-such-flag"], {}, "--no-such-flag"),  # argparse refuses it
+    (["--models", "/nonexistent/models"], {}, "/nonexistent/models"),
+    (["--port", "eighty"], {"CHARLM_LOG_FORMAT": "json"}, "--port"),  # asked for by the environment
+]
+
+
+def run_serve(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CHARLM_")}
+    cmd = [sys.executable, "-m", "service", "serve", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env={**full_env, **env}, timeout=60, check=False)
+
+
+@pytest.mark.parametrize(("args", "env", "mentions"), FATAL_CASES)
+def test_a_fatal_start_up_line_is_one_json_object_in_json_mode(
+    args: list[str], env: dict[str, str], mentions: str
+) -> None:
+    json_args = args if env else ["--log-format", "json", *args]
+    out = run_serve(json_args, env)
+    assert out.returncode == 2
+    (line,) = out.stderr.splitlines()
+    record = json.loads(line)
+    assert record["level"] == "CRITICAL" and record["exit_code"] == 2 and record["logger"] == "charlm.cli"
+    assert mentions in record["message"] and record["time"].endswith("+00:00")
+    # Text mode: the same message, as the one plain line it always was.
+    text = run_serve(args, {})
+    assert text.returncode == 2 and text.stderr.splitlines() == [record["message"]]
+
+
+def test_port_in_use_is_one_json_object_too() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = str(sock.getsockname()[1])
+        out = run_serve(["--log-format=json", "--host", "127.0.0.1", "--port", port, "--models", str(MODELS)], {})
+    assert out.returncode == 1, out.stderr
+    (line,) = out.stderr.splitlines()
+    record = json.loads(line)
+    assert record["exit_code"] == 1 and port in record["message"]

@@ -10,6 +10,7 @@ from typing import Any
 from litserve.loops.base import LitLoop
 from litserve.utils import LitAPIStatus, LoopResponseType
 
+from service import metrics
 from service.protocol import EngineRequest, Failed, Final, WorkerEvent
 from service.worker.scheduler import Job, Orphan, Scheduler
 
@@ -55,11 +56,16 @@ class SchedulerLoop(LitLoop):
             def emit(job: Job | Orphan, event: WorkerEvent) -> None:
                 if isinstance(event, (Final, Failed)):
                     _log_end(job.req, event)
+                if isinstance(event, Final):
+                    metrics.observe_finished(
+                        job.req.model, event.prompt_tokens, (c.finish_reason for c in event.choices)
+                    )
                 self.put_response(transport, job.rqid, job.uid, event, LitAPIStatus.OK, LoopResponseType.STREAMING)
 
             sched = self.scheduler = lit_api.make_scheduler(emit)
         shared = lit_api.shared
         if sched.idle():
+            metrics.observe_slots(sched.occupancy, force=True)
             shared.heartbeat(worker_id, 0)
             item = self.get_request(request_queue, timeout=IDLE_WAIT_S)
             if item is None:
@@ -81,6 +87,7 @@ class SchedulerLoop(LitLoop):
         sched.fill()
         sched.step()
         shared.heartbeat(worker_id, sched.live())
+        metrics.observe_slots(sched.occupancy)
         lit_api.publish_rates(sched.rates)
 
     @staticmethod

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -57,6 +57,11 @@ class Scheduler:
 
     def live(self) -> int:
         return sum(e.active() for e in self.engines.values()) + len(self.waiting)
+
+    def occupancy(self) -> dict[str, tuple[int, int, int]]:
+        """model -> (sequences in a slot, sequences waiting for one, slots), for service.metrics."""
+        waiting = Counter(job.req.model for job, *_ in self.waiting if not job.done)
+        return {m: (e.active(), waiting[m], getattr(e, "slots", 0)) for m, e in self.engines.items()}
 
     def admit(self, req: EngineRequest, uid: Any = None, rqid: int = 0) -> None:
         """Take a request: refuse it alone if it cannot run here, else queue its choices for slots."""
