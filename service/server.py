@@ -26,9 +26,11 @@ from service import metrics, playground
 from service.access import AccessLogMiddleware, TracedClient
 from service.catalog import Catalog
 from service.client import LitServeClient
+from service.draining import DrainMiddleware
 from service.gateway import CharLMSpec, Gateway
 from service.lifecycle import ShutdownSignals, kill_children
 from service.limits import uvicorn_limits
+from service.listener import stop_accepting
 from service.routes import App, install_routes, readiness, settle
 from service.security import PUBLIC_PATHS, ApiKeyMiddleware, RequestIdMiddleware, load_api_keys, logging_config
 from service.settings import MAX_BODY_BYTES, Settings
@@ -52,16 +54,16 @@ class StartupError(RuntimeError):
         self.exit_code = exit_code
 
 
-def middlewares(settings: Settings) -> list[tuple[Any, dict[str, Any]]]:
+def middlewares(settings: Settings, shared: SharedState) -> list[tuple[Any, dict[str, Any]]]:
     """Innermost first (LitServe adds them in order; the last added is outermost): metrics, API keys,
     the access log (so a 401 is logged), request ids (so the access line and a 401 carry the id), CORS
-    (a preflight needs no API key)."""
+    (a preflight needs no API key), Connection: close while draining (on every answer)."""
     stack: list[tuple[Any, dict[str, Any]]] = [(metrics.MetricsMiddleware, {})]
     keys = load_api_keys(settings.api_key)
     if keys:
         stack.append((ApiKeyMiddleware, {"keys": keys, "public_paths": PUBLIC_PATHS | playground.PUBLIC_PATHS}))
     stack += [(AccessLogMiddleware, {}), (RequestIdMiddleware, {})]
-    return [*stack, *cors(settings)]
+    return [*stack, *cors(settings), (DrainMiddleware, {"shared": shared})]
 
 
 def cors(settings: Settings) -> list[tuple[Any, dict[str, Any]]]:
@@ -106,7 +108,7 @@ def build(settings: Settings, repo: Repository) -> App:
         workers_per_device=settings.workers,
         timeout=settings.timeout,
         max_payload_size=MAX_BODY_BYTES,  # LitServe's middleware: an int, its strings are not parsed
-        middlewares=middlewares(settings),
+        middlewares=middlewares(settings, shared),
     )
     server.uvicorn_graceful_timeout = UVICORN_GRACE_S
     server.monitor_internal = 3600  # LitServe's own monitor would race ours at shutdown; ours is below
@@ -183,7 +185,10 @@ def serve(settings: Settings, repo: Repository) -> int:
     app = build(settings, repo)
     shared = app.shared
     signals = ShutdownSignals(
-        shared, settings.drain_timeout, serving=lambda: any(shared.state[w] == READY for w in range(shared.workers))
+        shared,
+        settings.drain_timeout,
+        serving=lambda: any(shared.state[w] == READY for w in range(shared.workers)),
+        close_listener=lambda: stop_accepting(settings.port),
     )
     watcher = Watcher(app, signals)
     metrics.BUILD_INFO.labels(service.__version__).set(1)
@@ -211,7 +216,7 @@ def serve(settings: Settings, repo: Repository) -> int:
             generate_client_file=False,
             log_config=logging_config(settings.log_level, settings.log_format),
             access_log=False,  # service.access writes one line per request, with its model and tokens
-            **uvicorn_limits(settings.keep_alive_timeout),
+            **uvicorn_limits(settings.keep_alive_timeout, settings.body_timeout),
         )
     except KeyboardInterrupt:
         pass
