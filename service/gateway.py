@@ -30,7 +30,7 @@ from service.bodies import ChatResponse, CompletionResponse, GenerateResponse, T
 from service.catalog import Catalog
 from service.chat import ChatRequest, prepare_chat
 from service.client import EngineClient, EventStream
-from service.errors import APIError
+from service.errors import APIError, worker_crashed
 from service.protocol import Accepted, Chunk, EngineRequest, Failed, Final, WorkerEvent
 from service.responses import ChatShape, CompletionShape, GenerateShape, Reply, Shape
 from service.schemas import TEXT_CHOICE, CompletionRequest, GenerateRequest, OpenAIFields
@@ -137,6 +137,8 @@ class Gateway:
             if self.shared.cut.value:
                 log.warning("503 shutting_down for %s: %s cut at the end of the drain", t.req.model, t.req.rid)
                 raise APIError(503, "the server shut down before the request finished", code="shutting_down")
+            if self.shared.lost(t.req.rid):  # its worker died (service/held.py)
+                raise worker_crashed()
             if now - t.checked >= DISCONNECT_POLL_S:  # also while events flow
                 t.checked = now
                 if await request.is_disconnected():

@@ -24,9 +24,9 @@ from service.catalog import Catalog
 from service.gateway import CharLMSpec
 from service.processes import server_processes
 from service.settings import Settings
-from service.shared import FATAL, READY, STARTING, SharedState
+from service.shared import CRASHED, FATAL, READY, STARTING, SharedState
 
-_STATES = {STARTING: "starting", READY: "ready", FATAL: "failed"}
+_STATES = {STARTING: "starting", READY: "ready", FATAL: "failed", CRASHED: "crashed"}
 # An absolute path (two or more components, not part of a URL): only its last component is kept.
 _PATH = re.compile(r"(?<![\w.:/~-])/(?:[^\s/'\"()\[\],;]+/)+([^\s/'\"()\[\],;]*)")
 

@@ -4,17 +4,14 @@ owns both generation routes, charlm's GET routes, middlewares, and the drain aro
 What LitServe does: the processes (N spawned workers, the API servers, its manager), the request queue
 and response transport, /health (through CharLMAPI.health), the payload limit, the OpenAPI docs.
 What charlm adds outside it, because LitServe has no public hook for it: the drain on SIGTERM
-(lifecycle.ShutdownSignals), per-worker readiness and heartbeats (shared.SharedState), and exiting
-when a worker cannot start or a process dies (a watcher thread in this process).
+(lifecycle.ShutdownSignals), per-worker readiness and heartbeats (shared.SharedState), replacing a
+worker that dies and exiting when a worker cannot start or another process dies (watcher.Watcher).
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import socket
-import threading
-import time
 from typing import Any
 
 import litserve as ls
@@ -31,10 +28,12 @@ from service.gateway import CharLMSpec, Gateway
 from service.lifecycle import ShutdownSignals, kill_children
 from service.limits import uvicorn_limits
 from service.listener import stop_accepting
-from service.routes import App, install_routes, readiness, settle
+from service.probes import install_health
+from service.routes import App, install_routes, readiness
 from service.security import PUBLIC_PATHS, ApiKeyMiddleware, RequestIdMiddleware, load_api_keys, logging_config
 from service.settings import MAX_BODY_BYTES, Settings
-from service.shared import FATAL, READY, SharedState
+from service.shared import READY, SharedState
+from service.watcher import Watcher
 from service.worker import CharLMAPI
 
 __all__ = ["App", "StartupError", "build", "check_port", "install_routes", "readiness", "serve"]
@@ -85,7 +84,7 @@ def cors(settings: Settings) -> list[tuple[Any, dict[str, Any]]]:
 
 
 def build(settings: Settings, repo: Repository) -> App:
-    shared = SharedState(settings.workers, list(repo.models))
+    shared = SharedState(settings.workers, list(repo.models), held=settings.max_queue)
     catalog = Catalog({name: e.manifest for name, e in repo.models.items()}, repo.failed, settings.backend)
     spec = CharLMSpec()
     api = CharLMAPI(
@@ -116,6 +115,7 @@ def build(settings: Settings, repo: Repository) -> App:
     spec.gateway = Gateway(catalog, client, shared, settings.timeout, settings.max_queue)
     app = App(server, spec, shared, catalog, settings)
     install_routes(server.app, app)
+    install_health(server.app, shared, settings.stall_timeout)
     return app
 
 
@@ -131,52 +131,6 @@ def check_port(host: str, port: int) -> str | None:
     return None
 
 
-class Watcher:
-    """Stops the server when a worker cannot start (exit 2, its one-line reason) or a process dies (1)."""
-
-    def __init__(self, app: App, signals: ShutdownSignals):
-        self.app, self.signals = app, signals
-        self.fatal: str | None = None
-        self.died: str | None = None
-
-    def start(self) -> None:
-        threading.Thread(target=self._run, name="charlm-watcher", daemon=True).start()
-
-    def _run(self) -> None:
-        shared, known = self.app.shared, {}
-        while self.signals.state in ("running", "draining"):
-            for w in range(shared.workers):
-                if shared.state[w] == FATAL:
-                    self.fatal = shared.worker_info(w).get("fatal") or "a worker could not start"
-                    self.signals.stop_now(self.fatal)
-                    return
-            if self._nothing_loaded():
-                return
-            children = {p.pid: p for p in multiprocessing.active_children()}
-            if any(shared.state[w] == READY for w in range(shared.workers)):
-                gone = [p for pid, p in known.items() if pid not in children]
-                if gone and self.signals.state in ("running", "draining"):
-                    self.died = f"process {gone[0].name} (pid {gone[0].pid}) died"
-                    log.error("%s: shutting down", self.died)
-                    self.signals.stop_now(self.died)
-                    return
-                known = {**known, **children}
-            time.sleep(WATCH_S)
-
-    def _nothing_loaded(self) -> bool:
-        """Every worker is up but none could load any model: exit 2 with the reasons (unless --allow-empty)."""
-        app = self.app
-        if app.settings.allow_empty or not all(app.shared.state[w] == READY for w in range(app.shared.workers)):
-            return False
-        settle(app)
-        if app.catalog.models:
-            return False
-        reasons = "; ".join(f"{name} ({why})" for name, why in sorted(app.catalog.failed.items()))
-        self.fatal = f"no model could be loaded: {reasons or 'none found'}"
-        self.signals.stop_now(self.fatal)
-        return True
-
-
 def serve(settings: Settings, repo: Repository) -> int:
     """Run until SIGTERM/SIGINT (drained) or a failure; the exit code; StartupError if it cannot start.
 
@@ -190,7 +144,7 @@ def serve(settings: Settings, repo: Repository) -> int:
         serving=lambda: any(shared.state[w] == READY for w in range(shared.workers)),
         close_listener=lambda: stop_accepting(settings.port),
     )
-    watcher = Watcher(app, signals)
+    watcher = Watcher(app, signals, app.server.lit_api)
     metrics.BUILD_INFO.labels(service.__version__).set(1)
     for name, entry in repo.models.items():
         m = entry.manifest
