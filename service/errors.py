@@ -83,6 +83,13 @@ class APIError(Exception):
         )
 
 
+def worker_crashed() -> APIError:
+    """The answer to a request whose worker process died while it held it (service/held.py)."""
+    return APIError(
+        503, "the worker running this request crashed; retry", code="worker_crashed", headers={"Retry-After": "1"}
+    )
+
+
 def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 

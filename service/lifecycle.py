@@ -70,13 +70,22 @@ class ShutdownSignals:
     First signal, once serving: `shared.draining` is set at once (/ready 503, new requests 503 +
     Retry-After) and a thread waits until no request is in flight, or `drain_timeout` passed; then
     `shared.cut` ends what is left (an SSE error event or a 503 body), and the main thread gets a
-    KeyboardInterrupt, which LitServer.run answers with its graceful shutdown. Before the server
+    KeyboardInterrupt, which LitServer.run answers with its graceful shutdown; just before it,
+    `close_listener` stops new connections (service.listener) so none is reset. Before the server
     serves, or on a second signal, that KeyboardInterrupt comes at once. `cut` is True when some
     request did not finish: the exit code is then 1. A watchdog bounds the shutdown itself.
     """
 
-    def __init__(self, shared, drain_timeout: float, serving: Callable[[], bool], grace_s: float = GRACE_S):  # type: ignore[no-untyped-def]
+    def __init__(  # type: ignore[no-untyped-def]
+        self,
+        shared,
+        drain_timeout: float,
+        serving: Callable[[], bool],
+        grace_s: float = GRACE_S,
+        close_listener: Callable[[], None] | None = None,
+    ):
         self.shared = shared
+        self.close_listener = close_listener or (lambda: None)
         self.drain_timeout = drain_timeout
         self.serving = serving
         self.signal_name: str | None = None
@@ -149,6 +158,7 @@ class ShutdownSignals:
         else:
             log.info("drained: no request in flight")
         if self.state == "draining":
+            self.close_listener()  # late arrivals until now got 503; the queued ones get theirs too
             self.state = "stop-requested"
             signal.pthread_kill(self._main, signal.SIGINT)
 

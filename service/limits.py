@@ -5,9 +5,12 @@ uvicorn parses with httptools when it is installed, and httptools has no header 
 timeout for reading headers: uvicorn's keep-alive timer runs only between requests and stops at the
 first byte, so a client that sends one byte every few seconds holds its connection for ever. So the
 servers run `LimitedH11Protocol`, uvicorn's h11 protocol plus a header count limit, a header-read
-timeout and a 431 (not h11's generic 400) for headers that are too large or too many.
+timeout and a 431 (not h11's generic 400) for headers that are too large or too many. Nor is there a
+body timeout: a request whose body stops arriving (Content-Length 1000, 10 bytes sent) held its
+connection, its task and its buffers for ever; here the body must be complete `body_timeout_s` after
+the headers, or the client gets 408 and the connection is closed.
 
-    server.run(..., **uvicorn_limits(keep_alive_s))
+    server.run(..., **uvicorn_limits(keep_alive_s, body_timeout_s))
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ access_log = logging.getLogger("charlm.access")  # the refusal is this request's
 MAX_HEADER_BYTES = 32 * 1024  # request line + headers (nginx allows 4 x 8 KiB, Node 16 KiB)
 MAX_HEADERS = 100  # header fields per request (Apache's LimitRequestFields)
 HEADER_TIMEOUT_S = 10.0  # from connection (or the previous response) to the end of the headers
+BODY_TIMEOUT_S = 10.0  # from the end of the headers to the end of the body (--body-timeout)
 
 
 class _LimitedConnection(h11.Connection):
@@ -63,10 +67,13 @@ class _LimitedConnection(h11.Connection):
 class LimitedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol with the limits above; everything else is uvicorn's own."""
 
+    body_timeout_s = BODY_TIMEOUT_S
+
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.conn = _LimitedConnection(h11.SERVER, MAX_HEADER_BYTES)
         self._header_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -74,6 +81,7 @@ class LimitedH11Protocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_header_timer()
+        self._disarm_body_timer()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -82,6 +90,30 @@ class LimitedH11Protocol(H11Protocol):
         super().data_received(data)
         if self.conn.their_state is not h11.IDLE:
             self._disarm_header_timer()  # the headers are in (or the connection failed)
+        if self.conn.their_state is h11.SEND_BODY:
+            if self._body_timer is None:
+                self._body_timer = self.loop.call_later(self.body_timeout_s, self._body_timeout)
+        else:
+            self._disarm_body_timer()
+
+    def _disarm_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_timeout(self) -> None:
+        """The body did not arrive in time: 408 (unless a response already started), then close."""
+        self._body_timer = None
+        cycle = self.cycle
+        if self.transport.is_closing() or self.conn.their_state is not h11.SEND_BODY or cycle is None:
+            return
+        message = f"the request body did not arrive within {self.body_timeout_s:g} s"
+        if not cycle.response_started:
+            cycle.response_started = cycle.response_complete = True  # the app's own answer is dropped
+            self._send_error(408, "request_timeout", message)
+        cycle.disconnected = True
+        cycle.message_event.set()  # the app's receive() sees http.disconnect
+        self.transport.close()
 
     def _arm_header_timer(self) -> None:
         self._disarm_header_timer()
@@ -107,6 +139,11 @@ class LimitedH11Protocol(H11Protocol):
         status = getattr(self.conn, "error_status", 400)
         message = getattr(self.conn, "error_message", msg)
         code = "request_header_fields_too_large" if status == 431 else "invalid_http_request"
+        self._send_error(status, code, message)
+        self.transport.close()
+
+    def _send_error(self, status: int, code: str, message: str) -> None:
+        """An error response in the OpenAI shape written straight to the connection, and its access line."""
         body = json.dumps(
             {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
         ).encode()
@@ -131,13 +168,13 @@ class LimitedH11Protocol(H11Protocol):
             self.transport.write(self.conn.send(h11.EndOfMessage()) or b"")
         except h11.LocalProtocolError:
             pass  # h11 cannot answer in this state: just close
-        self.transport.close()
 
 
-def uvicorn_limits(keep_alive_s: float) -> dict[str, Any]:
+def uvicorn_limits(keep_alive_s: float, body_timeout_s: float = BODY_TIMEOUT_S) -> dict[str, Any]:
     """The uvicorn.Config arguments for LitServer.run(**kwargs)."""
+    protocol = type("LimitedH11Protocol", (LimitedH11Protocol,), {"body_timeout_s": body_timeout_s})
     return {
-        "http": LimitedH11Protocol,
+        "http": protocol,
         "h11_max_incomplete_event_size": MAX_HEADER_BYTES,
         "timeout_keep_alive": keep_alive_s,
     }

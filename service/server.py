@@ -4,17 +4,14 @@ owns both generation routes, charlm's GET routes, middlewares, and the drain aro
 What LitServe does: the processes (N spawned workers, the API servers, its manager), the request queue
 and response transport, /health (through CharLMAPI.health), the payload limit, the OpenAPI docs.
 What charlm adds outside it, because LitServe has no public hook for it: the drain on SIGTERM
-(lifecycle.ShutdownSignals), per-worker readiness and heartbeats (shared.SharedState), and exiting
-when a worker cannot start or a process dies (a watcher thread in this process).
+(lifecycle.ShutdownSignals), per-worker readiness and heartbeats (shared.SharedState), replacing a
+worker that dies and exiting when a worker cannot start or another process dies (watcher.Watcher).
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import socket
-import threading
-import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -25,16 +22,20 @@ from contract.repository import Repository
 from service import metrics
 from service.access import AccessLogMiddleware, TracedClient
 from service.client import LitServeClient
+from service.draining import DrainMiddleware
 from service.http import playground
 from service.http.catalog import Catalog
 from service.http.gateway import Gateway
-from service.http.probes import readiness, settle
+from service.http.probes import readiness
 from service.http.routes import App, CharLMSpec, install_routes
 from service.lifecycle import ShutdownSignals, kill_children
 from service.limits import uvicorn_limits
+from service.listener import stop_accepting
+from service.probes import install_health
 from service.security import PUBLIC_PATHS, ApiKeyMiddleware, RequestIdMiddleware, load_api_keys, logging_config
 from service.settings import MAX_BODY_BYTES, Settings
-from service.shared import FATAL, READY, SharedState
+from service.shared import READY, SharedState
+from service.watcher import Watcher
 from service.worker.api import CharLMAPI
 
 __all__ = ["App", "StartupError", "build", "check_port", "install_routes", "readiness", "serve"]
@@ -54,16 +55,19 @@ class StartupError(RuntimeError):
         self.exit_code = exit_code
 
 
-def middlewares(settings: Settings, models: Iterable[str] = ()) -> list[tuple[Any, dict[str, Any]]]:
+def middlewares(
+    settings: Settings, shared: SharedState, models: Iterable[str] = ()
+) -> list[tuple[Any, dict[str, Any]]]:
     """Innermost first (LitServe adds them in order; the last added is outermost): metrics, API keys,
     the access log (so a 401 is logged), request ids (so the access line and a 401 carry the id), CORS
-    (a preflight needs no API key). `models`: the names the metrics may use as a label."""
+    (a preflight needs no API key), Connection: close while draining (on every answer). `models`: the
+    names the metrics may use as a label."""
     stack: list[tuple[Any, dict[str, Any]]] = [(metrics.MetricsMiddleware, {"models": frozenset(models)})]
     keys = load_api_keys(settings.api_key)
     if keys:
         stack.append((ApiKeyMiddleware, {"keys": keys, "public_paths": PUBLIC_PATHS | playground.PUBLIC_PATHS}))
     stack += [(AccessLogMiddleware, {}), (RequestIdMiddleware, {})]
-    return [*stack, *cors(settings)]
+    return [*stack, *cors(settings), (DrainMiddleware, {"shared": shared})]
 
 
 def cors(settings: Settings) -> list[tuple[Any, dict[str, Any]]]:
@@ -85,7 +89,7 @@ def cors(settings: Settings) -> list[tuple[Any, dict[str, Any]]]:
 
 
 def build(settings: Settings, repo: Repository) -> App:
-    shared = SharedState(settings.workers, list(repo.models))
+    shared = SharedState(settings.workers, list(repo.models), held=settings.max_queue)
     catalog = Catalog({name: e.manifest for name, e in repo.models.items()}, repo.failed, settings.backend)
     spec = CharLMSpec()
     api = CharLMAPI(
@@ -108,7 +112,7 @@ def build(settings: Settings, repo: Repository) -> App:
         workers_per_device=settings.workers,
         timeout=settings.timeout,
         max_payload_size=MAX_BODY_BYTES,  # LitServe's middleware: an int, its strings are not parsed
-        middlewares=middlewares(settings, repo.models),
+        middlewares=middlewares(settings, shared, repo.models),
     )
     server.uvicorn_graceful_timeout = UVICORN_GRACE_S
     server.monitor_internal = 3600  # LitServe's own monitor would race ours at shutdown; ours is below
@@ -116,6 +120,7 @@ def build(settings: Settings, repo: Repository) -> App:
     spec.gateway = Gateway(catalog, client, shared, settings.timeout, settings.max_queue, settings.max_request_tokens)
     app = App(server, spec, shared, catalog, settings)
     install_routes(server.app, app)
+    install_health(server.app, shared, settings.stall_timeout)
     return app
 
 
@@ -131,52 +136,6 @@ def check_port(host: str, port: int) -> str | None:
     return None
 
 
-class Watcher:
-    """Stops the server when a worker cannot start (exit 2, its one-line reason) or a process dies (1)."""
-
-    def __init__(self, app: App, signals: ShutdownSignals):
-        self.app, self.signals = app, signals
-        self.fatal: str | None = None
-        self.died: str | None = None
-
-    def start(self) -> None:
-        threading.Thread(target=self._run, name="charlm-watcher", daemon=True).start()
-
-    def _run(self) -> None:
-        shared, known = self.app.shared, {}
-        while self.signals.state in ("running", "draining"):
-            for w in range(shared.workers):
-                if shared.state[w] == FATAL:
-                    self.fatal = shared.worker_info(w).get("fatal") or "a worker could not start"
-                    self.signals.stop_now(self.fatal)
-                    return
-            if self._nothing_loaded():
-                return
-            children = {p.pid: p for p in multiprocessing.active_children()}
-            if any(shared.state[w] == READY for w in range(shared.workers)):
-                gone = [p for pid, p in known.items() if pid not in children]
-                if gone and self.signals.state in ("running", "draining"):
-                    self.died = f"process {gone[0].name} (pid {gone[0].pid}) died"
-                    log.error("%s: shutting down", self.died)
-                    self.signals.stop_now(self.died)
-                    return
-                known = {**known, **children}
-            time.sleep(WATCH_S)
-
-    def _nothing_loaded(self) -> bool:
-        """Every worker is up but none could load any model: exit 2 with the reasons (unless --allow-empty)."""
-        app = self.app
-        if app.settings.allow_empty or not all(app.shared.state[w] == READY for w in range(app.shared.workers)):
-            return False
-        settle(app)
-        if app.catalog.models:
-            return False
-        reasons = "; ".join(f"{name} ({why})" for name, why in sorted(app.catalog.failed.items()))
-        self.fatal = f"no model could be loaded: {reasons or 'none found'}"
-        self.signals.stop_now(self.fatal)
-        return True
-
-
 def serve(settings: Settings, repo: Repository) -> int:
     """Run until SIGTERM/SIGINT (drained) or a failure; the exit code; StartupError if it cannot start.
 
@@ -185,9 +144,12 @@ def serve(settings: Settings, repo: Repository) -> int:
     app = build(settings, repo)
     shared = app.shared
     signals = ShutdownSignals(
-        shared, settings.drain_timeout, serving=lambda: any(shared.state[w] == READY for w in range(shared.workers))
+        shared,
+        settings.drain_timeout,
+        serving=lambda: any(shared.state[w] == READY for w in range(shared.workers)),
+        close_listener=lambda: stop_accepting(settings.port),
     )
-    watcher = Watcher(app, signals)
+    watcher = Watcher(app, signals, app.server.lit_api)
     metrics.set_build_info()
     for name, entry in repo.models.items():
         m = entry.manifest
@@ -213,7 +175,7 @@ def serve(settings: Settings, repo: Repository) -> int:
             generate_client_file=False,
             log_config=logging_config(settings.log_level, settings.log_format),
             access_log=False,  # service.access writes one line per request, with its model and tokens
-            **uvicorn_limits(settings.keep_alive_timeout),
+            **uvicorn_limits(settings.keep_alive_timeout, settings.body_timeout),
         )
     except KeyboardInterrupt:
         pass

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     keep_alive_timeout: float = Field(
         5.0, gt=0, le=3600, description="seconds an idle keep-alive connection stays open"
     )
+    body_timeout: float = Field(
+        10.0, gt=0, le=3600, description="seconds from a request's headers to the end of its body before 408"
+    )
     allow_empty: bool = Field(False, description="start even when no model can be served (/ready stays 503)")
     api_key: str | None = Field(None, description="API key(s): k1,k2 or @FILE; every route but /health, /ready")
     cors_origins: str | None = Field(None, description="CORS: allowed origins, comma-separated, or *; off by default")

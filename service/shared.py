@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from queue import Empty
 from typing import Any
 
+from service.held import HeldTable
+
 _CTX = multiprocessing.get_context("spawn")  # LitServe spawns workers: create locks in the same context
 INFO_BYTES = 4096
-STARTING, READY, FATAL = 0, 1, 2
+STARTING, READY, FATAL, CRASHED = 0, 1, 2, 3  # CRASHED: died after start-up, being replaced
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,7 @@ class Admission:
 class SharedState:
     """Counters and flags of the whole server, plus one board row per worker process."""
 
-    def __init__(self, workers: int, models: list[str]):
+    def __init__(self, workers: int, models: list[str], held: int = 256):
         self.workers = workers
         self.models = sorted(models)
         self.in_flight = _CTX.Value("i", 0)  # admitted, unanswered requests, every API server
@@ -48,6 +50,7 @@ class SharedState:
         self.rates = _CTX.RawArray("d", workers * max(1, len(self.models)))  # tokens/s per worker, model
         self.info = [_CTX.RawArray("c", INFO_BYTES) for _ in range(workers)]
         self.cancels = [_CTX.Queue() for _ in range(workers)]
+        self.held = HeldTable(workers, held)  # request ids each worker holds (service/held.py)
 
     # ----- the worker's side -----
 
@@ -94,6 +97,13 @@ class SharedState:
         m, k = self.models.index(model), len(self.models)
         return sum(self.rates[w * k + m] for w in range(self.workers))
 
+    def crashed(self) -> list[int]:
+        return [w for w in range(self.workers) if self.state[w] == CRASHED]
+
+    def lost(self, rid: str) -> bool:
+        """Was this request held by a worker that died? (Cheap while no worker has crashed.)"""
+        return any(self.held.holds(w, rid) for w in self.crashed())
+
     def stalled(self, stall_timeout: float, now: float | None = None) -> list[int]:
         """Workers that have work (or while requests wait) and have not stepped for stall_timeout."""
         now = time.monotonic() if now is None else now
@@ -113,6 +123,10 @@ class SharedState:
         """
         if self.draining.value:
             return 0.0, Admission("shutting_down", "the server is shutting down; retry on another instance", 5)
+        if self.crashed() and not any(self.state[w] == READY for w in range(self.workers)):
+            return 0.0, Admission(
+                "worker_restarting", "the inference worker crashed and is restarting; retry shortly", 2
+            )
         rate = self.rate(model)
         cost_s = cost_tokens / rate if rate > 0 else 0.0
         with self.in_flight.get_lock():

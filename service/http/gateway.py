@@ -26,7 +26,7 @@ from starlette.types import Receive, Scope, Send
 
 from service import metrics
 from service.client import EngineClient, EventStream
-from service.errors import APIError
+from service.errors import APIError, worker_crashed
 from service.http import sse
 from service.http.bodies import Timing
 from service.http.catalog import Catalog
@@ -137,6 +137,8 @@ class Gateway:
             if self.shared.cut.value:
                 log.warning("503 shutting_down for %s: %s cut at the end of the drain", t.req.model, t.req.rid)
                 raise APIError(503, "the server shut down before the request finished", code="shutting_down")
+            if self.shared.lost(t.req.rid):  # its worker died (service/held.py)
+                raise worker_crashed()
             if now - t.checked >= DISCONNECT_POLL_S:  # also while events flow
                 t.checked = now
                 if await request.is_disconnected():

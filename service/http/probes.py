@@ -15,12 +15,12 @@ from fastapi.responses import JSONResponse, Response
 
 from service import errors, metrics
 from service.processes import server_processes
-from service.shared import FATAL, READY, STARTING
+from service.shared import CRASHED, FATAL, READY, STARTING
 
 if TYPE_CHECKING:
     from service.http.routes import App
 
-_STATES = {STARTING: "starting", READY: "ready", FATAL: "failed"}
+_STATES = {STARTING: "starting", READY: "ready", FATAL: "failed", CRASHED: "crashed"}
 # An absolute path (two or more components, not part of a URL): only its last component is kept.
 _PATH = re.compile(r"(?<![\w.:/~-])/(?:[^\s/'\"()\[\],;]+/)+([^\s/'\"()\[\],;]*)")
 

@@ -33,6 +33,7 @@ class SchedulerLoop(LitLoop):
         self.intake_s = intake_s
         self.scheduler: Scheduler | None = None
         self.last_intake = 0.0
+        self.held: dict[str, int | None] = {}  # request id -> its place in shared.held (service/held.py)
 
     def run(
         self,
@@ -70,7 +71,7 @@ class SchedulerLoop(LitLoop):
             item = self.get_request(request_queue, timeout=IDLE_WAIT_S)
             if item is None:
                 return
-            self._admit(sched, item)
+            self._admit(sched, item, shared, worker_id)
             self.last_intake = 0.0
         now = time.monotonic()
         if now - self.last_intake >= self.intake_s:
@@ -79,7 +80,7 @@ class SchedulerLoop(LitLoop):
                 item = self.get_request(request_queue, block=False)
                 if item is None:
                     break
-                self._admit(sched, item)
+                self._admit(sched, item, shared, worker_id)
                 sched.fill()
         for rid in shared.cancelled(worker_id):
             sched.cancel(rid)
@@ -89,9 +90,15 @@ class SchedulerLoop(LitLoop):
         shared.heartbeat(worker_id, sched.live())
         metrics.observe_slots(sched.occupancy)
         lit_api.publish_rates(sched.rates)
+        self._release_held(sched, shared)
 
-    @staticmethod
-    def _admit(sched: Scheduler, item: Any) -> None:
+    def _release_held(self, sched: Scheduler, shared: Any) -> None:
+        for rid in [rid for rid in self.held if rid not in sched.jobs]:
+            place = self.held.pop(rid)
+            if place is not None:
+                shared.held.free(place)
+
+    def _admit(self, sched: Scheduler, item: Any, shared: Any, worker_id: int) -> None:
         if item is None:
             raise KeyboardInterrupt  # a stop sentinel
         rqid, uid, _t_submit, req = item
@@ -106,6 +113,8 @@ class SchedulerLoop(LitLoop):
             extra={"request_id": req.request_id, "model": req.model},
         )
         sched.admit(req, uid, rqid)
+        if req.rid in sched.jobs:  # a crash of this process now answers it (service/held.py)
+            self.held[req.rid] = shared.held.hold(worker_id, req.rid)
 
 
 def _log_end(req: EngineRequest, event: Final | Failed) -> None:

@@ -1,0 +1,129 @@
+"""The main process's watch over its children: a worker that cannot start stops the server (exit 2), a
+worker that dies is replaced while the server keeps serving, any other process that dies stops it (1).
+
+A worker's death (kill -9, a segfault, the OOM killer): at once it is marked CRASHED, so /health and
+/ready answer 503 and each API server answers every request the dead worker held within its next poll
+(service/held.py); LOST_GRACE_S later, its row of held requests is wiped and a new worker is spawned
+through LitServer's public `launch_single_inference_worker`. It loads the models and turns READY like
+the first one did. Other workers serve throughout. More than MAX_RESTARTS deaths in RESTART_WINDOW_S
+is a crash loop: the server stops (exit 1) rather than flap. During the drain nothing is restarted.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import multiprocessing
+import threading
+import time
+from typing import Any
+
+from service.held import LOST_GRACE_S
+from service.http.probes import settle
+from service.http.routes import App
+from service.lifecycle import ShutdownSignals
+from service.shared import CRASHED, FATAL, READY, STARTING
+
+log = logging.getLogger("charlm.server")
+
+WATCH_S = 0.1
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 60.0
+
+
+class Watcher:
+    """Stops the server when a worker cannot start (exit 2, its one-line reason) or a process other than
+    a worker dies (1); replaces a worker that dies."""
+
+    def __init__(self, app: App, signals: ShutdownSignals, lit_api: Any):
+        self.app, self.signals, self.lit_api = app, signals, lit_api
+        self.fatal: str | None = None
+        self.died: str | None = None
+        self.restarts: collections.deque[float] = collections.deque()
+        self.replace_at: dict[int, float] = {}  # worker index -> when to spawn its replacement
+        self.worker_pids: set[int] = set()  # every worker process ever (their deaths are handled apart)
+        self.ready_once: set[int] = set()  # workers that were READY (a death after that is a crash)
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name="charlm-watcher", daemon=True).start()
+
+    def _run(self) -> None:
+        shared, known = self.app.shared, {}
+        while self.signals.state in ("running", "draining"):
+            for w in range(shared.workers):
+                if shared.state[w] == FATAL:
+                    self.fatal = shared.worker_info(w).get("fatal") or "a worker could not start"
+                    self.signals.stop_now(self.fatal)
+                    return
+            if self._nothing_loaded():
+                return
+            if not self._watch_workers():
+                return
+            children = {p.pid: p for p in multiprocessing.active_children()}
+            if any(shared.state[w] in (READY, CRASHED) for w in range(shared.workers)):
+                gone = [p for pid, p in known.items() if pid not in children and pid not in self.worker_pids]
+                if gone and self.signals.state in ("running", "draining"):
+                    self.died = f"process {gone[0].name} (pid {gone[0].pid}) died"
+                    log.error("%s: shutting down", self.died)
+                    self.signals.stop_now(self.died)
+                    return
+                known = {**known, **children}
+            time.sleep(WATCH_S)
+
+    def _watch_workers(self) -> bool:
+        """Mark dead workers CRASHED and replace them in time; False once the server must stop."""
+        server, shared, now = self.app.server, self.app.shared, time.monotonic()
+        procs = list(getattr(server, "inference_workers", []))
+        self.worker_pids.update(p.pid for p in procs if p.pid)
+        self.ready_once.update(w for w in range(shared.workers) if shared.state[w] == READY)
+        for w, proc in enumerate(procs):
+            if proc.is_alive() or shared.state[w] not in (READY, STARTING) or w in self.replace_at:
+                continue
+            if w not in self.ready_once:
+                continue  # the first start-up: LitServe's own checks and the FATAL state cover it
+            shared.state[w] = CRASHED
+            shared.live[w] = 0
+            log.error("worker %d (pid %s) died (exit code %s): answering its requests", w, proc.pid, proc.exitcode)
+            _forget_metrics(proc.pid)
+            self.restarts.append(now)
+            while self.restarts and now - self.restarts[0] > RESTART_WINDOW_S:
+                self.restarts.popleft()
+            if len(self.restarts) > MAX_RESTARTS:
+                self.died = f"workers died {len(self.restarts)} times within {RESTART_WINDOW_S:g} s"
+                log.error("%s: shutting down", self.died)
+                time.sleep(LOST_GRACE_S)  # the API servers answer the requests it held first
+                self.signals.stop_now(self.died)
+                return False
+            self.replace_at[w] = now + LOST_GRACE_S
+        for w, when in list(self.replace_at.items()):
+            if now >= when and self.signals.state == "running":
+                del self.replace_at[w]
+                shared.held.wipe(w)
+                shared.state[w] = STARTING
+                server.inference_workers[w] = server.launch_single_inference_worker(self.lit_api, w)
+                log.info("worker %d replaced (pid %s)", w, server.inference_workers[w].pid)
+        return True
+
+    def _nothing_loaded(self) -> bool:
+        """Every worker is up but none could load any model: exit 2 with the reasons (unless --allow-empty)."""
+        app = self.app
+        if app.settings.allow_empty or not all(app.shared.state[w] == READY for w in range(app.shared.workers)):
+            return False
+        settle(app)
+        if app.catalog.models:
+            return False
+        reasons = "; ".join(f"{name} ({why})" for name, why in sorted(app.catalog.failed.items()))
+        self.fatal = f"no model could be loaded: {reasons or 'none found'}"
+        self.signals.stop_now(self.fatal)
+        return True
+
+
+def _forget_metrics(pid: int | None) -> None:
+    """prometheus_client's clean-up for a dead process (its live gauges stop counting)."""
+    if pid is None:
+        return
+    with contextlib.suppress(Exception):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)
