@@ -26,12 +26,12 @@ from service.draining import DrainMiddleware
 from service.http import playground
 from service.http.catalog import Catalog
 from service.http.gateway import Gateway
+from service.http.health import install_health
 from service.http.probes import readiness
 from service.http.routes import App, CharLMSpec, install_routes
 from service.lifecycle import ShutdownSignals, kill_children
 from service.limits import uvicorn_limits
 from service.listener import stop_accepting
-from service.probes import install_health
 from service.security import PUBLIC_PATHS, ApiKeyMiddleware, RequestIdMiddleware, load_api_keys, logging_config
 from service.settings import MAX_BODY_BYTES, Settings
 from service.shared import READY, SharedState
