@@ -36,6 +36,30 @@ PREFILL_SCRATCH_BYTES = 64 << 20
 # past block_size together re-prefilled 4,096 tokens in one step (shakespeare-gpt, 128 rows: step p99
 # 115-143 ms, 38-44 ms with it; a decode step ~12 ms) and every other request waited behind it.
 PREFILL_TOKENS = 256
+# Padding a prefill call may carry beyond a quarter of its tokens: about what one more call costs.
+PAD_SLACK = 8
+
+
+def prefill_calls(lengths: np.ndarray, n_embd: int) -> list[np.ndarray]:
+    """Split prompts of these lengths into prefill calls of similar lengths (indices into `lengths`):
+    each call is right-padded to its longest row, so rows join a call while its padding stays within a
+    quarter of its tokens plus PAD_SLACK (a call's own cost, in tokens) and its attention scratch within
+    PREFILL_SCRATCH_BYTES."""
+    order = np.argsort(lengths, kind="stable")
+    calls: list[list[int]] = []
+    tokens = 0
+    for i in order.tolist():
+        width = int(lengths[i])
+        if calls:
+            rows = len(calls[-1]) + 1
+            padded, real = rows * width, tokens + width
+            if padded - real <= real // 4 + PAD_SLACK and rows * width * width * n_embd * 4 <= PREFILL_SCRATCH_BYTES:
+                calls[-1].append(i)
+                tokens = real
+                continue
+        calls.append([i])
+        tokens = width
+    return [np.array(c, dtype=np.int64) for c in calls]
 
 
 class _Spans:
@@ -53,6 +77,19 @@ class _Spans:
         futures = [self._pool.submit(fn, lo, hi) for lo, hi in spans[1:]]
         first = fn(*spans[0])  # the calling thread takes the first span
         return [first, *(f.result() for f in futures)]
+
+    def each(self, tasks: list[Callable[[], list[np.ndarray]]]) -> list[list[np.ndarray]]:
+        """Run independent calls, every `threads`-th one on the same thread; their results in order."""
+        if self._pool is None or len(tasks) == 1:
+            return [t() for t in tasks]
+        k = self.threads
+
+        def share(j: int) -> list[list[np.ndarray]]:
+            return [t() for t in tasks[j::k]]
+
+        futures = [self._pool.submit(share, j) for j in range(1, min(k, len(tasks)))]
+        shares = [share(0), *(f.result() for f in futures)]
+        return [shares[i % k][i // k] for i in range(len(tasks))]
 
 
 class WindowRunner:
@@ -160,11 +197,11 @@ class GPTRunner:
             if m < n:
                 logits = np.concatenate([logits, np.zeros((n - m, logits.shape[1]), np.float32)])
         if fresh.any():
-            rows = self._within_budget(np.flatnonzero(fresh))
-            first = self._prefill(rows, n)
+            calls = self._within_budget(np.flatnonzero(fresh))
+            first = self._prefill(calls, n)
             if logits.shape[1] == 0:
                 logits = np.zeros((n, first.shape[1]), np.float32)  # rows still waiting: finite, unused
-            logits[rows] = first
+            logits[np.concatenate(calls)] = first
         return logits
 
     def waiting(self, n: int) -> np.ndarray | None:
@@ -203,14 +240,21 @@ class GPTRunner:
         self.start(0, [self.pad])
         return logits
 
-    def _within_budget(self, fresh: np.ndarray) -> np.ndarray:
-        """The fresh rows this step prefills: oldest first while rows x the longest context fits the
-        budget (padding costs as much as tokens), at least one."""
-        order = fresh[np.argsort(self.fresh_at[fresh], kind="stable")]
-        widths = np.maximum.accumulate([len(self.history[r]) for r in order.tolist()])
-        cost = widths * np.arange(1, len(order) + 1)  # non-decreasing
-        fits = int(np.searchsorted(cost, self.prefill_tokens, side="right"))
-        return np.sort(order[: max(1, fits)])
+    def _within_budget(self, fresh: np.ndarray) -> list[np.ndarray]:
+        """The fresh rows this step prefills, as calls of rows of similar lengths (prefill_calls): oldest
+        first (lowest rows first among rows of one age, so the rows left waiting are mostly past the last
+        cached one, out of the decode call) while the calls' tokens, padding included, fit the budget; at
+        least one row."""
+        lengths = np.array([len(self.history[r]) for r in fresh.tolist()], dtype=np.int64)
+        order = np.argsort(self.fresh_at[fresh], kind="stable")
+        rows, lengths = fresh[order], lengths[order]
+        calls = prefill_calls(lengths[:1], self.n_embd)
+        for k in range(2, len(rows) + 1):
+            more = prefill_calls(lengths[:k], self.n_embd)
+            if sum(len(c) * int(lengths[c].max()) for c in more) > self.prefill_tokens:
+                break
+            calls = more
+        return [rows[c] for c in calls]
 
     def _decode(self, m: int, n: int, fresh: np.ndarray) -> np.ndarray:
         """One token for every row of [0, m) with a cache; fresh rows among them ride along as ignored
@@ -221,8 +265,10 @@ class GPTRunner:
         idx = np.where(fresh, self.pad, self.pending[:m])[:, None]
         self.kv.fit(int(pos.max()) + 1, rows=n)
 
+        run = getattr(self.backend, "run_decode", self.backend.run)  # IOBinding where the backend has it
+
         def call(lo: int, hi: int) -> list[np.ndarray]:
-            out = self.backend.run([idx[lo:hi], pos[lo:hi], *self.kv.past(lo, hi)])
+            out = run([idx[lo:hi], pos[lo:hi], *self.kv.past(lo, hi)])
             self.kv.write(np.arange(lo, hi), pos[lo:hi], out[1:])  # each span writes its own rows
             return out[:1]
 
@@ -230,40 +276,42 @@ class GPTRunner:
         self.length[:m] += ~fresh
         return logits[:, 0, :]
 
-    def _prefill(self, rows: np.ndarray, n: int) -> np.ndarray:
-        contexts = [self.history[r] for r in rows.tolist()]
-        lengths = np.array([len(c) for c in contexts], dtype=np.int64)
-        idx = np.full((len(rows), int(lengths.max())), self.pad, dtype=np.int64)
-        for i, c in enumerate(contexts):
-            idx[i, : len(c)] = c
-        zeros = np.zeros(len(rows), dtype=np.int64)
+    def _prefill(self, calls: list[np.ndarray], n: int) -> np.ndarray:
+        """Prefill each call's rows from position 0 (calls run concurrently, one per thread), write their
+        caches and return the logits of each row's last token, rows in the order of the calls."""
 
-        width = idx.shape[1]
-        per_call = max(1, PREFILL_SCRATCH_BYTES // (4 * width * width * self.n_embd))
+        def run(rows: np.ndarray) -> list[np.ndarray]:
+            contexts = [self.history[r] for r in rows.tolist()]
+            idx = np.full((len(rows), max(map(len, contexts))), self.pad, dtype=np.int64)
+            for i, c in enumerate(contexts):
+                idx[i, : len(c)] = c
+            return self.backend.run([idx, np.zeros(len(rows), np.int64), *self.kv.empty(len(rows))])
 
-        def call(lo: int, hi: int) -> list[np.ndarray]:
-            chunks = [
-                self.backend.run([idx[a:b], zeros[a:b], *self.kv.empty(b - a)])
-                for a, b in itertools.pairwise([*range(lo, hi, per_call), hi])
-            ]
-            return [np.concatenate(col) for col in zip(*chunks, strict=True)] if len(chunks) > 1 else chunks[0]
-
-        parts = self._spans.map(len(rows), call)
-        outs = [np.concatenate(col) for col in zip(*parts, strict=True)] if len(parts) > 1 else parts[0]
+        outs = self._spans.each([lambda rows=rows: run(rows) for rows in calls])
+        rows = np.concatenate(calls)
         others = np.delete(self.length[:n], rows)  # the rows keeping their cache (stale lengths left out)
-        self.kv.fit(max(idx.shape[1], int(others.max()) if others.size else 0), rows=n)
-        self.kv.write(rows, 0, outs[1:])
-        self.length[rows] = lengths
+        width = max(o[0].shape[1] for o in outs)
+        self.kv.fit(max(width, int(others.max()) if others.size else 0), rows=n)
+        last = []
+        for call, out in zip(calls, outs, strict=True):
+            lengths = np.array([len(self.history[r]) for r in call.tolist()], dtype=np.int64)
+            self.kv.write(call, 0, out[1:])
+            self.length[call] = lengths
+            last.append(out[0][np.arange(len(call)), lengths - 1])
+            self._keep_scores(call, lengths, out[0])
         self.fresh[rows] = False
+        return np.concatenate(last)
+
+    def _keep_scores(self, rows: np.ndarray, lengths: np.ndarray, logits: np.ndarray) -> None:
+        """The prompt logprobs asked for by rows of a prefill call (engine.logprobs turns them into scores)."""
         for i, r in enumerate(rows.tolist()):
             context = self._to_score.pop(r, None)
             if context is None:
                 continue
             if len(context) <= self.block_size:  # the prompt's own logits: row j predicts context token j + 1
-                self.scores[r] = (context, outs[0][i, : lengths[i] - 1])
+                self.scores[r] = (context, logits[i, : lengths[i] - 1])
             else:
                 self.scores[r] = (context, self._score_blocks(context))
-        return outs[0][np.arange(len(rows)), lengths - 1]
 
     def _score_blocks(self, context: list[int]) -> np.ndarray:
         """Logits predicting context[1:] of a context longer than block_size, by disjoint blocks of

@@ -1,6 +1,7 @@
 """ONNX export of a GraphSpec (one self-contained .onnx file) and an ONNX Runtime runner for checks.
 
-Exporter choice: the torch.export-based exporter (dynamo=True). Both exporters give correct numbers
+GPT step graphs are written directly with fused kernels (training/export/fused.py). Window models are
+traced; exporter choice: the torch.export-based exporter (dynamo=True). Both exporters give correct numbers
 for the GPT step graph at dynamic batch / new / past (past=0 included) in torch 2.13, but:
 - dynamo=True emits opset 18 natively (torchlib), keeps batch / new / past symbolic in the outputs,
   and gives a graph about 2.5x smaller (no Constant/Shape/Gather/Cast chains);
@@ -23,24 +24,24 @@ import torch
 from torch.export import Dim
 
 from training.export.errors import ExportError
+from training.export.fused import fused_step_model
 from training.export.graphs import GraphSpec, Runner
 
 OPSET = 18
 
 
 def export_onnx(spec: GraphSpec, path: Path) -> None:
-    """Write spec's graph to `path` with a dynamic batch (and, for GPT, dynamic new, past and per-row pos)."""
-    batch = Dim("batch", min=1)
+    """Write spec's graph to `path` with a dynamic batch (and, for GPT, dynamic new, past and per-row pos).
+
+    GPT's step graph is written node by node with ONNX Runtime's fused kernels (training/export/fused.py)
+    from the net's weights; window models are traced."""
     if spec.is_step:
-        past = Dim("past", min=0)
-        key, value = {0: batch, 3: past}, {0: batch, 2: past}  # keys are stored transposed
-        shapes: dict = {
-            "idx": {0: batch, 1: Dim("new", min=1, max=spec.block_size)},
-            "pos": {0: batch},
-            "past": tuple(key if j % 2 == 0 else value for j in range(2 * spec.n_layer)),
-        }
-    else:
-        shapes = {"idx": {0: batch}}
+        weights = {k: v.detach().cpu().numpy() for k, v in spec.module.net.state_dict().items()}
+        model = fused_step_model(weights, spec.n_layer, spec.n_head, spec.block_size)
+        onnx.save_model(model, str(path), save_as_external_data=False)
+        _check_file(spec, path)
+        return
+    shapes = {"idx": {0: Dim("batch", min=1)}}
     with _quiet():
         torch.onnx.export(
             spec.module,

@@ -1,0 +1,171 @@
+"""Engine tokens/s in two traffic shapes, one engine tree against another (and CTranslate2), same run.
+
+`python -m benchmarks.engine_shapes [--base /path/to/other/checkout] [--ct2] [--threads 1 2]`
+
+Shapes (shakespeare-gpt, greedy, 60 new tokens per row, all rows added at once):
+- lockstep: every row starts from "\\n" (rows at one position);
+- served:   row i starts from its own prompt of 1-67 characters of tinyshakespeare at a spread offset
+            (rows at spread positions, as served traffic is; none slides past block_size).
+Each (tree, shape, batch, threads) is one fresh process (`--one`), so two engine trees never share an
+import; the rounds are interleaved over the trees (background load hits them alike) and the median of
+`--repeats` rounds is reported with the ratio new / base (and new / CTranslate2 float32, whose greedy
+output must equal ours before it is timed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = REPO / "models" / "shakespeare-gpt"
+NEW_TOKENS = 60
+
+
+def prompts(shape: str, batch: int) -> list[str]:
+    """The rows' prompts: "\\n" each (lockstep) or 1-67 characters from spread offsets (served)."""
+    if shape == "lockstep":
+        return ["\n"] * batch
+    text = (Path(os.environ.get("CHARLM_DATA_DIR", "data")) / "tinyshakespeare.txt").read_text()
+    step = len(text) // (batch + 1)
+    return [text[(i + 1) * step : (i + 1) * step + 1 + (i * 37) % 67] for i in range(batch)]
+
+
+def run_engine(shape: str, batch: int, threads: int) -> tuple[float, float, list[str]]:
+    """tokens/s of the engine on the tree on sys.path, and its texts."""
+    import engine as engine_pkg
+    from benchmarks.common import model_entry
+    from engine import Engine, SamplingParams
+
+    # the tree's own model folder: each engine runs the graph its tree exports
+    entry = model_entry(Path(engine_pkg.__file__).resolve().parents[1] / "models", MODEL.name)
+    engine = Engine.load(entry, backend="onnx", threads=threads, slots=max(batch, 1))
+    params = SamplingParams(temperature=0.0, max_new_tokens=NEW_TOKENS)
+    rows = prompts(shape, batch)
+    for _ in range(2):  # the first round warms up; the second is timed
+        texts = [""] * batch
+        start, cpu = time.perf_counter(), time.process_time()
+        for i, p in enumerate(rows):
+            engine.add(i, engine.encode_prompt(p), params)
+        while engine.active():
+            for d in engine.step():
+                texts[d.request_id] += d.text
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return batch * NEW_TOKENS / seconds, batch * NEW_TOKENS / cpu, texts
+
+
+def run_ct2(shape: str, batch: int, threads: int) -> tuple[float, float, list[str]]:
+    """tokens/s of CTranslate2 float32 over the same weights (greedy), and its texts. CTranslate2 feeds
+    the part of a prompt longer than the batch's shortest through its decoding loop, so each row stops
+    when it has NEW_TOKENS new tokens (the callback)."""
+    import tempfile
+
+    import ctranslate2
+    from ctranslate2.converters import TransformersConverter
+
+    from benchmarks.weights import load_eager, read_manifest, to_hf
+
+    hf = to_hf(load_eager(MODEL))
+
+    class Vocab:
+        bos_token = eos_token = unk_token = "c0"
+
+        def get_vocab(self) -> dict[str, int]:
+            return {f"c{i}": i for i in range(hf.config.vocab_size)}
+
+    class InMemory(TransformersConverter):
+        def load_model(self, *args, **kwargs):
+            return hf
+
+        def load_tokenizer(self, *args, **kwargs):
+            return Vocab()
+
+    vocab = read_manifest(MODEL)["vocab"]
+    with tempfile.TemporaryDirectory() as tmp:
+        hf.config.save_pretrained(f"{tmp}/hf")
+        InMemory(f"{tmp}/hf").convert(f"{tmp}/ct2", quantization="float32", force=True)
+        gen = ctranslate2.Generator(f"{tmp}/ct2", device="cpu", intra_threads=threads, compute_type="float32")
+    ids = [[vocab.index(c) for c in p] for p in prompts(shape, batch)]
+    forced = [len(p) - min(map(len, ids)) for p in ids]
+    for _ in range(2):
+        start, cpu = time.perf_counter(), time.process_time()
+        out = gen.generate_batch(
+            [[f"c{i}" for i in p] for p in ids],
+            max_length=NEW_TOKENS + max(forced),
+            include_prompt_in_result=False,
+            end_token=[],
+            sampling_topk=1,
+            callback=(lambda s: s.step >= forced[s.batch_id] + NEW_TOKENS - 1) if any(forced) else None,
+        )
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    texts = ["".join(vocab[t] for t in r.sequences_ids[0][f:]) for r, f in zip(out, forced, strict=True)]
+    return batch * NEW_TOKENS / seconds, batch * NEW_TOKENS / cpu, texts
+
+
+def one(tree: str, shape: str, batch: int, threads: int) -> dict:
+    fn = run_ct2 if tree == "ct2" else run_engine
+    rate, cpu_rate, texts = fn(shape, batch, threads)
+    return {"rate": rate, "cpu_rate": cpu_rate, "texts": texts}
+
+
+def spawn(tree: str, root: str, shape: str, batch: int, threads: int) -> dict:
+    env = dict(os.environ, PYTHONPATH=f"{root}:{REPO}")
+    cmd = [sys.executable, "-m", "benchmarks.engine_shapes", "--one", tree, shape, str(batch), str(threads)]
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    if out.returncode:
+        raise SystemExit(f"{tree} {shape} b={batch}: {out.stderr.strip().splitlines()[-1]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--one", nargs=4, metavar=("TREE", "SHAPE", "BATCH", "THREADS"))
+    ap.add_argument("--base", help="another checkout of charlm to compare against (its engine/)")
+    ap.add_argument("--ct2", action="store_true", help="add CTranslate2 float32 (pip install ctranslate2)")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 32, 128])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1])
+    ap.add_argument("--shapes", nargs="+", default=["lockstep", "served"])
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    if args.one:
+        tree, shape, batch, threads = args.one
+        print(json.dumps(one(tree, shape, int(batch), int(threads))))
+        return
+    trees = {"new": str(REPO)} | ({"base": args.base} if args.base else {}) | ({"ct2": str(REPO)} if args.ct2 else {})
+    names = " / ".join(trees)
+    print(
+        f"| shape | b | threads | tok/s ({names}) | new/base | new/ct2 "
+        f"| tok/CPU-s ({names}) | new/base | new/ct2 | texts |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for shape in args.shapes:
+        for batch in args.batches:
+            for threads in args.threads:
+                rates: dict[str, list[float]] = {t: [] for t in trees}
+                cpu: dict[str, list[float]] = {t: [] for t in trees}
+                texts: dict[str, list[str]] = {}
+                for _ in range(args.repeats):
+                    for tree, root in trees.items():
+                        got = spawn(tree, root, shape, batch, threads)
+                        rates[tree].append(got["rate"])
+                        cpu[tree].append(got["cpu_rate"])
+                        texts[tree] = got["texts"]
+                same = all(texts[t] == texts["new"] for t in texts)
+                cells = []
+                for table in (rates, cpu):
+                    med = {t: sorted(r)[len(r) // 2] for t, r in table.items()}
+                    ratio = [f"{med['new'] / med[o]:.2f}x" if o in med else "-" for o in ("base", "ct2")]
+                    cells += [" / ".join(f"{med[t]:,.0f}" for t in trees), *ratio]
+                print(
+                    f"| {shape} | {batch} | {threads} | " + " | ".join(cells) + f" | {'same' if same else 'DIFFER'} |",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()
