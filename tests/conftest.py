@@ -28,6 +28,21 @@ def client(server):
         yield c
 
 
+# Modules that start `python -m service serve` themselves (tests/serving.py's helpers) or take the shared
+# server: their tests are marked `server`; every other test runs in-process and is marked `inprocess`.
+_SERVER_HELPERS = ("start_server", "running_server", "ServerProcess")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`pytest -m inprocess` is the quick suite (no server process); `-m server` the real-server one."""
+    for item in items:
+        module = getattr(item, "module", None)
+        real = {"server", "client"} & set(getattr(item, "fixturenames", ())) or any(
+            hasattr(module, name) for name in _SERVER_HELPERS
+        )
+        item.add_marker(pytest.mark.server if real else pytest.mark.inprocess)
+
+
 # A fresh clone without the corpora: subprocess failures read as their one-line reason, never as pytest's
 # bare "CalledProcessError: ... returned non-zero exit status 1".
 _CORPUS_MISSING = re.compile(r"DataError: (cannot download |\S+ is not available)")

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from serving import REPO
 
 
 def _loaded_after(code: str, watch: tuple[str, ...]) -> list[str]:
