@@ -126,6 +126,8 @@ def make_server(kind: str, models_dir: Path, settings: HttpSettings, log_dir: Pa
         # default 30 s timeout, admission by cost rightly refuses the second with a 503; the scenario wants
         # both running, so the timeout is raised (the other scenarios' requests are far below either).
         args += ["--timeout", str(settings.charlm_timeout_s)]
+        # and so is the cap on one request's tokens (n x max_new_tokens of the long requests)
+        args += ["--max-request-tokens", str(settings.long_n * settings.long_tokens)]
         cmd = [sys.executable, "-m", "service", "serve", "--port", str(port), "--models", str(models_dir), *args]
         ready = "/ready"
     elif kind == "noop":
