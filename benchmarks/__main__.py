@@ -19,6 +19,7 @@ import traceback
 from pathlib import Path
 
 from benchmarks.common import DOCS_FILE, MODELS_DIR, REPO, RESULTS_DIR, BenchError, cores, machine_info, utc_stamp
+from benchmarks.http_settings import HttpSettings
 
 PARTS = ("engine", "arrivals", "http", "training")
 
@@ -74,18 +75,12 @@ def main(argv: list[str] | None = None) -> int:
         engine.EngineSettings.quick(engine_threads) if quick else engine.EngineSettings(threads=engine_threads)
     )
     arrival_settings = arrivals.ArrivalSettings.quick() if quick else arrivals.ArrivalSettings()
-    http_settings = (
-        http_bench.HttpSettings.quick(baseline_threads)
-        if quick
-        else http_bench.HttpSettings(baseline_threads=baseline_threads)
-    )
+    http_settings = HttpSettings.quick(baseline_threads) if quick else HttpSettings(baseline_threads=baseline_threads)
     if args.duration:
-        http_settings = http_bench.HttpSettings(
-            **{**http_bench.settings_dict(http_settings), "duration_s": args.duration}
-        )
+        http_settings = HttpSettings(**{**http_bench.settings_dict(http_settings), "duration_s": args.duration})
     if args.scenarios:
         chosen = tuple(s.strip() for s in args.scenarios.split(",") if s.strip())
-        http_settings = http_bench.HttpSettings(**{**http_bench.settings_dict(http_settings), "scenarios": chosen})
+        http_settings = HttpSettings(**{**http_bench.settings_dict(http_settings), "scenarios": chosen})
     training_settings = (
         training_bench.TrainingSettings.quick(threads) if quick else training_bench.TrainingSettings(threads=threads)
     )

@@ -14,12 +14,10 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from benchmarks.common import BenchError
-
-if TYPE_CHECKING:
-    from benchmarks.http_bench import HttpSettings, Scenario
+from benchmarks.http_settings import HttpSettings, Scenario
 
 LUA = r"""
 wrk.method = "POST"

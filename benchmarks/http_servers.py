@@ -19,12 +19,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from benchmarks.common import REPO, SHAKESPEARE, BenchError
-
-if TYPE_CHECKING:
-    from benchmarks.http_bench import HttpSettings
+from benchmarks.http_settings import HttpSettings
 
 KINDS = ("charlm", "noop", "baseline", "hf")
 

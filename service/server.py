@@ -24,11 +24,12 @@ from service.access import AccessLogMiddleware, TracedClient
 from service.client import LitServeClient
 from service.draining import DrainMiddleware
 from service.http import playground
+from service.http.app import App
 from service.http.catalog import Catalog
 from service.http.gateway import Gateway
 from service.http.health import install_health
 from service.http.probes import readiness
-from service.http.routes import App, CharLMSpec, install_routes
+from service.http.routes import CharLMSpec, install_routes
 from service.lifecycle import ShutdownSignals, kill_children
 from service.limits import uvicorn_limits
 from service.listener import stop_accepting

@@ -20,8 +20,8 @@ import time
 from typing import Any
 
 from service.held import LOST_GRACE_S
+from service.http.app import App
 from service.http.probes import settle
-from service.http.routes import App
 from service.lifecycle import ShutdownSignals
 from service.shared import CRASHED, FATAL, READY, STARTING
 

@@ -9,16 +9,14 @@ from __future__ import annotations
 import re
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi.responses import JSONResponse, Response
 
 from service import errors, metrics
+from service.http.app import App
 from service.processes import server_processes
 from service.shared import CRASHED, FATAL, READY, STARTING
-
-if TYPE_CHECKING:
-    from service.http.routes import App
 
 _STATES = {STARTING: "starting", READY: "ready", FATAL: "failed", CRASHED: "crashed"}
 # An absolute path (two or more components, not part of a URL): only its last component is kept.

@@ -8,10 +8,8 @@ routes LitServe does not have: probes and the model list, the tokenizer, the pla
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated, Any
 
-import litserve as ls
 from fastapi import Body, FastAPI, Request
 from fastapi.responses import Response
 from litserve.specs.base import LitSpec
@@ -20,8 +18,8 @@ import service
 from service import errors
 from service.errors import APIError
 from service.http import playground
+from service.http.app import App
 from service.http.bodies import ModelCard, ModelList
-from service.http.catalog import Catalog
 from service.http.chat import ChatRequest, ChatResponse, ChatRoute
 from service.http.completions import CompletionRequest, CompletionResponse, CompletionsRoute
 from service.http.gateway import Gateway
@@ -29,8 +27,6 @@ from service.http.generate import GenerateRequest, GenerateResponse, GenerateRou
 from service.http.probes import Probes
 from service.http.reply import Route
 from service.http.tokenizer import Tokenizer
-from service.settings import Settings
-from service.shared import SharedState
 
 GENERATION: tuple[Route, ...] = (GenerateRoute, CompletionsRoute, ChatRoute)  # type: ignore[assignment]
 # lm-evaluation-harness finds its tokenizer next to the completions URL: one base URL per model
@@ -95,15 +91,6 @@ for _route, _method in (
 ):
     _method.__doc__ = f"{_route.summary}.\n\n{_route.description}"
 CharLMSpec.model_completions.__doc__ = f"{CompletionsRoute.path} under {PER_MODEL}, where its tokenizer routes are."
-
-
-@dataclass
-class App:
-    server: ls.LitServer
-    spec: CharLMSpec
-    shared: SharedState
-    catalog: Catalog
-    settings: Settings
 
 
 def install_routes(fastapi_app: FastAPI, app: App) -> None:
