@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.client import EngineClient, EventStream
 from service.protocol import EngineRequest, Final, WorkerEvent
-from service.security import request_id_var
+from service.request_ids import request_id_var
 
 log = logging.getLogger("charlm.access")
 

@@ -51,7 +51,7 @@ def _fatal_line(text: str, code: int) -> str:
     """`text` as the one line it is, or as one JSON log record (the JsonFormatter's fields) in json mode."""
     if _fatal_format != "json":
         return text
-    from service.security import JsonFormatter
+    from service.logs import JsonFormatter
 
     record = logging.LogRecord("charlm.cli", logging.CRITICAL, __file__, 0, text, None, None)
     record.exit_code = code
@@ -165,9 +165,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _configure_logging(settings: Settings) -> str | None:
-    """Logging in the chosen format (service.security, when present); a bad API key option, or None."""
+    """Logging in the chosen format (service.logs, when present); a bad API key option, or None."""
     try:
-        from service.security import configure_logging, load_api_keys
+        from service.auth import load_api_keys
+        from service.logs import configure_logging
     except ImportError:
         logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
         return None

@@ -24,7 +24,7 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from service.security import new_request_id
+from service.request_ids import new_request_id
 
 log = logging.getLogger("charlm.limits")
 access_log = logging.getLogger("charlm.access")  # the refusal is this request's access line

@@ -21,6 +21,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from contract.repository import Repository
 from service import metrics
 from service.access import AccessLogMiddleware, TracedClient
+from service.auth import PUBLIC_PATHS, ApiKeyMiddleware, load_api_keys
 from service.client import LitServeClient
 from service.draining import DrainMiddleware
 from service.http import playground
@@ -33,7 +34,8 @@ from service.http.routes import CharLMSpec, install_routes
 from service.lifecycle import ShutdownSignals, kill_children
 from service.limits import uvicorn_limits
 from service.listener import stop_accepting
-from service.security import PUBLIC_PATHS, ApiKeyMiddleware, RequestIdMiddleware, load_api_keys, logging_config
+from service.logs import logging_config
+from service.request_ids import RequestIdMiddleware
 from service.settings import MAX_BODY_BYTES, Settings
 from service.shared import READY, SharedState
 from service.watcher import Watcher

@@ -1,4 +1,5 @@
-"""service/security.py in-process: a small FastAPI app with the two middlewares in the order the service
+"""service/auth.py, service/request_ids.py and service/logs.py in-process:
+a small FastAPI app with the two middlewares in the order the service
 uses, driven through Starlette's TestClient (an httpx client) and the openai SDK on top of it."""
 
 from __future__ import annotations
@@ -18,14 +19,9 @@ from fastapi.responses import StreamingResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from service.security import (
-    ApiKeyMiddleware,
-    RequestIdMiddleware,
-    configure_logging,
-    load_api_keys,
-    logging_config,
-    request_id_var,
-)
+from service.auth import ApiKeyMiddleware, load_api_keys
+from service.logs import configure_logging, logging_config
+from service.request_ids import RequestIdMiddleware, request_id_var
 
 KEYS = ("sk-first-key", "sk-second-key")
 GENERATED_ID = re.compile(r"req_[0-9a-f]{32}")

@@ -133,7 +133,7 @@ class CharLMAPI(ls.LitAPI):
 def _configure_logging(level: str, fmt: str) -> None:
     """Spawned workers start with no logging set-up: the same format as the main process."""
     try:
-        from service.security import configure_logging
+        from service.logs import configure_logging
 
         configure_logging(level, fmt)
     except ImportError:
