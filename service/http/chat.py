@@ -21,10 +21,10 @@ from engine import FinishReason, vocabulary_problem
 from service.errors import APIError
 from service.http import logprobs as scores
 from service.http.bodies import ChatLogprobs, CompletionUsage, Timing
-from service.http.prompts import Prepared, check_logprobs, logit_bias, text_prompts
-from service.http.reply import Reply, dump, so_far
+from service.http.prompts import Prepared, check_logprobs, engine_request, logit_bias, text_prompts
+from service.http.reply import Reply, dump, openai_closing, so_far
 from service.http.sampling import OpenAIFields, _unsupported
-from service.protocol import ChoiceDelta, EngineRequest, Final
+from service.protocol import ChoiceDelta, Final
 
 SPEAKER_END = "\n\n"
 DEFAULT_SPEAKER = "ASSISTANT"
@@ -129,15 +129,7 @@ def prepare_chat(body: ChatRequest, manifest: Manifest, rid: str, deadline: floa
         logprobs=k,
         stop=tuple(dict.fromkeys((*(body.stop or ()), *implicit))),
     )
-    req = EngineRequest(
-        rid=rid,
-        model=body.model,
-        prompts=texts,
-        sampling=params,
-        n=body.n or 1,
-        stream=bool(body.stream),
-        deadline=deadline,
-    )
+    req = engine_request(body, rid, deadline, texts, params)
     return Prepared(req, (False,), echo=False)
 
 
@@ -240,12 +232,8 @@ class ChatRoute:
 
     @staticmethod
     def closing(r: Reply, final: Final, timing: Timing) -> list[dict[str, Any]]:
-        usage = r.usage(final.prompt_tokens, final.completion_tokens)
         choices = [
             ChatStreamChoice(index=i, delta=ChatDelta(), finish_reason=c.finish_reason)
             for i, c in enumerate(final.choices)
         ]
-        events = [ChatRoute._event(r, choices, usage if r.continuous_usage else None)]
-        if r.include_usage:
-            events.append(ChatRoute._event(r, [], usage))
-        return events
+        return openai_closing(r, ChatRoute._event, choices, final)

@@ -14,7 +14,7 @@ from contract import Manifest
 from engine import FinishReason
 from service.http.bodies import CompletionLogprobs, CompletionUsage, Novel, Timing
 from service.http.prompts import Prepared, prepare
-from service.http.reply import Reply, dump, full_text, head, so_far
+from service.http.reply import Reply, dump, full_text, head, openai_closing, so_far
 from service.http.sampling import NOVEL_ONLY, TEXT_CHOICE, IdsList, OpenAIFields, PromptList, TokenIds, _unsupported
 from service.protocol import MAX_CHOICES, ChoiceDelta, Final
 
@@ -158,12 +158,8 @@ class CompletionsRoute:
 
     @staticmethod
     def closing(r: Reply, final: Final, timing: Timing) -> list[dict[str, Any]]:
-        usage = r.usage(final.prompt_tokens, final.completion_tokens)
         choices = [
             CompletionStreamChoice(text="", index=i, finish_reason=c.finish_reason, novel=c.novel)
             for i, c in enumerate(final.choices)
         ]
-        events = [CompletionsRoute._event(r, choices, usage if r.continuous_usage else None)]
-        if r.include_usage:
-            events.append(CompletionsRoute._event(r, [], usage))
-        return events
+        return openai_closing(r, CompletionsRoute._event, choices, final)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from contract import Manifest
-from engine import prompt_problem
+from engine import SamplingParams, prompt_problem
 from service.errors import APIError
 from service.http.sampling import Sampling
 from service.protocol import MAX_CHOICES, MAX_REQUEST_TOKENS, EngineRequest
@@ -115,7 +115,15 @@ def prepare(
         logprobs=body.logprobs,
         prompt_logprobs=echo and body.logprobs is not None,
     )
-    req = EngineRequest(
+    req = engine_request(body, rid, deadline, texts, params, best_of=best_of, novel_only=bool(body.novel_only))
+    return Prepared(req, lead, echo)
+
+
+def engine_request(
+    body: Any, rid: str, deadline: float, texts: tuple[str, ...], params: SamplingParams, **extra: Any
+) -> EngineRequest:
+    """The EngineRequest every route sends: the body's model, n and stream, its prompts as text."""
+    return EngineRequest(
         rid=rid,
         model=body.model,
         prompts=texts,
@@ -123,10 +131,8 @@ def prepare(
         n=body.n or 1,
         stream=bool(body.stream),
         deadline=deadline,
-        best_of=best_of,
-        novel_only=bool(body.novel_only),
+        **extra,
     )
-    return Prepared(req, lead, echo)
 
 
 def check_size(req: EngineRequest, manifest: Manifest, budget_param: str, max_tokens: int = MAX_REQUEST_TOKENS) -> None:

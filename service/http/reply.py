@@ -15,6 +15,7 @@ with vLLM's `continuous_usage_stats`.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -99,6 +100,18 @@ def so_far(r: Reply, completion_tokens: int) -> CompletionUsage | None:
         return None
     prompt = sum(len(p) for p in r.req.prompts)
     return r.usage(prompt, completion_tokens)
+
+
+def openai_closing(
+    r: Reply, event: Callable[..., dict[str, Any]], choices: list[Any], final: Final
+) -> list[dict[str, Any]]:
+    """The OpenAI routes' last events: every finish_reason (with the usage only under vLLM's continuous
+    usage), then, with `stream_options.include_usage`, one more chunk with `choices: []` and the usage."""
+    usage = r.usage(final.prompt_tokens, final.completion_tokens)
+    events = [event(r, choices, usage if r.continuous_usage else None)]
+    if r.include_usage:
+        events.append(event(r, [], usage))
+    return events
 
 
 class Route(Protocol):
