@@ -113,7 +113,7 @@ def from_validation(exc: RequestValidationError) -> APIError:
         )
     if first.get("type") == "missing" and not loc:
         return APIError(400, "request body is missing: send a JSON object", code="invalid_body")
-    param = str(loc[0]) if loc else None
+    param = _param(loc)
     message = first.get("msg", "invalid value")
     kind = first.get("type")
     if kind == "missing":
@@ -162,3 +162,22 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(Exception, on_crash)
+
+
+# What pydantic adds to an error's location for a union member or a validator, never a field's name.
+_NOT_FIELDS = frozenset({"str", "int", "float", "bool", "dict", "list", "none"})
+
+
+def _param(loc: list[Any]) -> str | None:
+    """The field an error is about, as OpenAI names nested ones: `messages.[0].role`, `prompt`."""
+    if not loc:
+        return None
+    parts = [str(loc[0])]
+    for p in loc[1:]:
+        if isinstance(p, int):
+            parts.append(f"[{p}]")
+        elif isinstance(p, str) and p.isidentifier() and p not in _NOT_FIELDS:
+            parts.append(p)
+        else:
+            break
+    return ".".join(parts)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, WithJsonSchema, field_validator
 from pydantic_core import PydanticCustomError
 
 from engine import MAX_NEW_TOKENS_CAP, SamplingParams
@@ -20,7 +20,11 @@ from service.protocol import MAX_ATTEMPTS, MAX_CHOICES, MAX_STOP
 
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
 StopString = Annotated[str, Field(min_length=1, max_length=256)]
-Stop = Annotated[list[StopString], Field(max_length=MAX_STOP)] | None
+# OpenAI's `stop`: one string or a list of them. A string is taken as a list of one before validation (so an
+# error names the real problem), and the schema documents both forms.
+_STOP_ITEM = {"type": "string", "minLength": 1, "maxLength": 256}
+_STOP_SCHEMA = {"anyOf": [_STOP_ITEM, {"type": "array", "items": _STOP_ITEM, "maxItems": MAX_STOP}, {"type": "null"}]}
+Stop = Annotated[list[StopString] | None, Field(max_length=MAX_STOP), WithJsonSchema(_STOP_SCHEMA)]
 Bias = Annotated[float, Field(ge=-100, le=100, allow_inf_nan=False)]
 
 # Fields of OpenAI's requests that cannot change the output: accepted and ignored without a log line.
