@@ -10,6 +10,7 @@ import os
 import re
 import tomllib
 
+import yaml
 from deploy_common import DEPLOY, ROOT, checkout_revision, dockerfile_stages, run
 
 LOCKS = ROOT / "requirements"
@@ -171,3 +172,17 @@ def test_make_models_trains_and_exports_the_three_shipped_models() -> None:
     ):
         assert f"-m training train --config training/configs/{cfg}.toml --out runs/{cfg}" in res.stdout
         assert f"-m training export runs/{cfg} --out models/{name} --force" in res.stdout
+
+
+def test_the_deploy_manifests_run_an_image_make_docker_builds() -> None:
+    """compose and the kustomization name tags `make docker` produces: none that no target builds."""
+    res = run("make", "-n", "-B", "--no-print-directory", "docker")
+    built = set(re.findall(r"-t (\S+)", res.stdout))
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    assert compose["services"]["charlm"]["image"] in built
+    kust = yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())
+    (image,) = kust["images"]
+    assert f"{image['newName']}:{image['newTag']}" in built
+    deployment = yaml.safe_load((DEPLOY / "k8s" / "deployment.yaml").read_text())
+    (ctr,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert ctr["image"] in built
