@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from pathlib import Path
 
 import yaml
 from deploy_common import DEPLOY, ROOT, checkout_revision, dockerfile_stages, run
@@ -140,7 +141,7 @@ def test_make_targets_install_from_the_lock_and_build_both_images() -> None:
     assert "--build-arg SOURCE=" in out
     assert f"-f deploy/torch.Dockerfile --build-arg BASE_IMAGE=reg/charlm:{version}" in out
     makefile = (ROOT / "Makefile").read_text()
-    assert "pip install -e '.[dev]' -c $(CONSTRAINTS)" in makefile
+    assert "pip install --no-build-isolation -e '.[dev]' -c $(CONSTRAINTS)" in makefile
     assert re.search(r"^bench: .*\bwrk\b", makefile, re.MULTILINE)
 
 
@@ -186,3 +187,15 @@ def test_the_deploy_manifests_run_an_image_make_docker_builds() -> None:
     deployment = yaml.safe_load((DEPLOY / "k8s" / "deployment.yaml").read_text())
     (ctr,) = deployment["spec"]["template"]["spec"]["containers"]
     assert ctr["image"] in built
+
+
+def test_make_installs_build_with_the_locked_setuptools(tmp_path: Path) -> None:
+    """The dev venv: the hashed build lock first, then charlm built with it (no isolated build, which would
+    fetch an unpinned setuptools), constrained by dev.lock's bare pins."""
+    venv = tmp_path / "venv"
+    res = run("make", "-n", "-B", "--no-print-directory", f"{venv}/.dev-installed", f"VENV={venv}")
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    build = lines.index(f"{venv}/bin/python -m pip install --require-hashes -r requirements/build.lock")
+    dev = lines.index(f"{venv}/bin/python -m pip install --no-build-isolation -e '.[dev]' -c {venv}/constraints.txt")
+    assert build < dev
