@@ -36,13 +36,19 @@ CONSTRAINTS := $(VENV)/constraints.txt
 $(CONSTRAINTS): requirements/dev.lock | $(PY)
 	sed -nE 's/^([A-Za-z0-9_.-]+)(\[[^]]*\])?(==[^ ;\\]+)( ;[^\\]*[^ \\])?.*/\1\3\4/p' $< > $@
 
-$(VENV)/.serve-installed: pyproject.toml $(CONSTRAINTS) | $(PY)
-	$(PY) -m pip install -e '.[serve]' -c $(CONSTRAINTS)
+# charlm itself is built with the hashed, pinned setuptools of requirements/build.lock, not whatever PyPI
+# has that day (--no-build-isolation: pip would fetch an unpinned one for an isolated build).
+$(VENV)/.build-installed: requirements/build.lock | $(PY)
+	$(PY) -m pip install --require-hashes -r requirements/build.lock
+	touch $@
+
+$(VENV)/.serve-installed: pyproject.toml $(CONSTRAINTS) $(VENV)/.build-installed | $(PY)
+	$(PY) -m pip install --no-build-isolation -e '.[serve]' -c $(CONSTRAINTS)
 	touch $@
 
 # dev includes serve, so it refreshes both stamps.
-$(VENV)/.dev-installed: pyproject.toml $(CONSTRAINTS) | $(PY)
-	$(PY) -m pip install -e '.[dev]' -c $(CONSTRAINTS)
+$(VENV)/.dev-installed: pyproject.toml $(CONSTRAINTS) $(VENV)/.build-installed | $(PY)
+	$(PY) -m pip install --no-build-isolation -e '.[dev]' -c $(CONSTRAINTS)
 	touch $@ $(VENV)/.serve-installed
 
 serve: $(VENV)/.serve-installed ## serve models/ on :8000 (ONNX Runtime, no torch); ARGS="--port 9000 ..."
@@ -97,7 +103,7 @@ lock: $(VENV)/.dev-installed ## regenerate requirements/{serve,dev,build}.lock w
 
 # bench adds transformers (the engine benchmark's Hugging Face reference) to the dev venv.
 $(VENV)/.bench-installed: pyproject.toml $(VENV)/.dev-installed
-	$(PY) -m pip install -e '.[dev,bench]' -c $(CONSTRAINTS)
+	$(PY) -m pip install --no-build-isolation -e '.[dev,bench]' -c $(CONSTRAINTS)
 	touch $@
 
 bench: $(VENV)/.bench-installed wrk ## run the benchmarks (installs the bench extras: transformers)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from pathlib import Path
 
+import yaml
 from deploy_common import DEPLOY, ROOT, checkout_revision, dockerfile_stages, run
 
 LOCKS = ROOT / "requirements"
@@ -139,7 +141,7 @@ def test_make_targets_install_from_the_lock_and_build_both_images() -> None:
     assert "--build-arg SOURCE=" in out
     assert f"-f deploy/torch.Dockerfile --build-arg BASE_IMAGE=reg/charlm:{version}" in out
     makefile = (ROOT / "Makefile").read_text()
-    assert "pip install -e '.[dev]' -c $(CONSTRAINTS)" in makefile
+    assert "pip install --no-build-isolation -e '.[dev]' -c $(CONSTRAINTS)" in makefile
     assert re.search(r"^bench: .*\bwrk\b", makefile, re.MULTILINE)
 
 
@@ -171,3 +173,29 @@ def test_make_models_trains_and_exports_the_three_shipped_models() -> None:
     ):
         assert f"-m training train --config training/configs/{cfg}.toml --out runs/{cfg}" in res.stdout
         assert f"-m training export runs/{cfg} --out models/{name} --force" in res.stdout
+
+
+def test_the_deploy_manifests_run_an_image_make_docker_builds() -> None:
+    """compose and the kustomization name tags `make docker` produces: none that no target builds."""
+    res = run("make", "-n", "-B", "--no-print-directory", "docker")
+    built = set(re.findall(r"-t (\S+)", res.stdout))
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    assert compose["services"]["charlm"]["image"] in built
+    kust = yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())
+    (image,) = kust["images"]
+    assert f"{image['newName']}:{image['newTag']}" in built
+    deployment = yaml.safe_load((DEPLOY / "k8s" / "deployment.yaml").read_text())
+    (ctr,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert ctr["image"] in built
+
+
+def test_make_installs_build_with_the_locked_setuptools(tmp_path: Path) -> None:
+    """The dev venv: the hashed build lock first, then charlm built with it (no isolated build, which would
+    fetch an unpinned setuptools), constrained by dev.lock's bare pins."""
+    venv = tmp_path / "venv"
+    res = run("make", "-n", "-B", "--no-print-directory", f"{venv}/.dev-installed", f"VENV={venv}")
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    build = lines.index(f"{venv}/bin/python -m pip install --require-hashes -r requirements/build.lock")
+    dev = lines.index(f"{venv}/bin/python -m pip install --no-build-isolation -e '.[dev]' -c {venv}/constraints.txt")
+    assert build < dev
