@@ -28,7 +28,6 @@ from service.http import playground
 from service.http.app import App
 from service.http.catalog import Catalog
 from service.http.gateway import Gateway
-from service.http.health import install_health
 from service.http.probes import readiness
 from service.http.routes import CharLMSpec, install_routes
 from service.lifecycle import ShutdownSignals, kill_children
@@ -123,7 +122,6 @@ def build(settings: Settings, repo: Repository) -> App:
     spec.gateway = Gateway(catalog, client, shared, settings.timeout, settings.max_queue, settings.max_request_tokens)
     app = App(server, spec, shared, catalog, settings)
     install_routes(server.app, app)
-    install_health(server.app, shared, settings.stall_timeout)
     return app
 
 

@@ -24,6 +24,7 @@ from service.http.chat import ChatRequest, ChatResponse, ChatRoute
 from service.http.completions import CompletionRequest, CompletionResponse, CompletionsRoute
 from service.http.gateway import Gateway
 from service.http.generate import GenerateRequest, GenerateResponse, GenerateRoute
+from service.http.health import install_health
 from service.http.probes import Probes
 from service.http.reply import Route
 from service.http.tokenizer import Tokenizer
@@ -106,6 +107,7 @@ def install_routes(fastapi_app: FastAPI, app: App) -> None:
     )
     get, post = _adder(fastapi_app, "GET"), _adder(fastapi_app, "POST")
 
+    install_health(fastapi_app, app.shared, app.settings.stall_timeout)  # replaces LitServe's /health
     probes = Probes(app)
     get("/ready", probes.ready, summary="Readiness: every worker up and stepping; failed model folders")
     get("/metrics", probes.metrics, summary="Prometheus metrics of every process", response_class=Response)
