@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import Body, FastAPI, Request
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
 from litserve.specs.base import LitSpec
 
 import service
@@ -32,6 +33,9 @@ from service.http.tokenizer import Tokenizer
 GENERATION: tuple[Route, ...] = (GenerateRoute, CompletionsRoute, ChatRoute)  # type: ignore[assignment]
 # lm-evaluation-harness finds its tokenizer next to the completions URL: one base URL per model
 PER_MODEL = "/models/{model_id}"
+SUMMARIES = {route.path: route.summary for route in GENERATION} | {
+    PER_MODEL + CompletionsRoute.path: f"{CompletionsRoute.summary}, for one model"
+}
 
 
 class CharLMSpec(LitSpec):
@@ -107,6 +111,9 @@ def install_routes(fastapi_app: FastAPI, app: App) -> None:
     )
     get, post = _adder(fastapi_app, "GET"), _adder(fastapi_app, "POST")
 
+    for route in fastapi_app.router.routes:  # LitSpec.add_endpoint takes no summary: the families give theirs
+        if isinstance(route, APIRoute) and route.path in SUMMARIES:
+            route.summary = SUMMARIES[route.path]
     install_health(fastapi_app, app.shared, app.settings.stall_timeout)  # replaces LitServe's /health
     probes = Probes(app)
     get("/ready", probes.ready, summary="Readiness: every worker up and stepping; failed model folders")
