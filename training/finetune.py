@@ -2,7 +2,9 @@
 
 The starting net fixes what the weights depend on: the architecture, the net config (only dropout may
 change) and the vocabulary, which the new data must fit. The rest of the recipe is the model's own
-recorded training config (or --config), with --set overrides: e.g. `--set max_iters=500`.
+recorded training config (or --config), with --set overrides: e.g. `--set max_iters=500`. An inherited
+warmup is cut to max_iters // 10 (names_gpt's 300 warmup steps made a 300-step fine-tune end at its peak
+learning rate); `--set warmup_iters=N` keeps N.
 """
 
 from __future__ import annotations

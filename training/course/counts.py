@@ -15,7 +15,7 @@ import numpy as np
 from training.checkpoint import save_checkpoint
 from training.config import load_config
 from training.nets.bigram import count_bigrams, fit_counts
-from training.run import Run
+from training.run import Run, set_threads
 from training.sample import sample_texts
 
 
@@ -47,6 +47,7 @@ def plot_counts(counts, chars: list[str], path: Path, title: str) -> None:
 def counts_command(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, [*args.set, "samples=0"], data=args.data, format=args.format)
     out = Path(args.out or f"runs/{cfg.name}-counts")
+    set_threads(cfg)  # one thread unless --set threads=N, as training
     run = Run(cfg, out)
     vocab, boundary = run.vocab, run.vocab.boundary
     train = sequences(run.splits.get("train"), boundary)

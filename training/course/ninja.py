@@ -208,6 +208,7 @@ def train_by_hand(vocab: int, windows, shape: Shape, steps: int, seed: int, log=
 
 
 def ninja_command(args: argparse.Namespace) -> int:
+    torch.set_num_threads(1)  # tiny tensors: a second thread only waits (training.run.DEFAULT_THREADS)
     shape = Shape(n_hidden=args.hidden, batch=args.batch)
     vocab, windows = names_windows(shape.block_size)
     print(f"backprop ninja: MLP {shape.block_size}x{shape.n_embd} -> {shape.n_hidden} (BatchNorm, tanh) -> "
