@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -91,31 +91,35 @@ class OnnxBackend:
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         return self._session.run(self._outputs, dict(zip(self._inputs, inputs, strict=True)))
 
-    def run_decode(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def run_decode(self, inputs: Sequence[np.ndarray], views: Hashable) -> list[np.ndarray]:
         """`run` for a GPT decode step (one new token per row, contract v2), through an IOBinding kept
-        per thread: the cache views are bound by address, and the outputs written into arrays bound
-        once, for as long as the calling thread's batch and cache views stay the same (every step
-        between two rows joining or leaving). The outputs are valid until this thread's next
-        run_decode. Per call, only idx and pos are bound: a batch-1 step skips ORT's input checks and
-        conversions and 13 output allocations."""
+        per thread. `views` names the cache views the caller passes: equal names promise the same
+        arrays (addresses and shapes), so the views are bound by address once, the outputs written into
+        arrays bound once, and idx and pos copied into buffers bound once, for as long as the thread's
+        batch stays the same (lockstep decoding: every step between two rows joining or leaving). A
+        bind costs about a plain call's overhead, so a batch is bound the second time in a row it is
+        seen and runs plain until then. The outputs are valid until this thread's next run_decode."""
         if self.device != "cpu":
             return self.run(inputs)
-        past = inputs[2:]
-        key = tuple((a.__array_interface__["data"][0], a.shape) for a in past)
-        bound = getattr(self._local, "bound", None)
-        if bound is None or bound[0] != key:
-            bound = (key, *self._bind(past))
-            self._local.bound = bound
-        _, binding, outputs = bound
-        binding.bind_cpu_input(self._inputs[0], inputs[0])
-        binding.bind_cpu_input(self._inputs[1], inputs[1])
+        local = self._local
+        bound = getattr(local, "bound", None)
+        if bound is None or bound[0] != views:
+            if getattr(local, "seen", None) != views:
+                local.seen = views
+                return self.run(inputs)
+            bound = local.bound = (views, *self._bind(inputs))
+        _, binding, ids, outputs = bound
+        np.copyto(ids[0], inputs[0])
+        np.copyto(ids[1], inputs[1])
         self._session.run_with_iobinding(binding)
         return outputs
 
-    def _bind(self, past: Sequence[np.ndarray]) -> tuple[object, list[np.ndarray]]:
+    def _bind(self, inputs: Sequence[np.ndarray]) -> tuple[object, list[np.ndarray], list[np.ndarray]]:
         binding = self._session.io_binding()
-        for name, a in zip(self._inputs[2:], past, strict=True):
-            binding.bind_input(name, "cpu", 0, np.float32, list(a.shape), a.__array_interface__["data"][0])
+        ids = [np.array(inputs[0]), np.array(inputs[1])]  # own buffers: copied into at every call
+        past = inputs[2:]
+        for name, a in zip(self._inputs, [*ids, *past], strict=True):
+            binding.bind_input(name, "cpu", 0, a.dtype, list(a.shape), a.__array_interface__["data"][0])
         batch, n_head = past[0].shape[:2]
         head_dim = past[1].shape[3]
         shapes = [(batch, 1, self._vocab)] + [
@@ -124,7 +128,7 @@ class OnnxBackend:
         outputs = [np.empty(shape, np.float32) for shape in shapes]
         for name, a in zip(self._outputs, outputs, strict=True):
             binding.bind_output(name, "cpu", 0, np.float32, list(a.shape), a.__array_interface__["data"][0])
-        return binding, outputs
+        return binding, ids, outputs
 
 
 class TorchScriptBackend:

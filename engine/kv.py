@@ -18,6 +18,7 @@ import numpy as np
 from contract import key_shape, value_shape
 
 BUCKET = 32
+FEW_ROWS = 4  # decode writes of up to this many rows go row by row
 
 
 class KVCache:
@@ -68,6 +69,14 @@ class KVCache:
                     self.layers[j][rows, :, :, start : start + new] = t
                 else:
                     self.layers[j][rows, :, start : start + new, :] = t
+            return
+        if len(rows) <= FEW_ROWS:  # plain slices: numpy's fancy indexing costs more per call than per row
+            for b, (r, p) in enumerate(zip(rows.tolist(), start.tolist(), strict=True)):
+                for j, t in enumerate(new_kv):
+                    if j % 2 == 0:
+                        self.layers[j][r, :, :, p] = t[b, :, :, 0]
+                    else:
+                        self.layers[j][r, :, p, :] = t[b, :, 0, :]
             return
         for j, t in enumerate(new_kv):
             if j % 2 == 0:

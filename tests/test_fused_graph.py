@@ -84,21 +84,25 @@ def _inputs(m, batch: int, columns: int, rng) -> list[np.ndarray]:
 
 
 def test_iobinding_decode_equals_the_plain_call(fixtures):
-    """run_decode keeps its binding while the cache views stay put: it must see their new contents,
-    rebind when the batch or the views change, and give what `run` gives."""
+    """run_decode keeps its binding while the caller names the same cache views: it must see their new
+    contents (and new idx / pos), rebind when the views change, and give what `run` gives."""
     backend, m = _backend(fixtures)
     rng = np.random.default_rng(1)
     inputs = _inputs(m, 3, 8, rng)
     for step in range(4):
         want = backend.run(inputs)
-        got = [a.copy() for a in backend.run_decode(inputs)]
+        got = [a.copy() for a in backend.run_decode(inputs, "views")]
         assert all(np.array_equal(w, g) for w, g in zip(want, got, strict=True)), step
         for a in inputs[2:]:  # the cache changes in place, as the engine writes it
             a += rng.standard_normal(a.shape).astype(np.float32)
         inputs[0] = rng.integers(1, m.vocab_size, (3, 1))
     for batch, columns in ((5, 8), (5, 4), (1, 8)):  # rows join, the cache narrows, rows leave
         inputs = _inputs(m, batch, columns, rng)
-        assert all(np.array_equal(w, g) for w, g in zip(backend.run(inputs), backend.run_decode(inputs), strict=True))
+        want = backend.run(inputs)
+        for _ in range(3):  # plain the first time a batch is seen, bound from the second
+            got = backend.run_decode(inputs, (batch, columns))
+            assert all(np.array_equal(w, g) for w, g in zip(want, got, strict=True))
+    assert backend.run_decode(inputs, (1, 8)) is backend.run_decode(inputs, (1, 8))  # bound outputs, in place
 
 
 def test_iobinding_decode_from_two_threads(fixtures):
@@ -110,7 +114,7 @@ def test_iobinding_decode_from_two_threads(fixtures):
     got: dict[int, list] = {}
 
     def loop(i: int) -> None:
-        got[i] = [[a.copy() for a in backend.run_decode(work[i])] for _ in range(20)]
+        got[i] = [[a.copy() for a in backend.run_decode(work[i], i)] for _ in range(20)]
 
     threads = [threading.Thread(target=loop, args=(i,)) for i in range(2)]
     for t in threads:
