@@ -15,6 +15,7 @@ from contract.graph import (
     value_shape,
 )
 from contract.manifest import (
+    INT8_FILE,
     MANIFEST_FILE,
     SCHEMA_VERSION,
     WEIGHTS_FILE,
@@ -23,6 +24,8 @@ from contract.manifest import (
     Manifest,
     ManifestError,
     Metrics,
+    Precision,
+    QuantizedGraph,
     TrainingInfo,
     sha256_of,
 )
@@ -31,6 +34,7 @@ from contract.repository import ModelEntry, Repository, describe_unservable, log
 __all__ = [
     "GRAPH_VERSION",
     "IDX",
+    "INT8_FILE",
     "LOGITS",
     "MANIFEST_FILE",
     "POS",
@@ -42,6 +46,8 @@ __all__ = [
     "ManifestError",
     "Metrics",
     "ModelEntry",
+    "Precision",
+    "QuantizedGraph",
     "Repository",
     "TrainingInfo",
     "describe_unservable",

@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", default=None, help="random seed (same seed, same samples)")
     gen.add_argument("--max-new-tokens", dest="max_new_tokens", default=None, help="cap on new characters")
     gen.add_argument("--stop", action="append", default=None, help="stop string (repeatable, up to 4)")
-    _add_settings_options(gen, ["models", "backend", "device", "threads"])
+    _add_settings_options(gen, ["models", "backend", "device", "precision", "threads"])
     return parser
 
 
@@ -102,6 +102,7 @@ def _serve(args: argparse.Namespace) -> int:
     except TempDirError as exc:
         return _fail(str(exc))
     try:
+        from contract.precision import repository_at
         from contract.repository import describe_unservable, log_left_out, scan_repository
         from service.server import StartupError, check_port, serve
 
@@ -109,6 +110,7 @@ def _serve(args: argparse.Namespace) -> int:
         if problem:
             return _fail(problem, 1)
         repo = _without_backend_files(scan_repository(settings.models, log_failures=False), settings.backend)
+        repo = repository_at(repo, settings.precision)
         if not repo.models and not settings.allow_empty:
             return _fail(describe_unservable(settings.models, repo))
         log_left_out(repo)
@@ -151,7 +153,7 @@ def _without_backend_files(repo, backend: str):  # type: ignore[no-untyped-def]
 def _generate(args: argparse.Namespace) -> int:
     from service.schemas import GenerateRequest
 
-    settings = _settings(args, ["models", "backend", "device", "threads"])
+    settings = _settings(args, ["models", "backend", "device", "precision", "threads"])
     if isinstance(settings, str):
         return _fail(settings)
     try:
@@ -175,6 +177,7 @@ def _generate(args: argparse.Namespace) -> int:
         flag = "-n" if field == "n" else "--" + field.replace("_", "-")
         return _fail(f"invalid {flag} value {first.get('input')!r}: {first['msg']}")
 
+    from contract.precision import at_precision
     from contract.repository import scan_repository
     from engine import (
         BackendUnavailable,
@@ -195,6 +198,7 @@ def _generate(args: argparse.Namespace) -> int:
         available = ", ".join(sorted(repo.models)) or "none"
         return _fail(f"model {request.model!r} not found{why}; available models: {available}")
     try:
+        entry = at_precision(entry, settings.precision)
         gen = Generator.load(entry, settings.backend, settings.device, settings.threads or 1)
         gen.encode_prompt(request.prompt)
     except (BackendUnavailable, InvalidPrompt) as exc:
