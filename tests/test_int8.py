@@ -67,6 +67,15 @@ def test_quantize_adds_int8_graph_and_its_loss_leaving_float_files_as_they_were(
     assert (folder / INT8_FILE).stat().st_size < min(12_000_000, (folder / "model.onnx").stat().st_size)
 
 
+def test_export_int8_flag_writes_it_with_the_export(tmp_path):
+    src = _float_only_copy(SMALL, tmp_path / "src")
+    run = _run("-m", "training", "export", "--from-model", str(src), "--out", str(tmp_path / "out"), "--int8")
+    assert run.returncode == 0, run.stderr
+    manifest = Manifest.load(tmp_path / "out")
+    manifest.verify_files(tmp_path / "out")
+    assert manifest.onnx_int8 is not None and f"wrote {INT8_FILE}" in run.stdout.splitlines()[-1]
+
+
 def test_manifest_without_int8_stays_valid_and_float32(models):
     root, _, _ = models
     entry = scan_repository(root).models[OTHER]
