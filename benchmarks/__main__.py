@@ -1,9 +1,10 @@
-"""`python -m benchmarks`: run the engine, arrivals, HTTP and training benchmarks; write the JSON and the docs.
+"""`python -m benchmarks`: run the engine, served, arrivals, HTTP and training benchmarks; write the JSON and docs.
 
-A full run (`make bench`, about 20 minutes on 2 cores: engine ~10 (1 and 2 threads, batch 1-128, HF),
-arrivals ~1, HTTP ~6-8, training ~1-1.5) writes benchmarks/results/<UTC timestamp>.json and rewrites the
-results section of docs/benchmarks.md. `--quick` is a smoke run of the same code (a minute or two per part);
-its JSON goes to the temp folder and the docs are left alone (unless --out / --docs).
+A full run (`make bench`, about 22 minutes on 2 cores: engine ~10 (1 and 2 threads, batch 1-128, HF),
+served ~2 (charlm vs CTranslate2, lockstep and served shape), arrivals ~1, HTTP ~6-8, training ~1-1.5)
+writes benchmarks/results/<UTC timestamp>.json and rewrites the results section of docs/benchmarks.md.
+`--quick` is a smoke run of the same code (a minute or two per part); its JSON goes to the temp folder and
+the docs are left alone (unless --out / --docs).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 from benchmarks.common import DOCS_FILE, MODELS_DIR, REPO, RESULTS_DIR, BenchError, cores, machine_info, utc_stamp
 from benchmarks.http_settings import HttpSettings
 
-PARTS = ("engine", "arrivals", "http", "training")
+PARTS = ("engine", "served", "arrivals", "http", "training")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", type=Path, default=MODELS_DIR, help="models folder (default: the repo's models/)")
     p.add_argument("--threads", type=int, default=None, help="training's torch threads (default: all cores)")
     p.add_argument(
-        "--engine-threads", default="1,2", help="engine thread counts, comma-separated (default 1,2; each its own rows)"
+        "--engine-threads",
+        default="1,2",
+        help="engine and served thread counts, comma-separated (default 1,2; each its own rows)",
     )
     p.add_argument(
         "--baseline-threads",
@@ -68,11 +71,16 @@ def main(argv: list[str] | None = None) -> int:
     baseline_threads = args.baseline_threads or max(1, cores() // 2)
     quick = args.quick
 
-    from benchmarks import arrivals, engine, http_bench, report, training_bench
+    from benchmarks import arrivals, engine, http_bench, report, served_shape, training_bench
 
     engine_threads = tuple(int(x) for x in args.engine_threads.split(",") if x.strip())
     engine_settings = (
         engine.EngineSettings.quick(engine_threads) if quick else engine.EngineSettings(threads=engine_threads)
+    )
+    served_settings = (
+        served_shape.ServedSettings.quick(engine_threads)
+        if quick
+        else served_shape.ServedSettings(threads=engine_threads)
     )
     arrival_settings = arrivals.ArrivalSettings.quick() if quick else arrivals.ArrivalSettings()
     http_settings = HttpSettings.quick(baseline_threads) if quick else HttpSettings(baseline_threads=baseline_threads)
@@ -91,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(),
         "engine": [],
         "engine_info": {},
+        "served": [],
+        "served_info": {},
         "arrivals": [],
         "http": [],
         "training": [],
@@ -104,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                 part: settings
                 for part, settings in (
                     ("engine", engine.settings_dict(engine_settings)),
+                    ("served", served_shape.settings_dict(served_settings)),
                     ("arrivals", arrivals.settings_dict(arrival_settings)),
                     ("http", http_bench.settings_dict(http_settings)),
                     ("training", training_bench.settings_dict(training_settings)),
@@ -120,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if part == "engine":
                 result["engine"], result["engine_info"] = engine.run_engine(args.models, engine_settings)
+            elif part == "served":
+                result["served"], result["served_info"] = served_shape.run_served(args.models, served_settings)
             elif part == "arrivals":
                 result["arrivals"] = arrivals.run_arrivals(args.models, arrival_settings)
             elif part == "http":

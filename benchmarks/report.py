@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from benchmarks.served_shape import ENGINES, SHAPES
 from benchmarks.targets import targets
 
 __all__ = ["markdown", "summary_lines", "targets", "write_docs"]
@@ -80,6 +81,47 @@ def _engine(result: dict) -> list[str]:
             )
         lines.append("")
     return lines
+
+
+def _served(result: dict) -> list[str]:
+    rows = result.get("served") or []
+    if not rows:
+        return []
+    info = result.get("served_info") or {}
+    ss = result.get("run", {}).get("settings", {}).get("served", {})
+    parity = "; ".join(
+        f"{p} {g['equal']}/{g['rows']} rows equal"
+        + (
+            f", the others first differ at character {min(g['first_difference'])} at the earliest, "
+            f"{g['first_difference_median']:g} at the median"
+            if g["first_difference"]
+            else ""
+        )
+        for p, g in (info.get("greedy_parity") or {}).items()
+    )
+    lines = [
+        f"### Served shape vs CTranslate2 ({ss.get('model', 'shakespeare-gpt')}, {ss.get('new_tokens', '?')} new "
+        f"tokens per row, tokens/s, median of {ss.get('repeats', '?')} interleaved runs after a warm-up)",
+        "",
+        f"CTranslate2 {info.get('ctranslate2', '?')}, converted from the model folder's weights in the run. "
+        f'Greedy parity with charlm ({ss.get("new_tokens", "?")} characters, "\\n" + '
+        f"{ss.get('parity_rows', '?')} served prompts): {parity or '–'}. *charlm / it*: charlm's tokens/s over "
+        "that row's (same shape, batch and threads); *served / lockstep*: the engine's own ratio.",
+        "",
+        "| threads | batch | shape | charlm | CT2 float32 | CT2 int8 | charlm / CT2 f32 | charlm / CT2 int8 "
+        "| charlm served / lockstep |",
+        "|---:|---:|:---|---:|---:|---:|---:|---:|---:|",
+    ]
+    keys = sorted({(r["threads"], r["batch"], SHAPES.index(r["shape"])) for r in rows})
+    for t, b, shape in ((t, b, SHAPES[i]) for t, b, i in keys):
+        cells = {r["engine"]: r for r in rows if (r["threads"], r["batch"], r["shape"]) == (t, b, shape)}
+        tps = " | ".join(_fmt(cells[e]["tokens_per_s"]) if e in cells else "–" for e in ENGINES)
+        f32, i8, ours = cells.get("ct2-float32"), cells.get("ct2-int8"), cells.get("charlm")
+        lines.append(
+            f"| {t} | {b} | {shape} | {tps} | {_ratio(f32 and f32['charlm_over'])} | "
+            f"{_ratio(i8 and i8['charlm_over'])} | {_ratio(ours and ours['over_lockstep'])} |"
+        )
+    return [*lines, ""]
 
 
 def _arrivals(result: dict) -> list[str]:
@@ -167,7 +209,7 @@ def _training(result: dict) -> list[str]:
 
 
 def markdown(result: dict) -> str:
-    """The tables (engine, arrivals, HTTP, training) and the targets, for docs/benchmarks.md and the terminal."""
+    """The tables (engine, served, arrivals, HTTP, training) and the targets, for the docs and the terminal."""
     m = result.get("machine", {})
     run = result.get("run", {})
     lines = [
@@ -178,7 +220,7 @@ def markdown(result: dict) -> str:
         + ".",
         "",
     ]
-    lines += _engine(result) + _arrivals(result) + _http(result) + _training(result)
+    lines += _engine(result) + _served(result) + _arrivals(result) + _http(result) + _training(result)
     lines += ["### Targets", ""]
     lines += [f"- {line}" for line in summary_lines(result)]
     errors = run.get("errors") or {}

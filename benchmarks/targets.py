@@ -1,4 +1,4 @@
-"""The targets of issues 10 (engine v2) and 11 (service v2), judged on one result JSON.
+"""The targets of issues 10 (engine v2), 11 (service v2) and 19 (engine v3), judged on one result JSON.
 
 Reported, never asserted: each verdict is met (bool, or None when not measured), the figure and how far
 from the threshold. Thresholds live here once; docs/benchmarks.md lists them.
@@ -19,6 +19,9 @@ TTFT_P50_MS, TTFT_P99_MS = 20.0, 50.0  # shakespeare at concurrency 32, both rou
 HTTP_OVER_BASELINE = 10.0
 NAMES_OVER_NOOP, NAMES_P99_MS = 0.90, 150.0  # names n=1 at concurrency 64
 OVER_HF_SERVER = 2.0  # chars/s over shakespeare-hf at concurrency 32 (and TTFT <= half of its)
+OVER_CT2 = {1: 0.6, 32: 1.0, 128: 1.0}  # charlm over CTranslate2 float32 by batch, 1 thread, both shapes
+SERVED_OVER_LOCKSTEP = 0.9  # charlm's served shape over its lockstep, batch 32 and 128, 1 thread
+TWO_THREADS = {32: 1.4, 128: 1.6}  # charlm 2 threads over 1, by batch, both shapes
 
 
 def _find(rows: list[dict], **match: Any) -> dict | None:
@@ -138,5 +141,34 @@ def http_targets(result: dict) -> list[dict]:
     return out
 
 
+def served_targets(result: dict) -> list[dict]:
+    """Issue 19's engine targets, on the served-shape benchmark's rows (benchmarks.served_shape)."""
+    rows = result.get("served") or []
+    out = []
+    checks = []
+    for shape in ("lockstep", "served"):
+        for b, need in OVER_CT2.items():
+            r = _find(rows, engine="ct2-float32", shape=shape, threads=1, batch=b)
+            if r and r.get("charlm_over") is not None:
+                checks.append((r["charlm_over"] >= need, f"{shape} b{b} {r['charlm_over']:.2f}x (>= {need:g})"))
+    out.append(_verdict("engine v3: charlm >= 1.0x CTranslate2 float32 at b=32/128, >= 0.6x at b=1, 1 thread", checks))
+    checks = []
+    for b in (32, 128):
+        r = _find(rows, engine="charlm", shape="served", threads=1, batch=b)
+        if r and r.get("over_lockstep") is not None:
+            checks.append((r["over_lockstep"] >= SERVED_OVER_LOCKSTEP, f"b{b} {r['over_lockstep']:.2f}x"))
+    out.append(_verdict("engine v3: charlm served shape >= 0.9x its lockstep at b=32/128, 1 thread", checks))
+    checks = []
+    for shape in ("lockstep", "served"):
+        for b, need in TWO_THREADS.items():
+            one = _find(rows, engine="charlm", shape=shape, threads=1, batch=b)
+            two = _find(rows, engine="charlm", shape=shape, threads=2, batch=b)
+            if one and two:
+                ratio = two["tokens_per_s"] / one["tokens_per_s"]
+                checks.append((ratio >= need, f"{shape} b{b} {ratio:.2f}x (>= {need:g})"))
+    out.append(_verdict("engine v3: charlm 2 threads >= 1.4x (b=32) / 1.6x (b=128) of 1, both shapes", checks))
+    return out
+
+
 def targets(result: dict) -> list[dict]:
-    return engine_targets(result) + http_targets(result)
+    return engine_targets(result) + served_targets(result) + http_targets(result)

@@ -16,6 +16,7 @@ from contract.graph import (
     value_shape,
 )
 from contract.manifest import (
+    INT8_FILE,
     MANIFEST_FILE,
     SCHEMA_VERSION,
     WEIGHTS_FILE,
@@ -24,6 +25,8 @@ from contract.manifest import (
     Manifest,
     ManifestError,
     Metrics,
+    Precision,
+    QuantizedGraph,
     TrainingInfo,
     sha256_of,
 )
@@ -34,6 +37,7 @@ __all__ = [
     "FAMILIES",
     "GRAPH_VERSION",
     "IDX",
+    "INT8_FILE",
     "LOGITS",
     "MANIFEST_FILE",
     "POS",
@@ -47,6 +51,8 @@ __all__ = [
     "ManifestError",
     "Metrics",
     "ModelEntry",
+    "Precision",
+    "QuantizedGraph",
     "Repository",
     "TrainingInfo",
     "describe_unservable",

@@ -4,6 +4,8 @@ The exporter writes it, the service validates it at start-up; nobody else define
 Schema 2 (graph contract v2, contract/graph.py) adds the trained weights (`weights`: model.safetensors)
 and the net's config (`net_config`), so a shipped model can be re-exported, sampled or fine-tuned
 without its run directory. A schema-1 folder is refused with the command that upgrades it.
+An optional `onnx_int8` (a dynamically quantized copy of the ONNX graph with its own test loss) needs no
+new schema version: manifests without it stay valid and mean "float32 only".
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ from contract.families import Arch, family
 SCHEMA_VERSION = 2
 MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILE = "model.safetensors"
+INT8_FILE = "model.int8.onnx"
 UPGRADE_HINT = "python -m training upgrade {folder}"
 
 Format = Literal["onnx", "torchscript"]
+Precision = Literal["float32", "int8"]
 
 
 class ManifestError(ValueError):
@@ -49,6 +53,16 @@ class Metrics(_Strict):
     test_loss_unseen: float | None = Field(
         None, description="test loss over test samples that do not occur in the train split (lines data)"
     )
+
+
+class QuantizedGraph(_Strict):
+    """The ONNX graph with its MatMul weights quantized to int8 (onnxruntime's quantize_dynamic; activations
+    quantized per call), same I/O contract. Written only when its test loss rose by at most 0.01 over the
+    float graph's, both measured here with ONNX Runtime; served only when asked (`--precision int8`)."""
+
+    file: FileEntry
+    test_loss: float = Field(description="test loss through this graph with ONNX Runtime (nats per character)")
+    float_test_loss: float = Field(description="the float ONNX graph's, measured the same way at the same time")
 
 
 class DataInfo(_Strict):
@@ -83,6 +97,7 @@ class Manifest(_Strict):
     net_config: dict[str, Any] = Field(description="the net's config, as training.nets.build takes it")
     data_hashes: FileEntry | None = Field(None, description="lines models: hashes of every data sample (novelty)")
     metrics: Metrics
+    onnx_int8: QuantizedGraph | None = Field(None, description="an int8 ONNX graph beside the float one")
     data: DataInfo
     training: TrainingInfo
     created_at: datetime
@@ -129,7 +144,8 @@ class Manifest(_Strict):
 
     def verify_files(self, folder: Path) -> None:
         """Check every listed file's size and sha256; raise ManifestError on the first mismatch."""
-        for fmt, entry in [*self.files.items(), ("weights", self.weights)]:
+        int8 = [("onnx int8", self.onnx_int8.file)] if self.onnx_int8 is not None else []
+        for fmt, entry in [*self.files.items(), ("weights", self.weights), *int8]:
             path = Path(folder) / entry.path
             if not path.is_file():
                 raise ManifestError(f"{path}: {fmt} file is missing")

@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt", default="", help="text every sample starts with")
     gen.add_argument("--max-new-tokens", dest="max_new_tokens", default=None, help="cap on new characters")
     _add_sampling_options(gen)
-    _add_settings_options(gen, ["models", "backend", "device", "threads"])
+    _add_settings_options(gen, ["models", "backend", "device", "precision", "threads"])
     return parser
 
 
@@ -146,6 +146,7 @@ def _serve(args: argparse.Namespace) -> int:
     except TempDirError as exc:
         return _fail(str(exc))
     try:
+        from contract.precision import repository_at
         from contract.repository import describe_unservable, log_left_out, scan_repository
         from service.server import StartupError, check_port, serve
 
@@ -153,6 +154,7 @@ def _serve(args: argparse.Namespace) -> int:
         if problem:
             return _fail(problem, 1)
         repo = _without_backend_files(scan_repository(settings.models, log_failures=False), settings.backend)
+        repo = repository_at(repo, settings.precision)
         if not repo.models and not settings.allow_empty:
             return _fail(describe_unservable(settings.models, repo))
         log_left_out(repo)
@@ -197,7 +199,7 @@ def _generate(args: argparse.Namespace) -> int:
     from service.http.generate import GenerateRequest
     from service.http.sampling import Sampling
 
-    settings = _settings(args, ["models", "backend", "device", "threads"])
+    settings = _settings(args, ["models", "backend", "device", "precision", "threads"])
     if isinstance(settings, str):
         return _fail(settings)
     try:
@@ -213,6 +215,7 @@ def _generate(args: argparse.Namespace) -> int:
         flag = "-n" if field == "n" else "--" + field.replace("_", "-")
         return _fail(f"invalid {flag} value {first.get('input')!r}: {first['msg']}")
 
+    from contract.precision import at_precision
     from contract.repository import scan_repository
     from engine import (
         BackendUnavailable,
@@ -232,6 +235,7 @@ def _generate(args: argparse.Namespace) -> int:
         available = ", ".join(sorted(repo.models)) or "none"
         return _fail(f"model {request.model!r} not found{why}; available models: {available}")
     try:
+        entry = at_precision(entry, settings.precision)
         gen = Generator.load(entry, settings.backend, settings.device, settings.threads or 1)
         gen.encode_prompt(request.prompt)
     except (BackendUnavailable, InvalidPrompt) as exc:

@@ -22,6 +22,7 @@ MAX_BODY_BYTES = 64 * 1024  # fixed by the API contract: bigger bodies get 413
 
 Backend = Literal["onnx", "torchscript"]
 Device = Literal["cpu", "cuda"]
+Precision = Literal["float32", "int8"]
 # LitServe 0.2.19 refuses any other bind address (LitServer.run checks the host against this list).
 Host = Literal["127.0.0.1", "0.0.0.0", "::"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
@@ -36,6 +37,9 @@ class Settings(BaseSettings):
     models: Path = Field(REPO_MODELS_DIR, description="folder with one sub-folder per model")
     backend: Backend = Field("onnx", description="onnx (no torch needed) or torchscript (needs torch)")
     device: Device = Field("cpu", description="cpu, or cuda for one GPU")
+    precision: Precision = Field(
+        "float32", description="int8: serve the int8 ONNX graph of the models that have one (onnx backend)"
+    )
     host: Host = Field("127.0.0.1", description="bind address; 0.0.0.0 in Docker")
     port: int = Field(8000, ge=1024, le=65535, description="TCP port (LitServe accepts 1024-65535)")
     workers: int = Field(1, ge=1, le=64, description="inference worker processes (both routes, every model)")
@@ -73,6 +77,13 @@ class Settings(BaseSettings):
         batch_ms = info.data.get("batch_timeout_ms")
         if batch_ms is not None and value * 1000 <= batch_ms:
             raise ValueError(f"must be longer than the batch timeout ({batch_ms:g} ms)")
+        return value
+
+    @field_validator("precision")
+    @classmethod
+    def _int8_is_onnx(cls, value: str, info: ValidationInfo) -> str:
+        if value == "int8" and info.data.get("backend") not in (None, "onnx"):
+            raise ValueError("int8 graphs are ONNX graphs: use it with --backend onnx")
         return value
 
     @field_validator("log_level", "log_format", mode="before")

@@ -32,10 +32,15 @@ def _log_softmax_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 
 def onnx_split_loss(
-    model_dir: Path, split: str = "test", data_path: str | None = None, limit: int | None = None
+    model_dir: Path,
+    split: str = "test",
+    data_path: str | None = None,
+    limit: int | None = None,
+    graph: Path | None = None,
 ) -> float:
-    """Mean NLL (nats/char) of `split`, rebuilt from the manifest's data record, through model.onnx;
-    `limit`: only the first samples (lines) or blocks (stream), as `--via --limit` scores them."""
+    """Mean NLL (nats/char) of `split`, rebuilt from the manifest's data record, through model.onnx (or
+    `graph`, e.g. its int8 copy); `limit`: only the first samples (lines) or blocks (stream), as
+    `--via --limit` scores them."""
     model_dir = Path(model_dir)
     Manifest.load(model_dir).verify_files(model_dir)
     manifest, samples = split_samples(model_dir, split, data_path)
@@ -44,9 +49,8 @@ def onnx_split_loss(
         samples = samples[:keep] if keep else [samples[0][: limit * manifest.block_size + 1]]
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
-    session = ort.InferenceSession(
-        str(model_dir / manifest.files["onnx"].path), options, providers=["CPUExecutionProvider"]
-    )
+    graph = graph or model_dir / manifest.files["onnx"].path
+    session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
     if not family(manifest.arch).kv_cache:
         x, y = window_examples(samples, manifest.block_size, manifest.boundary_token)
         nll = [

@@ -67,6 +67,7 @@ class ModelCard(BaseModel):
     format: Literal["lines", "stream"]
     test_loss: float
     backend: str
+    precision: Literal["float32", "int8"] = "float32"
 
 
 class ModelList(BaseModel):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from contract import Manifest
+from contract.precision import served_precision, served_test_loss
 from service.errors import APIError
 from service.http.bodies import ModelCard
 
@@ -51,8 +52,9 @@ class Catalog:
                 vocab_size=len(m.vocab),
                 block_size=m.block_size,
                 format=m.format,
-                test_loss=m.metrics.test_loss,
+                test_loss=served_test_loss(m),
                 backend=self.backend,
+                precision=served_precision(m),
             ).model_dump()
             for name, m in sorted(self.models.items())
         ]

@@ -35,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--force", action="store_true", help="replace an existing model folder")
     parser.add_argument("--name", help="model name in the manifest (default: the --out folder's name)")
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="also write an int8 ONNX graph (dynamic quantization), if its test loss rises by <= 0.01",
+    )
     return parser
 
 
@@ -47,6 +52,9 @@ def main_export(argv: list[str]) -> int:
     formats = args.formats.split(",")
     if (args.ckpt_dir is None) == (args.from_model is None):
         print("error: give either CKPT_DIR or --from-model MODEL_DIR", file=sys.stderr)
+        return 2
+    if args.int8 and "onnx" not in formats:
+        print("error: --int8 quantizes the ONNX graph: add onnx to --formats", file=sys.stderr)
         return 2
     try:
         if args.from_model is not None:
@@ -61,6 +69,14 @@ def main_export(argv: list[str]) -> int:
         return 2
     files = ", ".join(f"{e.path} ({e.bytes:,} bytes)" for e in manifest.files.values())
     print(f"exported {manifest.name} ({manifest.arch}, {manifest.n_params:,} params) to {args.out}: {files}")
+    if args.int8:
+        from training.export.quantize import add_int8
+
+        try:
+            print(add_int8(Path(args.out)).line())
+        except ExportError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     return 0
 
 
