@@ -21,7 +21,7 @@ $(PY) -m training train --config training/configs/$(1).toml --out runs/$(1)
 $(PY) -m training export runs/$(1) --out models/$(2) --force
 endef
 
-.PHONY: help serve test lint lock models bench docker docker-torch docker-smoke promtool chromium wrk clean
+.PHONY: help serve test lint lock models bench docker docker-torch docker-smoke promtool chromium kubectl wrk clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -78,7 +78,10 @@ chromium: ## chromium + chromedriver: tests/test_playground.py drives the web pa
 wrk: ## wrk drives `make bench`'s HTTP runs
 	$(call apt_install,wrk,wrk,make bench,1)
 
-test: $(VENV)/.dev-installed promtool chromium ## run the test suite (installs the dev venv, promtool and chromium first)
+kubectl: ## kubectl (Debian's kubernetes-client where none is installed): tests/test_k8s.py renders the kustomization
+	$(call apt_install,kubectl,kubernetes-client,the k8s tests,0)
+
+test: $(VENV)/.dev-installed promtool chromium kubectl ## run the test suite (installs the dev venv, promtool, chromium, kubectl first)
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 lint: $(VENV)/.dev-installed ## ruff check + ruff format --check
