@@ -109,8 +109,8 @@ $(VENV)/.bench-installed: pyproject.toml $(VENV)/.dev-installed
 	$(PY) -m pip install --no-build-isolation -e '.[dev,bench]' -c $(CONSTRAINTS)
 	touch $@
 
-bench: $(VENV)/.bench-installed wrk ## run the benchmarks (installs the bench extras: transformers)
-	$(PY) -m benchmarks
+bench: $(VENV)/.bench-installed wrk ## run the benchmarks (installs the bench extras: transformers, ctranslate2, lm-eval); ARGS=--quick: a smoke run
+	$(PY) -m benchmarks $(ARGS)
 
 # Provenance for the image's OCI labels and charlm_build_info (Dockerfile, last lines).
 # The checkout's commit, with -dirty when files differ from it (as charlm_build_info says outside an image).
