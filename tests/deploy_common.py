@@ -5,6 +5,7 @@ sys.path under pytest, as for serving.py)."""
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import re
 import subprocess
@@ -16,6 +17,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
+COMPOSE_FILE = DEPLOY / "docker-compose.yml"
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "charlm.json"
 PROM_DIR = DEPLOY / "prometheus"
 K8S_DIR = DEPLOY / "k8s"
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -90,3 +93,61 @@ def checkout_revision() -> str:
     """HEAD of this checkout, with -dirty when the files differ from it."""
     head = run("git", "rev-parse", "HEAD").stdout.strip()
     return head + ("-dirty" if run("git", "diff", "--quiet", "HEAD").returncode == 1 else "")
+
+
+HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+
+
+def metric_families(expr: str) -> set[str]:
+    """The metric families an expression reads (charlm_* and up), histogram suffixes stripped."""
+    names = set(re.findall(r"\b(charlm_[a-z0-9_]+|up)\b", expr))
+    families = set()
+    for name in names:
+        if name not in METRICS:
+            for suffix in HISTOGRAM_SUFFIXES:
+                if name.endswith(suffix) and METRICS.get(name.removesuffix(suffix)) == "histogram":
+                    name = name.removesuffix(suffix)
+        families.add(name)
+    return families
+
+
+def unknown_metrics(expr: str) -> set[str]:
+    return {m for m in metric_families(expr) if m != "up" and m not in METRICS}
+
+
+def charlm_job_of(cfg: dict[str, Any]) -> dict[str, Any]:
+    (job,) = [j for j in cfg["scrape_configs"] if j["job_name"] == "charlm"]
+    return job
+
+
+def charlm_job() -> dict[str, Any]:
+    return charlm_job_of(load_yaml(PROM_DIR / "prometheus.yml"))
+
+
+def compose() -> dict[str, Any]:
+    return load_yaml(COMPOSE_FILE)
+
+
+def bind_mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """container path -> host path of each bind mount (named volumes left out)."""
+    mounts = {}
+    for vol in service.get("volumes", []):
+        src, dst = vol.split(":")[:2]
+        if src.startswith((".", "/")):
+            mounts[dst] = (COMPOSE_FILE.parent / src).resolve()
+    return mounts
+
+
+def dashboard() -> dict[str, Any]:
+    return json.loads(DASHBOARD.read_text())
+
+
+def dashboard_exprs() -> dict[str, list[str]]:
+    return {p["title"]: [t["expr"] for t in p.get("targets", [])] for p in dashboard()["panels"]}
+
+
+def dashboard_datasource_uids() -> str:
+    uids = {p["datasource"]["uid"] for p in dashboard()["panels"]}
+    uids |= {t["datasource"]["uid"] for p in dashboard()["panels"] for t in p.get("targets", [])}
+    assert len(uids) == 1, uids
+    return uids.pop()
