@@ -84,7 +84,7 @@ def cors(settings: Settings) -> list[tuple[Any, dict[str, Any]]]:
 
 
 def build(settings: Settings, repo: Repository) -> App:
-    shared = SharedState(settings.workers, list(repo.models), held=settings.max_queue)
+    shared = SharedState(settings.workers, list(repo.models), held=settings.max_queue, slots=settings.engine_slots())
     catalog = Catalog({name: e.manifest for name, e in repo.models.items()}, repo.failed, settings.backend)
     spec = CharLMSpec()
     api = CharLMAPI(
