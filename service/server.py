@@ -15,7 +15,6 @@ import socket
 from typing import Any
 
 import litserve as ls
-from fastapi.middleware.cors import CORSMiddleware
 
 import service
 from contract.repository import Repository
@@ -23,11 +22,13 @@ from service import metrics, playground
 from service.access import AccessLogMiddleware, TracedClient
 from service.catalog import Catalog
 from service.client import LitServeClient
+from service.cors import cors_middleware
 from service.draining import DrainMiddleware
 from service.gateway import CharLMSpec, Gateway
 from service.lifecycle import ShutdownSignals, kill_children
 from service.limits import uvicorn_limits
 from service.listener import stop_accepting
+from service.openapi import install_docs, install_openapi
 from service.probes import install_health
 from service.routes import App, install_routes, readiness
 from service.security import PUBLIC_PATHS, ApiKeyMiddleware, RequestIdMiddleware, load_api_keys, logging_config
@@ -66,21 +67,8 @@ def middlewares(settings: Settings, shared: SharedState) -> list[tuple[Any, dict
 
 
 def cors(settings: Settings) -> list[tuple[Any, dict[str, Any]]]:
-    """FastAPI's CORSMiddleware for --cors-origins (off by default)."""
-    origins = settings.cors_list()
-    if not origins:
-        return []
-    return [
-        (
-            CORSMiddleware,
-            {
-                "allow_origins": origins,
-                "allow_methods": ["*"],
-                "allow_headers": ["*"],
-                "expose_headers": ["Retry-After"],
-            },
-        )
-    ]
+    """CORS for --cors-origins (off by default): service/cors.py."""
+    return cors_middleware(settings.cors_list())
 
 
 def build(settings: Settings, repo: Repository) -> App:
@@ -116,6 +104,8 @@ def build(settings: Settings, repo: Repository) -> App:
     app = App(server, spec, shared, catalog, settings)
     install_routes(server.app, app)
     install_health(server.app, shared, settings.stall_timeout)
+    install_docs(server.app)
+    install_openapi(server.app)
     return app
 
 
