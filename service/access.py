@@ -8,6 +8,10 @@ log is off.
 
 `TracedClient` wraps the EngineClient: it puts the request id on the EngineRequest (so worker-side log
 lines carry it) and notes the tokens of the Final event for the access line.
+
+For a stream, the middleware also notes when the first event carrying text was written (after `send`
+returned: the bytes are with the kernel): `first_byte_ms` on the access line and the
+charlm_time_to_first_byte_seconds histogram, the server-side first byte next to the sampling TTFT.
 """
 
 from __future__ import annotations
@@ -15,12 +19,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import time
 from contextvars import ContextVar
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import metrics
 from service.client import EngineClient, EventStream
 from service.protocol import EngineRequest, Final, WorkerEvent
 from service.request_ids import request_id_var
@@ -28,6 +34,8 @@ from service.request_ids import request_id_var
 log = logging.getLogger("charlm.access")
 
 PROBE_PATHS = frozenset({"/health", "/ready", "/metrics"})
+SSE = b"text/event-stream"
+_TEXT = re.compile(rb'"(?:text|content)":"[^"]')  # a choice's non-empty text (native, completions, chat)
 _REASON_BYTES = 4096  # of a 5xx body, read for its error message
 
 # The current request's access record: a dict, so code in child tasks (a streamed body) can fill it in.
@@ -51,6 +59,11 @@ def _level(path: str, status: int) -> int:
     return logging.INFO
 
 
+def _has_text(chunk: bytes) -> bool:
+    """Does this SSE chunk carry generated text? (An opening event with a role or an empty text does not.)"""
+    return bool(_TEXT.search(chunk))
+
+
 def _reason(body: bytes) -> str | None:
     try:
         return str(json.loads(body)["error"]["message"])
@@ -71,12 +84,21 @@ class AccessLogMiddleware:
         record: dict[str, Any] = {}
         status, body = 500, b""
 
+        first_text: float | None = None
+        streaming = False
+
         async def send_wrapper(message: Message) -> None:
-            nonlocal status, body
+            nonlocal status, body, first_text, streaming
             if message["type"] == "http.response.start":
                 status = message["status"]
-            elif message["type"] == "http.response.body" and status >= 500 and len(body) < _REASON_BYTES:
-                body += message.get("body", b"")[:_REASON_BYTES]
+                streaming = any(k == b"content-type" and v.startswith(SSE) for k, v in message.get("headers", ()))
+            elif message["type"] == "http.response.body":
+                if streaming and first_text is None and _has_text(message.get("body", b"")):
+                    await send(message)
+                    first_text = time.perf_counter() - t0  # written: the first byte a client can use
+                    return
+                if status >= 500 and len(body) < _REASON_BYTES:
+                    body += message.get("body", b"")[:_REASON_BYTES]
             await send(message)
 
         token = access_var.set(record)
@@ -98,6 +120,9 @@ class AccessLogMiddleware:
                 "model": model,
                 **record,
             }
+            if first_text is not None:
+                fields["first_byte_ms"] = round(first_text * 1000, 3)
+                metrics.TIME_TO_FIRST_BYTE.labels(model or metrics.NO_MODEL).observe(first_text)
             if status >= 500 and "reason" not in fields:
                 fields["reason"] = _reason(body)
             why = f": {fields['reason']}" if status >= 500 and fields.get("reason") else ""

@@ -19,6 +19,8 @@ from service.settings import MAX_BODY_BYTES
 
 log = logging.getLogger("charlm.errors")
 
+FASTAPI_PARSE_ERROR = "There was an error parsing the body"  # FastAPI's 400 when json.loads raised
+
 _TYPES = {
     400: "invalid_request_error",
     404: "not_found_error",
@@ -28,10 +30,15 @@ _TYPES = {
     503: "server_error",
     504: "timeout_error",
 }
-_CODES = {
+_CODES = {  # every error body has a code: these when the raiser named none
+    400: "invalid_request",
+    401: "invalid_api_key",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     413: "request_too_large",
+    429: "rate_limited",
     500: "internal_error",
     503: "unavailable",
     504: "timeout",
@@ -56,7 +63,7 @@ class APIError(Exception):
         self.message = message
         self.type = type or _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
         self.param = param
-        self.code = code if code is not None else _CODES.get(status)
+        self.code = code if code is not None else _CODES.get(status, "error")
         self.headers = headers
 
     def body(self) -> dict[str, Any]:
@@ -140,6 +147,10 @@ def install(app: FastAPI) -> None:
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         status = exc.status_code
+        if status == 400 and exc.detail == FASTAPI_PARSE_ERROR:  # not UTF-8, or nested too deep for json
+            return APIError(
+                400, "request body is not valid JSON: not UTF-8, or nested too deep", code="invalid_json"
+            ).response()
         if status == 413:
             message = f"request body is larger than {MAX_BODY_BYTES} bytes"
         elif status == 404:

@@ -51,6 +51,13 @@ TIME_TO_FIRST_TOKEN = Histogram(
     ["model"],
     buckets=LATENCY_BUCKETS,
 )
+TIME_TO_FIRST_BYTE = Histogram(
+    "charlm_time_to_first_byte_seconds",
+    "Streams: time from receiving the request to writing its first SSE event carrying text (what a client "
+    "measures as its first token, less the network); next to charlm_time_to_first_token_seconds",
+    ["model"],
+    buckets=LATENCY_BUCKETS,
+)
 QUEUE_WAIT = Histogram(
     "charlm_queue_wait_seconds",
     "Time from admission until the request's batch starts on a worker",

@@ -16,13 +16,13 @@ from collections.abc import Iterable
 from typing import Any
 
 import litserve as ls
-from fastapi.middleware.cors import CORSMiddleware
 
 from contract.repository import Repository
 from service import metrics
 from service.access import AccessLogMiddleware, TracedClient
 from service.auth import PUBLIC_PATHS, ApiKeyMiddleware, load_api_keys
 from service.client import LitServeClient
+from service.cors import cors_middleware
 from service.draining import DrainMiddleware
 from service.http import playground
 from service.http.app import App
@@ -34,6 +34,7 @@ from service.lifecycle import ShutdownSignals, kill_children
 from service.limits import uvicorn_limits
 from service.listener import stop_accepting
 from service.logs import logging_config
+from service.openapi import install_docs, install_openapi
 from service.request_ids import RequestIdMiddleware
 from service.settings import MAX_BODY_BYTES, Settings
 from service.shared import READY, SharedState
@@ -73,25 +74,12 @@ def middlewares(
 
 
 def cors(settings: Settings) -> list[tuple[Any, dict[str, Any]]]:
-    """FastAPI's CORSMiddleware for --cors-origins (off by default)."""
-    origins = settings.cors_list()
-    if not origins:
-        return []
-    return [
-        (
-            CORSMiddleware,
-            {
-                "allow_origins": origins,
-                "allow_methods": ["*"],
-                "allow_headers": ["*"],
-                "expose_headers": ["Retry-After"],
-            },
-        )
-    ]
+    """CORS for --cors-origins (off by default): service/cors.py."""
+    return cors_middleware(settings.cors_list())
 
 
 def build(settings: Settings, repo: Repository) -> App:
-    shared = SharedState(settings.workers, list(repo.models), held=settings.max_queue)
+    shared = SharedState(settings.workers, list(repo.models), held=settings.max_queue, slots=settings.engine_slots())
     catalog = Catalog({name: e.manifest for name, e in repo.models.items()}, repo.failed, settings.backend)
     spec = CharLMSpec()
     api = CharLMAPI(
@@ -114,6 +102,7 @@ def build(settings: Settings, repo: Repository) -> App:
         workers_per_device=settings.workers,
         timeout=settings.timeout,
         max_payload_size=MAX_BODY_BYTES,  # LitServe's middleware: an int, its strings are not parsed
+        fast_queue=True,  # ZMQ transport worker -> API servers (service/transport notes in docs/configuration.md)
         middlewares=middlewares(settings, shared, repo.models),
     )
     server.uvicorn_graceful_timeout = UVICORN_GRACE_S

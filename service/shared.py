@@ -19,29 +19,34 @@ from queue import Empty
 from typing import Any
 
 from service.held import HeldTable
+from service.speed import NO_LIMIT, SpeedBoard
 
 _CTX = multiprocessing.get_context("spawn")  # LitServe spawns workers: create locks in the same context
 INFO_BYTES = 4096
+SAFETY = 1.5  # admit only what the estimate finishes within timeout / SAFETY (steps vary under load)
 STARTING, READY, FATAL, CRASHED = 0, 1, 2, 3  # CRASHED: died after start-up, being replaced
 
 
 @dataclass(frozen=True)
 class Admission:
-    """What the shared counters say about a would-be request: 503 reasons, or None to admit."""
+    """Why a would-be request is refused: 503 + Retry-After (try later), or 400 (it can never fit)."""
 
     code: str
     message: str
     retry_after: int
+    status: int = 503
+
+    def headers(self) -> dict[str, str] | None:
+        return {"Retry-After": str(self.retry_after)} if self.status == 503 else None
 
 
 class SharedState:
     """Counters and flags of the whole server, plus one board row per worker process."""
 
-    def __init__(self, workers: int, models: list[str], held: int = 256):
+    def __init__(self, workers: int, models: list[str], held: int = 256, slots: int = 128):
         self.workers = workers
         self.models = sorted(models)
         self.in_flight = _CTX.Value("i", 0)  # admitted, unanswered requests, every API server
-        self.backlog_s = _CTX.RawValue("d", 0.0)  # their estimated seconds of generation (in_flight's lock)
         self.draining = _CTX.RawValue("b", 0)  # SIGTERM seen: refuse new requests, /ready 503
         self.cut = _CTX.RawValue("b", 0)  # drain window over: end what is still running
         self.beat = _CTX.RawArray("d", workers)  # monotonic time of each worker's last step (or idle wake)
@@ -51,6 +56,7 @@ class SharedState:
         self.info = [_CTX.RawArray("c", INFO_BYTES) for _ in range(workers)]
         self.cancels = [_CTX.Queue() for _ in range(workers)]
         self.held = HeldTable(workers, held)  # request ids each worker holds (service/held.py)
+        self.speed = SpeedBoard(workers, self.models, slots)  # step times and load (service/speed.py)
 
     # ----- the worker's side -----
 
@@ -114,38 +120,93 @@ class SharedState:
             if self.state[w] == READY and (self.live[w] > 0 or waiting) and now - self.beat[w] > stall_timeout
         ]
 
-    def admit(self, cost_tokens: int, model: str, timeout: float, max_queue: int) -> tuple[float, Admission | None]:
-        """Count a new request in, or say why not. Returns (its cost in seconds, refusal or None).
+    def admit(
+        self, sequences: int, cost_tokens: int, model: str, timeout: float, max_queue: int
+    ) -> tuple[float, Admission | None]:
+        """Count a new request in, or say why not. Returns (its estimated seconds, refusal or None).
 
-        Refused when `max_queue` requests are already admitted (the hard cap), or when the backlog plus
-        this request, at the measured speed, would not finish inside the timeout. A request that finds
-        no backlog is always admitted (refusing it cannot help), as is any while the speed is unknown.
+        Refused when `max_queue` requests are already admitted (the hard cap); else by its own finish
+        time (service/speed.py): its tokens x the iteration time at the batch it joins, plus the wait
+        for slots when its model's are full, on the busiest ready worker, with SAFETY margin; and when
+        the iterations it would slow could no longer meet the deadlines of the requests admitted before
+        it. A request that cannot finish in time even on an idle server at the fastest speed seen: 400;
+        one that cannot now: 503 + Retry-After.
+        Admitted while no step time is measured yet (start-up measures them before /ready).
         """
         if self.draining.value:
             return 0.0, Admission("shutting_down", "the server is shutting down; retry on another instance", 5)
-        if self.crashed() and not any(self.state[w] == READY for w in range(self.workers)):
+        ready = [w for w in range(self.workers) if self.state[w] == READY]
+        if self.crashed() and not ready:
             return 0.0, Admission(
                 "worker_restarting", "the inference worker crashed and is restarting; retry shortly", 2
             )
-        rate = self.rate(model)
-        cost_s = cost_tokens / rate if rate > 0 else 0.0
+        seqs = max(1, sequences)
+        tokens = max(1, math.ceil(cost_tokens / seqs))
+        m = self.models.index(model) if model in self.models else None
         with self.in_flight.get_lock():
             if self.in_flight.value >= max_queue:
                 message = f"the server is at capacity ({max_queue} requests queued or running); retry shortly"
                 return 0.0, Admission("queue_full", message, 1)
-            backlog = self.backlog_s.value
-            if backlog > 0 and backlog + cost_s > timeout:
-                wait = max(1, math.ceil(backlog + cost_s - timeout))
-                message = (
-                    f"the server has {backlog:.1f} s of generation queued; this request would not finish "
-                    f"within the {timeout:g} s timeout; retry in {wait} s"
-                )
-                return 0.0, Admission("overloaded", message, wait)
+            found = [self.speed.estimate(w, model, seqs, tokens, 1 / len(ready)) for w in ready]
+            known = [(w, e) for w, e in zip(ready, found, strict=True) if e is not None]
+            est_s = max((e[0] for _, e in known), default=0.0)
+            if known and m is not None:
+                refusal = _judge(self.speed, known, seqs, tokens, model, timeout)
+                if refusal is not None:
+                    return 0.0, refusal
             self.in_flight.value += 1
-            self.backlog_s.value = backlog + cost_s
-        return cost_s, None
+            if m is not None:
+                self.speed.pending_seqs[m] += seqs
+                self.speed.pending_work[m] += seqs * tokens
+                bearable = timeout / SAFETY / tokens  # its own budget per iteration, until a worker takes it
+                self.speed.pending_budget_s[m] = min(self.speed.pending_budget_s[m], bearable)
+        return est_s, None
+
+    def taken(self, model: str, sequences: int, cost_tokens: int) -> None:
+        """A worker took an admitted request off the queue: it is in that worker's load from now on."""
+        m = self.models.index(model) if model in self.models else None
+        if m is None:
+            return
+        with self.in_flight.get_lock():
+            self.speed.pending_seqs[m] = max(0.0, self.speed.pending_seqs[m] - sequences)
+            self.speed.pending_work[m] = max(0.0, self.speed.pending_work[m] - cost_tokens)
+            if self.speed.pending_seqs[m] == 0:
+                self.speed.pending_budget_s[m] = NO_LIMIT
 
     def release(self, cost_s: float) -> None:
         with self.in_flight.get_lock():
             self.in_flight.value -= 1
-            self.backlog_s.value = max(0.0, self.backlog_s.value - cost_s) if self.in_flight.value else 0.0
+            if self.in_flight.value <= 0:  # nothing admitted is left: forget any drift
+                for m in range(len(self.models)):
+                    self.speed.pending_seqs[m] = self.speed.pending_work[m] = 0.0
+                    self.speed.pending_budget_s[m] = NO_LIMIT
+
+
+def _judge(
+    speed: SpeedBoard,
+    known: list[tuple[int, tuple[float, float, float]]],
+    seqs: int,
+    tokens: int,
+    model: str,
+    timeout: float,
+) -> Admission | None:
+    """The refusal for a request whose estimates (per ready worker) are `known`, or None to admit it."""
+    idle_s = min(e[1] for _, e in known)
+    if idle_s > timeout:
+        message = (
+            f"this request ({seqs} sequence(s) x {tokens} tokens of {model}) would take about {idle_s:.1f} s "
+            f"even on an idle server, over the {timeout:g} s timeout: ask for fewer tokens or choices"
+        )
+        return Admission("exceeds_timeout", message, 0, status=400)
+    est_s = max(e[0] for _, e in known)
+    if est_s * SAFETY > timeout:
+        wait = min(60, max(1, math.ceil(est_s * SAFETY - timeout)))
+        message = (
+            f"the server is busy: this request would finish in about {est_s:.1f} s, over the {timeout:g} s "
+            f"timeout; retry in {wait} s"
+        )
+        return Admission("overloaded", message, wait)
+    if any(e[2] * SAFETY > speed.bearable_s(w) for w, e in known):
+        message = "the server is busy: this request would slow the requests running past their deadlines; retry shortly"
+        return Admission("overloaded", message, 1)
+    return None

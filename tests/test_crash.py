@@ -65,7 +65,7 @@ def _ready(srv: ServerProcess) -> httpx.Response:
 
 
 def test_kill_9_of_the_worker_answers_its_requests_and_the_worker_is_replaced() -> None:
-    srv = start_server()
+    srv = start_server("--timeout", "600")  # the long requests fit (admitted)
     try:
         (worker,) = srv.worker_pids()
         running = [_start(srv, {**LONG, "stream": True, "seed": i}) for i in range(2)]
@@ -101,7 +101,7 @@ def test_kill_9_of_the_worker_answers_its_requests_and_the_worker_is_replaced() 
 
 
 def test_with_two_workers_the_other_serves_throughout() -> None:
-    srv = start_server("--workers", "2", "--timeout", "15")
+    srv = start_server("--workers", "2", "--timeout", "600")
     try:
         pids = srv.worker_pids()
         assert len(pids) == 2

@@ -84,7 +84,7 @@ def _pound(url: str, until: float, outcomes: collections.Counter, headers_seen: 
 
 
 def test_requests_sent_during_the_drain_get_503_and_none_is_reset() -> None:
-    server = start_server("--drain-timeout", "2")
+    server = start_server("--drain-timeout", "2", "--timeout", "600")  # the long stream is admitted
     try:
         events: list[str] = []
 

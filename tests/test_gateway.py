@@ -224,18 +224,22 @@ def test_queue_cap_is_503_with_retry_after() -> None:
     run(scenario, max_queue=1)
 
 
-def test_admission_by_cost_refuses_what_cannot_finish_in_time() -> None:
+def test_admission_by_finish_time_refuses_what_cannot_finish_in_time() -> None:
     async def scenario(http: httpx.AsyncClient) -> None:
-        shared = http.info.shared  # type: ignore[attr-defined]
-        http.engine_client.publish_rates = False  # type: ignore[attr-defined]
-        shared.post_rate(0, "prose", 1000.0)  # measured: 1,000 tokens/s
+        speed = http.info.shared.speed  # type: ignore[attr-defined]
+        speed.slots = 4  # the fake engine's
+        for size in (1, 4):
+            speed.record_step(0, "prose", size, 0.002)  # measured: 2 ms per step
         first = asyncio.ensure_future(http.post(GEN, json={"model": "prose", "n": 4, "max_new_tokens": 500}))
-        await asyncio.sleep(0.02)  # 2,000 tokens queued: 2 s of the 3 s timeout
-        r = await http.post(GEN, json={"model": "prose", "n": 2, "max_new_tokens": 1000})
+        await asyncio.sleep(0.02)  # 4 slots taken, 2,000 tokens ahead
+        r = await http.post(GEN, json={"model": "prose", "n": 4, "max_new_tokens": 1000})  # ~3 s: over 3 / 1.25
         assert r.status_code == 503 and r.json()["error"]["code"] == "overloaded", r.text
         assert int(r.headers["retry-after"]) >= 1
-        small = await http.post(GEN, json={"model": "prose", "max_new_tokens": 20})  # 0.02 s: fits
+        small = await http.post(GEN, json={"model": "prose", "max_new_tokens": 20})  # waits for a slot: ~1 s
         assert small.status_code == 200
+        never = await http.post(GEN, json={"model": "prose", "max_new_tokens": 2000})  # 4 s even when idle
+        assert never.status_code == 400 and never.json()["error"]["code"] == "exceeds_timeout", never.text
+        assert "retry-after" not in never.headers
         first.cancel()
 
     run(scenario, timeout=3)

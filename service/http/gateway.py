@@ -117,10 +117,10 @@ class Gateway:
         return JSONResponse(route.full(reply, event, self._observe(ticket, event)))
 
     def _admit(self, req: EngineRequest, cost_tokens: int) -> Ticket:
-        cost_s, refusal = self.shared.admit(cost_tokens, req.model, self.timeout, self.max_queue)
+        cost_s, refusal = self.shared.admit(req.sequences, cost_tokens, req.model, self.timeout, self.max_queue)
         if refusal is not None:
-            log.warning("503 %s for %s: %s", refusal.code, req.model, refusal.message)
-            raise APIError(503, refusal.message, code=refusal.code, headers={"Retry-After": str(refusal.retry_after)})
+            log.warning("%d %s for %s: %s", refusal.status, refusal.code, req.model, refusal.message)
+            raise APIError(refusal.status, refusal.message, code=refusal.code, headers=refusal.headers())
         metrics.IN_FLIGHT.labels(req.model).inc()
         now = time.monotonic()
         return Ticket(req, cost_s, now, checked=now)

@@ -70,6 +70,7 @@ def readiness(app: App) -> tuple[dict[str, Any], bool]:
             "last_step_age_s": round(now - shared.beat[w], 3) if shared.beat[w] else None,
             "sequences": shared.live[w],
             "torch_imported": info.get("torch_imported"),
+            "step_ms": shared.speed.report(w),  # per model: batch size -> measured ms per step
         }
     waiting = [k for k, v in workers.items() if v["status"] != "ready"]
     reason = None

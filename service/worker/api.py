@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import litserve as ls
 
+from service.calibration import calibrate
 from service.lifecycle import die_with_parent
 from service.protocol import EngineRequest
 from service.shared import FATAL, READY, SharedState
@@ -85,6 +86,7 @@ class CharLMAPI(ls.LitAPI):
             if name in failed:
                 log.error("worker %d: model %s not loaded: %s", self.worker, name, failed[name])
         self._post(failed)
+        calibrate(self.engines, self.shared.speed, self.worker)  # step times before READY (admission)
         self.shared.heartbeat(self.worker, 0)
         self.shared.state[self.worker] = READY
 

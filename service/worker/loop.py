@@ -13,6 +13,7 @@ from litserve.utils import LitAPIStatus, LoopResponseType
 from service import metrics
 from service.protocol import EngineRequest, Failed, Final, WorkerEvent
 from service.worker.scheduler import Job, Orphan, Scheduler
+from service.speed import NO_LIMIT
 
 log = logging.getLogger("charlm.worker")
 
@@ -71,16 +72,16 @@ class SchedulerLoop(LitLoop):
             item = self.get_request(request_queue, timeout=IDLE_WAIT_S)
             if item is None:
                 return
-            self._admit(sched, item, shared, worker_id)
+            self._admit(sched, item, lit_api, worker_id)
             self.last_intake = 0.0
-        now = time.monotonic()
+        now = t_start = time.monotonic()
         if now - self.last_intake >= self.intake_s:
             self.last_intake = now
             for _ in range(MAX_INTAKE):
                 item = self.get_request(request_queue, block=False)
                 if item is None:
                     break
-                self._admit(sched, item, shared, worker_id)
+                self._admit(sched, item, lit_api, worker_id)
                 sched.fill()
         for rid in shared.cancelled(worker_id):
             sched.cancel(rid)
@@ -91,6 +92,38 @@ class SchedulerLoop(LitLoop):
         metrics.observe_slots(sched.occupancy)
         lit_api.publish_rates(sched.rates)
         self._release_held(sched, shared)
+        self._post_speed(sched, lit_api, worker_id, time.monotonic() - t_start)
+
+    @staticmethod
+    def _post_speed(sched: Scheduler, lit_api: Any, worker_id: int, iteration_s: float) -> None:
+        """This iteration's step times, its overhead, and the load per model, for admission (speed.py)."""
+        speed = lit_api.shared.speed
+        stepped = 0.0
+        for model, size, seconds in sched.timings:
+            speed.record_step(worker_id, model, size, seconds)
+            stepped += seconds
+        if sched.timings:
+            speed.record_overhead(worker_id, iteration_s - stepped)
+        sched.timings.clear()
+        load: dict[str, tuple[int, float]] = {}
+        bearable, now = NO_LIMIT, time.monotonic()
+        for job in sched.jobs.values():
+            req = job.req
+            budget = req.sampling.max_new_tokens
+            if budget is None:
+                budget = lit_api.engines[req.model].default_max_new_tokens()
+            live, work = load.get(req.model, (0, 0.0))
+            longest = 0
+            for seq in job.seqs:
+                if seq.finish is None:
+                    live += 1
+                    left = max(1, budget - len(seq.text))
+                    work += left
+                    longest = max(longest, left)
+            load[req.model] = (live, work)
+            if longest:
+                bearable = min(bearable, max(0.0, req.deadline - now) / longest)
+        speed.post_load(worker_id, load, bearable)
 
     def _release_held(self, sched: Scheduler, shared: Any) -> None:
         for rid in [rid for rid in self.held if rid not in sched.jobs]:
@@ -98,7 +131,7 @@ class SchedulerLoop(LitLoop):
             if place is not None:
                 shared.held.free(place)
 
-    def _admit(self, sched: Scheduler, item: Any, shared: Any, worker_id: int) -> None:
+    def _admit(self, sched: Scheduler, item: Any, lit_api: Any, worker_id: int) -> None:
         if item is None:
             raise KeyboardInterrupt  # a stop sentinel
         rqid, uid, _t_submit, req = item
@@ -112,6 +145,10 @@ class SchedulerLoop(LitLoop):
             req.model,
             extra={"request_id": req.request_id, "model": req.model},
         )
+        shared = lit_api.shared
+        engine = lit_api.engines.get(req.model)
+        if engine is not None:  # from pending (admitted, on no worker) into this worker's load
+            shared.taken(req.model, req.sequences, req.cost_tokens(engine.manifest))
         sched.admit(req, uid, rqid)
         if req.rid in sched.jobs:  # a crash of this process now answers it (service/held.py)
             self.held[req.rid] = shared.held.hold(worker_id, req.rid)

@@ -51,6 +51,7 @@ class Scheduler:
         self.waiting: deque[tuple[Job, int, list[int], SamplingParams]] = deque()  # choices without a slot
         self.early_cancels: dict[str, float] = {}  # cancelled before they arrived here
         self.rates: dict[str, float] = {}  # best recent tokens/s per model
+        self.timings: list[tuple[str, int, float]] = []  # (model, batch, seconds) of each step, until read
 
     def idle(self) -> bool:
         return not self.jobs
@@ -159,6 +160,7 @@ class Scheduler:
             now = self.clock()
             self.on_batch(model, size)
             advanced += size
+            self.timings.append((model, size, now - t0))
             if now > t0:
                 self.rates[model] = max(size / (now - t0), self.rates.get(model, 0.0) * RATE_DECAY)
             self._apply(deltas, now)
