@@ -85,7 +85,7 @@ IN_FLIGHT = Gauge(
     ["model"],
     multiprocess_mode="livesum",
 )
-# The engines' slots, set by each worker (service.loop): livesum adds the live workers up, so a dead worker's
+# The engines' slots, set by each worker (service.worker.loop): livesum adds the live workers up, so a dead worker's
 # values leave with it (render() drops the files of processes that are gone).
 SEQUENCES_RUNNING = Gauge(
     "charlm_sequences_running",

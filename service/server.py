@@ -34,7 +34,6 @@ from service.lifecycle import ShutdownSignals, kill_children
 from service.limits import uvicorn_limits
 from service.listener import stop_accepting
 from service.logs import logging_config
-from service.openapi import install_docs, install_openapi
 from service.request_ids import RequestIdMiddleware
 from service.settings import MAX_BODY_BYTES, Settings
 from service.shared import READY, SharedState

@@ -5,7 +5,7 @@ iteration at the batch it joins (every model with live sequences steps once per 
 for slots when its model's are full: not the sum of all queued work. So each worker keeps, in shared
 memory, per model and per batch-size bucket (powers of two up to 1024) the recent step time (a moving
 average of its real steps that rises fast and falls slowly, measured first at start-up before /ready:
-service/calibration.py) and the best one seen (what an idle server does: a request that does not fit
+service/worker/calibration.py) and the best one seen (what an idle server does: a request that does not fit
 even at that speed gets 400), its per-iteration overhead, and per model the sequences it holds and
 their remaining tokens. The API servers add what they admitted that no worker has taken yet
 (`pending_*`, under the in-flight lock).

@@ -26,6 +26,7 @@ from service.http.completions import CompletionRequest, CompletionResponse, Comp
 from service.http.gateway import Gateway
 from service.http.generate import GenerateRequest, GenerateResponse, GenerateRoute
 from service.http.health import install_health
+from service.http.openapi import install_docs, install_openapi
 from service.http.probes import Probes
 from service.http.reply import Route
 from service.http.tokenizer import Tokenizer
@@ -128,6 +129,9 @@ def install_routes(fastapi_app: FastAPI, app: App) -> None:
     post(PER_MODEL + "/tokenize", tok.tokenize, summary="/tokenize for one model")
     post(PER_MODEL + "/detokenize", tok.detokenize, summary="/detokenize for one model")
     get(PER_MODEL + "/tokenizer_info", tok.model_info, summary="/tokenizer_info for one model")
+
+    install_docs(fastapi_app)  # /docs from local assets
+    install_openapi(fastapi_app)  # the document says what the server does (errors, SSE, the key)
 
     playground.drop_litserve_root(fastapi_app)  # the web page takes / and /playground
     for path in playground.PAGE_PATHS:

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import litserve as ls
 
-from service.calibration import calibrate
 from service.lifecycle import die_with_parent
 from service.protocol import EngineRequest
 from service.shared import FATAL, READY, SharedState
+from service.worker.calibration import calibrate
 from service.worker.loop import SchedulerLoop
 from service.worker.scheduler import Scheduler
 

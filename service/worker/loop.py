@@ -12,8 +12,8 @@ from litserve.utils import LitAPIStatus, LoopResponseType
 
 from service import metrics
 from service.protocol import EngineRequest, Failed, Final, WorkerEvent
-from service.worker.scheduler import Job, Orphan, Scheduler
 from service.speed import NO_LIMIT
+from service.worker.scheduler import Job, Orphan, Scheduler
 
 log = logging.getLogger("charlm.worker")
 

@@ -88,7 +88,7 @@ def _integer_bounds(node: Any) -> None:
 
 
 def _exact(value: float) -> int:
-    from service.schemas import SEED_MAX, SEED_MIN
+    from service.http.sampling import SEED_MAX, SEED_MIN
 
     for exact in (SEED_MAX, SEED_MIN, 2**63 - 1, 2**32 - 1):
         if float(exact) == value:
