@@ -18,6 +18,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 from benchmarks.common import DOCS_FILE, MODELS_DIR, REPO, RESULTS_DIR, BenchError, cores, machine_info, utc_stamp
 from benchmarks.http_settings import HttpSettings
@@ -65,83 +66,30 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if "CHARLM_DATA_DIR" not in os.environ and (REPO.parent / "shared" / "data").is_dir():
         os.environ["CHARLM_DATA_DIR"] = str(REPO.parent / "shared" / "data")  # the Makefile's default
-    threads = args.threads or cores()
-    # The baseline server gets the per-process thread budget of a charlm worker (Settings.engine_threads:
-    # cores // (2 routes x 1 worker)); the other core serves its HTTP process and wrk.
-    baseline_threads = args.baseline_threads or max(1, cores() // 2)
-    quick = args.quick
-
-    from benchmarks import arrivals, engine, http_bench, report, served_shape, training_bench
-
-    engine_threads = tuple(int(x) for x in args.engine_threads.split(",") if x.strip())
-    engine_settings = (
-        engine.EngineSettings.quick(engine_threads) if quick else engine.EngineSettings(threads=engine_threads)
-    )
-    served_settings = (
-        served_shape.ServedSettings.quick(engine_threads)
-        if quick
-        else served_shape.ServedSettings(threads=engine_threads)
-    )
-    arrival_settings = arrivals.ArrivalSettings.quick() if quick else arrivals.ArrivalSettings()
-    http_settings = HttpSettings.quick(baseline_threads) if quick else HttpSettings(baseline_threads=baseline_threads)
-    if args.duration:
-        http_settings = HttpSettings(**{**http_bench.settings_dict(http_settings), "duration_s": args.duration})
-    if args.scenarios:
-        chosen = tuple(s.strip() for s in args.scenarios.split(",") if s.strip())
-        http_settings = HttpSettings(**{**http_bench.settings_dict(http_settings), "scenarios": chosen})
-    training_settings = (
-        training_bench.TrainingSettings.quick(threads) if quick else training_bench.TrainingSettings(threads=threads)
-    )
-
+    settings = _settings(args)
     command = shlex.join(["python", "-m", "benchmarks", *(sys.argv[1:] if argv is None else argv)])
     started = time.time()
     result: dict = {
         "machine": machine_info(),
-        "engine": [],
+        **{key: [] for key in ("engine", "served", "arrivals", "http", "training")},
         "engine_info": {},
-        "served": [],
         "served_info": {},
-        "arrivals": [],
-        "http": [],
-        "training": [],
         "run": {
             "command": command,
-            "quick": quick,
+            "quick": args.quick,
             "parts": parts,
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
             "models": str(args.models),
-            "settings": {
-                part: settings
-                for part, settings in (
-                    ("engine", engine.settings_dict(engine_settings)),
-                    ("served", served_shape.settings_dict(served_settings)),
-                    ("arrivals", arrivals.settings_dict(arrival_settings)),
-                    ("http", http_bench.settings_dict(http_settings)),
-                    ("training", training_bench.settings_dict(training_settings)),
-                )
-                if part in parts
-            },
+            "settings": {part: _as_dict(part, settings[part]) for part in PARTS if part in parts},
             "timings_s": {},
             "errors": {},
         },
     }
-    print(f"charlm benchmarks{' (quick smoke run)' if quick else ''}: {', '.join(parts)}")
+    print(f"charlm benchmarks{' (quick smoke run)' if args.quick else ''}: {', '.join(parts)}")
     for part in parts:
         t0 = time.time()
         try:
-            if part == "engine":
-                result["engine"], result["engine_info"] = engine.run_engine(args.models, engine_settings)
-            elif part == "served":
-                result["served"], result["served_info"] = served_shape.run_served(args.models, served_settings)
-            elif part == "arrivals":
-                result["arrivals"] = arrivals.run_arrivals(args.models, arrival_settings)
-            elif part == "http":
-                result["http"], result["run"]["servers"] = http_bench.run_http(args.models, http_settings)
-                for kind, info in result["run"]["servers"].items():
-                    if info.get("errors"):
-                        result["run"]["errors"][f"http/{kind}"] = "; ".join(info["errors"])
-            else:
-                result["training"] = training_bench.run_training(training_settings)
+            _run_part(part, args.models, settings[part], result)
         except BenchError as exc:
             result["run"]["errors"][part] = str(exc)
             print(f"{part}: FAILED: {exc}", file=sys.stderr)
@@ -150,13 +98,79 @@ def main(argv: list[str] | None = None) -> int:
             result["run"]["errors"][part] = f"{type(exc).__name__}: {exc}"
         result["run"]["timings_s"][part] = round(time.time() - t0, 1)
     result["run"]["wall_s"] = round(time.time() - started, 1)
-    result["targets"] = report.targets(result)
+    return _write(args, parts, result)
 
-    out_dir = args.out or (Path(tempfile.gettempdir()) / "charlm-bench" if quick else RESULTS_DIR)
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Each part's settings, quick or full, from the command line."""
+    from benchmarks import arrivals, engine, http_bench, served_shape, training_bench
+
+    quick, threads = args.quick, args.threads or cores()
+    # The baseline server gets the per-process thread budget of a charlm worker (Settings.engine_threads:
+    # cores // (2 routes x 1 worker)); the other core serves its HTTP process and wrk.
+    baseline_threads = args.baseline_threads or max(1, cores() // 2)
+    engine_threads = tuple(int(x) for x in args.engine_threads.split(",") if x.strip())
+    http = HttpSettings.quick(baseline_threads) if quick else HttpSettings(baseline_threads=baseline_threads)
+    if args.duration:
+        http = HttpSettings(**{**http_bench.settings_dict(http), "duration_s": args.duration})
+    if args.scenarios:
+        chosen = tuple(s.strip() for s in args.scenarios.split(",") if s.strip())
+        http = HttpSettings(**{**http_bench.settings_dict(http), "scenarios": chosen})
+    return {
+        "engine": engine.EngineSettings.quick(engine_threads)
+        if quick
+        else engine.EngineSettings(threads=engine_threads),
+        "served": (
+            served_shape.ServedSettings.quick(engine_threads)
+            if quick
+            else served_shape.ServedSettings(threads=engine_threads)
+        ),
+        "arrivals": arrivals.ArrivalSettings.quick() if quick else arrivals.ArrivalSettings(),
+        "http": http,
+        "training": (
+            training_bench.TrainingSettings.quick(threads)
+            if quick
+            else training_bench.TrainingSettings(threads=threads)
+        ),
+    }
+
+
+def _as_dict(part: str, settings: Any) -> dict[str, Any]:
+    from benchmarks import arrivals, engine, http_bench, served_shape, training_bench
+
+    module = {"engine": engine, "served": served_shape, "arrivals": arrivals, "http": http_bench}
+    return module.get(part, training_bench).settings_dict(settings)
+
+
+def _run_part(part: str, models: Path, settings: Any, result: dict) -> None:
+    """One part's rows (and info) into `result`."""
+    from benchmarks import arrivals, engine, http_bench, served_shape, training_bench
+
+    if part == "engine":
+        result["engine"], result["engine_info"] = engine.run_engine(models, settings)
+    elif part == "served":
+        result["served"], result["served_info"] = served_shape.run_served(models, settings)
+    elif part == "arrivals":
+        result["arrivals"] = arrivals.run_arrivals(models, settings)
+    elif part == "http":
+        result["http"], result["run"]["servers"] = http_bench.run_http(models, settings)
+        for kind, info in result["run"]["servers"].items():
+            if info.get("errors"):
+                result["run"]["errors"][f"http/{kind}"] = "; ".join(info["errors"])
+    else:
+        result["training"] = training_bench.run_training(settings)
+
+
+def _write(args: argparse.Namespace, parts: list[str], result: dict) -> int:
+    """The JSON (and, for a complete full run or --docs, docs/benchmarks.md); the tables on stdout."""
+    from benchmarks import report
+
+    result["targets"] = report.targets(result)
+    out_dir = args.out or (Path(tempfile.gettempdir()) / "charlm-bench" if args.quick else RESULTS_DIR)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / f"{utc_stamp()}.json"
     json_path.write_text(json.dumps(result, indent=2) + "\n")
-    complete = not quick and set(parts) == set(PARTS) and not result["run"]["errors"]
+    complete = not args.quick and set(parts) == set(PARTS) and not result["run"]["errors"]
     if args.docs or (complete and not args.no_docs):
         report.write_docs(result, json_path, DOCS_FILE, REPO)
         print(f"wrote {DOCS_FILE.relative_to(REPO)}")
