@@ -174,7 +174,8 @@ def drain(url: str, scenario: Scenario) -> None:
 
 
 def head_of_line(url: str, route: str, long_body: dict, probe_body: dict, duration_s: float) -> dict[str, Any]:
-    """Probe latencies (send -> whole reply, one after another) while two long requests run.
+    """Probe latencies (send -> whole reply, one after another) while two long requests run. One function
+    on purpose: the long requests' threads, the probe loop and the cut share their state in order.
 
     The long ones stream, sent 0.3 s apart, and are cut (their connections closed) once the probing is over;
     `long_status` and `long_first_s` say whether they were really running.

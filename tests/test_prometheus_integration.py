@@ -207,6 +207,8 @@ def series_read_by_dashboard_and_alerts() -> set[str]:
 
 
 def test_prometheus_scrapes_the_running_service(prometheus: Proc, service: Proc) -> None:
+    """One scrape story, read in order against one Prometheus and one service (both slow to start): the
+    target up, the metrics it stored, the rules it loaded and the values after traffic; hence its length."""
     target = wait_for(
         "the charlm target to be up",
         lambda: (t := charlm_target(prometheus)) and t["health"] == "up" and t,
