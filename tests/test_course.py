@@ -3,6 +3,7 @@ the backprop ninja (`python -m training ninja`): every hand-written gradient aga
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -82,6 +83,7 @@ def test_ninja_command_prints_a_row_per_tensor() -> None:
 
 def test_counts_bigram_is_a_checkpoint(tmp_path: Path) -> None:
     from training.data import Vocab, load_corpus, split_corpus
+    from training.export.reproduce import train_command
     from training.nets.bigram import counts_nll
 
     out = tmp_path / "counts"
@@ -94,5 +96,7 @@ def test_counts_bigram_is_a_checkpoint(tmp_path: Path) -> None:
     assert train == pytest.approx(counts_nll(seqs, vocab.size), abs=1e-4)  # the closed form, over the same pairs
     assert (out / "counts.png").stat().st_size > 10_000
     test = float(re.search(r"test (\d\.\d{4})", proc.stdout).group(1))
+    recorded = json.loads((out / "checkpoint.json").read_text())["train_config"]
+    assert train_command(recorded)[0] == "python -m training counts --smoothing 1 --config names_bigram"  # the card's
     evaluated = charlm("eval", str(out))
     assert evaluated.returncode == 0 and float(evaluated.stdout) == pytest.approx(test, abs=1e-4)

@@ -24,6 +24,7 @@ def test_exit_code_of_the_ranks() -> None:
     assert exit_code([130, 130]) == 130
     assert exit_code([130, -15]) == 130  # one rank stopped by the launcher's SIGTERM
     assert exit_code([2, 2]) == 2  # a mistake rank 0 reported in one line
+    assert exit_code([-15, 2]) == 2  # the same, the slower rank stopped by the launcher first
     assert exit_code([1, 130]) == 1
     assert exit_code([-9, -9]) == 1
 
@@ -58,6 +59,19 @@ def test_interrupted_launch_exits_130_without_traceback(how: str, tmp_path: Path
     assert "Traceback" not in stderr and "Error" not in stderr, stderr[-3000:]
     assert "interrupted at step" in stdout and "continue with --resume" in stdout
     assert (out / "state.pt").is_file()
+
+
+@pytest.mark.skipif(not (DATA_DIR / "names.txt").is_file(), reason="names.txt not in CHARLM_DATA_DIR")
+def test_a_config_mistake_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "training", "launch", "--nproc", "2", "train", "--config", "nonexistent",
+         "--out", str(tmp_path / "o")],
+        cwd=ROOT, env={**os.environ, "CHARLM_DATA_DIR": str(DATA_DIR)}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [
+        f"error: config nonexistent does not exist (shipped configs are in {ROOT / 'training' / 'configs'})"
+    ]
 
 
 def test_usage_errors_are_one_line(tmp_path: Path) -> None:

@@ -7,11 +7,12 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import subprocess
-import sys
+import signal
 from pathlib import Path
 
 import pytest
+
+torch = pytest.importorskip("torch")
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "zero-to-hero.md"
@@ -55,16 +56,30 @@ def test_the_page_has_a_command_for_every_lecture() -> None:
     assert all("runs/" not in " ".join(c) or "--out" in c or c[0] in ("sample", "eval", "export") for c in commands)
 
 
-def test_every_command_on_the_page_runs(tmp_path: Path) -> None:
+def test_every_command_on_the_page_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """In this process (`training.cli.main`, as `python -m training` calls it): one torch import for the
+    page, not one per command. `launch` still starts its two ranks as processes."""
+    from training.cli import main
+
     (tmp_path / "models").mkdir()
     for shipped in (ROOT / "models").iterdir():
         (tmp_path / "models" / shipped.name).symlink_to(shipped)
-    environ = {**os.environ, "CHARLM_DATA_DIR": str(DATA_DIR), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    for args in page_commands():
-        full = quick(args)
-        proc = subprocess.run([sys.executable, "-m", "training", *full], cwd=tmp_path, env=environ,
-                              capture_output=True, text=True, timeout=600)  # fmt: skip
-        assert proc.returncode == 0, f"{shlex.join(full)}: exit {proc.returncode}\n{proc.stderr[-2000:]}"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CHARLM_DATA_DIR", str(DATA_DIR))
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # for launch's ranks
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)  # train and launch set handlers
+    before = {sig: signal.getsignal(sig) for sig in handled}
+    threads = torch.get_num_threads()
+    try:
+        for args in page_commands():
+            full = quick(args)
+            code = main(full)
+            out = capsys.readouterr()
+            assert code == 0, f"{shlex.join(full)}: exit {code}\n{out.err[-2000:]}"
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+        torch.set_num_threads(threads)
     runs = tmp_path / "runs"
     assert (runs / "micrograd" / "boundary.png").is_file() and (runs / "micrograd" / "graph.dot").is_file()
     assert (runs / "bigram-counts" / "counts.png").is_file()

@@ -17,6 +17,7 @@ import os
 import sys
 
 EXIT_INTERRUPTED = 130
+EXIT_USAGE = 2
 INTERRUPTED_CODES = {EXIT_INTERRUPTED, -2, -15}  # a rank that exited 130, or died of SIGINT / SIGTERM
 
 
@@ -37,6 +38,10 @@ def exit_code(codes: list[int]) -> int:
         return EXIT_INTERRUPTED
     if codes and len(set(codes)) == 1 and codes[0] > 0:
         return codes[0]
+    # a mistake every rank meets (exit 2, reported by rank 0): the launcher stops the slower ranks with
+    # SIGTERM (-15), or they end as interrupted (130) if their handler is in place by then
+    if EXIT_USAGE in codes and set(codes) <= {EXIT_USAGE, *INTERRUPTED_CODES}:
+        return EXIT_USAGE
     return 1
 
 

@@ -59,6 +59,8 @@ def counts_command(args: argparse.Namespace) -> int:
         train_loss=losses["train"], val_loss=losses["val"], test_loss=losses["test"],
         test_loss_unseen=losses.get("test_unseen"),
     )  # fmt: skip
+    # how the table was made, for the model card's Reproduce command (training.export.reproduce)
+    meta.train_config.update(fit="counts", smoothing=args.smoothing, set=list(args.set))
     save_checkpoint(out, model, meta)
     counts = count_bigrams(train, vocab.size)
     shown = [c if c != "\n" else "\\n" for c in vocab.chars]

@@ -21,6 +21,8 @@ FLAG_KEYS = ("data", "init_from")  # given as --data / --init-from, never inside
 
 def train_command(config: dict[str, Any]) -> tuple[str, str | None]:
     """(the train command, the TOML to save as config.toml or None when a shipped config is used)."""
+    if config.get("fit") == "counts":  # `python -m training counts`: no training loop to reproduce
+        return _counts_command(config), None
     args = ["python", "-m", "training", "train"]
     shipped = _shipped(config)
     toml = None
@@ -36,6 +38,17 @@ def train_command(config: dict[str, Any]) -> tuple[str, str | None]:
     if config.get("data"):
         args += ["--data", Path(str(config["data"])).name]
     return shlex.join(args), toml
+
+
+def _counts_command(config: dict[str, Any]) -> str:
+    args = ["python", "-m", "training", "counts", "--smoothing", f"{config.get('smoothing', 1.0):g}"]
+    if config.get("name") and (CONFIG_DIR / f"{config['name']}.toml").is_file():
+        args += ["--config", str(config["name"])]
+    for item in config.get("set") or []:
+        args += ["--set", str(item)]
+    if config.get("data"):
+        args += ["--data", Path(str(config["data"])).name]
+    return shlex.join(args)
 
 
 def _shipped(config: dict[str, Any]) -> dict[str, Any] | None:
