@@ -18,6 +18,8 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl+C
 
 
 def _parser() -> argparse.ArgumentParser:
+    """Every subcommand's options, declared in one place so `--help` and the code read alike (a flat list of
+    add_argument calls, hence its length)."""
     p = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 

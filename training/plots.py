@@ -137,7 +137,8 @@ def plot_diagnostics(
 ) -> list[Path]:
     """activations.png, activation_grads.png, weight_grads.png (histograms at the first and last recorded
     step: one row per layer type, one column per step) and update_ratio.png (log10 update:data per weight
-    matrix over time, one panel per layer type)."""
+    matrix over time, one panel per layer type). The four figures share their layout and layer order, so
+    they are drawn in one place."""
     plots = Path(out_dir) / PLOTS_DIR
     plots.mkdir(parents=True, exist_ok=True)
     written = []

@@ -48,7 +48,12 @@ __all__ = [  # what lr-find, the benchmark and the tests import from here
 
 
 def train(cfg: TrainConfig, out: Path, resume: bool = False, log=print) -> CheckpointMeta:
-    """Train, keep the best checkpoint by val loss in `out`, evaluate every split exactly at the end."""
+    """Train, keep the best checkpoint by val loss in `out`, evaluate every split exactly at the end.
+
+    One function on purpose, as nanoGPT's train.py is one loop: the step, the eval-and-save and the
+    interrupt and divergence handlers share the run's state (model, optimizer, EMA, generator, ranks, bar,
+    curves); split, each part would take most of it as arguments.
+    """
     out = Path(out)
     procs = Processes.start(pick_device(cfg.device))
     device, master = procs.device, procs.master
