@@ -101,7 +101,6 @@ def build(settings: Settings, repo: Repository) -> App:
         workers_per_device=settings.workers,
         timeout=settings.timeout,
         max_payload_size=MAX_BODY_BYTES,  # LitServe's middleware: an int, its strings are not parsed
-        fast_queue=True,  # ZMQ transport worker -> API servers (service/transport notes in docs/configuration.md)
         middlewares=middlewares(settings, shared, repo.models),
     )
     server.uvicorn_graceful_timeout = UVICORN_GRACE_S

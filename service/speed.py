@@ -20,6 +20,7 @@ import multiprocessing
 _CTX = multiprocessing.get_context("spawn")
 BUCKETS = 11  # batch sizes 1, 2, 4, ... 1024
 ALPHA_UP, ALPHA_DOWN = 0.5, 0.05  # a slower step counts at once, a faster one slowly: steps vary 2-3x under load
+ALPHA_OVERHEAD = 0.2
 NO_LIMIT = 1e9
 
 
@@ -63,8 +64,8 @@ class SpeedBoard:
             self.step_b[i] += ALPHA_DOWN * (size - self.step_b[i])
 
     def record_overhead(self, worker: int, seconds: float) -> None:
-        seconds, now = max(0.0, seconds), self.overhead_s[worker]
-        self.overhead_s[worker] += (ALPHA_UP if seconds > now else ALPHA_DOWN) * (seconds - now)
+        """Plain moving average: an intake burst makes one iteration long, and must not stick."""
+        self.overhead_s[worker] += ALPHA_OVERHEAD * (max(0.0, seconds) - self.overhead_s[worker])
 
     def post_load(self, worker: int, load: dict[str, tuple[int, float]], budget_s: float = NO_LIMIT) -> None:
         """Per model: (sequences held, their remaining tokens); models not named hold nothing; and the

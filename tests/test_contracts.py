@@ -86,12 +86,12 @@ def test_the_openapi_document_says_what_the_server_does(srv: ServerProcess) -> N
 @pytest.mark.skipif(
     shutil.which("st", path=str(Path(sys.executable).parent)) is None, reason="pip install schemathesis"
 )
-def test_schemathesis_finds_no_undocumented_status_content_type_or_5xx(srv: ServerProcess) -> None:
+def test_schemathesis_finds_no_undocumented_status_content_type_or_5xx(srv: ServerProcess, tmp_path: Path) -> None:
     st = str(Path(sys.executable).parent / "st")
     checks = "not_a_server_error,status_code_conformance,content_type_conformance"
     args = [st, "run", srv.url("/openapi.json"), "--checks", checks, "--mode", "all", "-n", "5", "--seed", "1"]
     args += ["--max-time", "40", "--phases", "coverage,fuzzing", "--no-shrink", "--request-timeout", "30"]
-    out = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=tmp_path)  # its cache goes there
     summary = out.stdout[out.stdout.rfind("SUMMARY") :]
     print(summary)
     assert out.returncode == 0, summary

@@ -7,11 +7,15 @@ a TorchScript server (same greedy text as ONNX) and a small-limits server (503, 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -96,7 +100,7 @@ def test_startup_is_fast(server: Server) -> None:
 
 def test_health_and_ready(client: httpx.Client) -> None:
     health = client.get("/health")
-    assert health.status_code == 200 and health.text == "ok"
+    assert health.status_code == 200 and health.json() == {"status": "ok"}
     ready = client.get("/ready")
     assert ready.status_code == 200
     body = ready.json()
@@ -319,10 +323,11 @@ def test_client_disconnect_cancels_the_request(server: Server) -> None:
         return metric(httpx.get(server.url("/metrics")).text, "charlm_requests_cancelled_total", model=SHAKESPEARE)
 
     before = cancelled()
+    long = {**LONG, "n": 16, "max_new_tokens": 500}  # admitted: it fits the 30 s timeout
     with pytest.raises(httpx.ReadTimeout):  # the client gives up waiting and closes the connection
-        httpx.post(server.url(GEN), json=LONG, timeout=httpx.Timeout(30, read=0.5))
+        httpx.post(server.url(GEN), json=long, timeout=httpx.Timeout(30, read=0.5))
     wait_for_metric(server, "charlm_requests_cancelled_total", lambda v: v >= before + 1, model=SHAKESPEARE)
-    with httpx.stream("POST", server.url(GEN), json={**LONG, "stream": True}, timeout=30) as r:
+    with httpx.stream("POST", server.url(GEN), json={**long, "stream": True}, timeout=30) as r:
         assert r.status_code == 200
         next(r.iter_bytes())  # the stream is flowing; now hang up
     wait_for_metric(server, "charlm_requests_cancelled_total", lambda v: v >= before + 2, model=SHAKESPEARE)
@@ -515,9 +520,22 @@ def tight_server(models_dir: Path):
         yield srv
 
 
+@contextlib.contextmanager
+def stopped_worker(srv: Server) -> Iterator[None]:
+    """The worker stopped (SIGSTOP): admitted requests cannot finish, whatever admission estimated."""
+    (worker,) = srv.worker_pids()
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(worker, signal.SIGCONT)
+
+
 def test_queue_full_is_503_with_retry_after_and_timeout_is_504(tight_server: Server) -> None:
-    with concurrent.futures.ThreadPoolExecutor(2) as pool, httpx.Client(base_url=tight_server.base_url) as c:
-        long = [pool.submit(c.post, GEN, json=LONG, timeout=30) for _ in range(2)]
+    fits = {"model": SHAKESPEARE, "n": 2, "max_new_tokens": 20}  # admitted: it fits the 1.5 s timeout
+    pool = concurrent.futures.ThreadPoolExecutor(2)
+    with pool, httpx.Client(base_url=tight_server.base_url) as c, stopped_worker(tight_server):
+        long = [pool.submit(c.post, GEN, json=fits, timeout=30) for _ in range(2)]
         time.sleep(0.5)  # both admitted: the queue (2) is full
         full = c.post(GEN, json={"model": NAMES}, timeout=30)
         assert full.status_code == 503, full.text
@@ -526,16 +544,18 @@ def test_queue_full_is_503_with_retry_after_and_timeout_is_504(tight_server: Ser
         timed_out = [f.result() for f in long]
     for r in timed_out:
         assert r.status_code == 504 and r.json()["error"]["type"] == "timeout_error"
-    # ... and stopped on the worker, not left running:
+    # ... and dropped by the worker once it runs again, not run:
     wait_for_metric(tight_server, "charlm_requests_cancelled_total", lambda v: v >= 2, model=SHAKESPEARE)
     ok = httpx.post(tight_server.url(GEN), json={"model": NAMES, "seed": 1}, timeout=30)
     assert ok.status_code == 200
 
 
 def test_stream_past_its_deadline_ends_with_an_error_event(tight_server: Server) -> None:
-    r = httpx.post(tight_server.url(GEN), json={**LONG, "stream": True}, timeout=30)
-    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
-    events = sse(r)
+    body = {"model": SHAKESPEARE, "max_new_tokens": 30, "stream": True}  # admitted: it fits 1.5 s
+    with httpx.stream("POST", tight_server.url(GEN), json=body, timeout=30) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        with stopped_worker(tight_server):  # started; then the worker stops and the deadline passes
+            events = [line[len("data: ") :] for line in r.iter_lines() if line.startswith("data: ")]
     assert "[DONE]" not in events
     last = json.loads(events[-1])
     assert last["error"]["code"] == "timeout" and last["error"]["type"] == "timeout_error"

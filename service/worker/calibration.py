@@ -2,8 +2,8 @@
 request (service/speed.py): a fresh server used to refuse a 1-token request beside two long ones
 because nothing had been measured yet.
 
-Each model runs a few steps at batch sizes 1, 8, 32 and its slot count, on sequences whose prompt fills
-half its context (a GPT's step costs more the longer its context: steps at position 5 were half as
+Each model runs a few steps at batch sizes 1, 16 and its slot count, on sequences whose prompt fills
+a third of its context (a GPT's step costs more the longer its context: steps at position 5 were half as
 long as those of a request's middle, and the first burst on a fresh server was admitted on them and
 ended in 504); the prefill step is not counted, and the slots are freed again. About a second per
 worker on 2 cores for the shipped models.
@@ -21,12 +21,12 @@ from service.speed import SpeedBoard
 
 log = logging.getLogger("charlm.worker")
 
-STEPS = 4  # counted steps per batch size (after one uncounted)
+STEPS = 3  # counted steps per batch size (after one uncounted)
 
 
 def calibrate(engines: Mapping[str, Any], speed: SpeedBoard, worker: int) -> None:
     for name, engine in engines.items():
-        sizes = sorted({b for b in (1, 8, 32, engine.slots) if b <= engine.slots})
+        sizes = sorted({b for b in (1, 16, engine.slots) if b <= engine.slots})
         prompt = _prompt(engine)
         for size in sizes:
             seconds = _measure(engine, size, prompt)
@@ -37,7 +37,7 @@ def calibrate(engines: Mapping[str, Any], speed: SpeedBoard, worker: int) -> Non
 
 def _prompt(engine: Any) -> list[int]:
     """Token ids filling half the model's context, of a character its prompts may hold."""
-    length = max(0, engine.manifest.block_size // 2 - STEPS - 2)
+    length = max(0, engine.manifest.block_size // 3 - STEPS - 2)
     for ch in engine.manifest.vocab:
         try:
             return engine.encode_prompt(ch * length)

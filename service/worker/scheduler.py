@@ -20,6 +20,7 @@ from typing import Any
 
 from engine import EngineError, InvalidPrompt, SamplingParams, derive_seed
 from service.protocol import MAX_ATTEMPTS, Accepted, ChoiceDelta, Chunk, EngineRequest, Failed, WorkerEvent
+from service.worker.chunks import CHUNK_INTERVAL_S, merge_deltas
 from service.worker.jobs import Job, score_of
 
 log = logging.getLogger("charlm.scheduler")
@@ -52,6 +53,7 @@ class Scheduler:
         self.early_cancels: dict[str, float] = {}  # cancelled before they arrived here
         self.rates: dict[str, float] = {}  # best recent tokens/s per model
         self.timings: list[tuple[str, int, float]] = []  # (model, batch, seconds) of each step, until read
+        self.emitted: dict[str, float] = {}  # when each stream last got a Chunk (see CHUNK_INTERVAL_S)
 
     def idle(self) -> bool:
         return not self.jobs
@@ -178,13 +180,22 @@ class Scheduler:
             self._record(job, i, d)
             touched[rid] = job
         for rid, job in touched.items():
-            if job.chunk:
-                self.emit(job, Chunk(tuple(job.chunk), job.sent))
+            if job.chunk and (job.remaining == 0 or self._due(rid, now)):
+                self.emit(job, Chunk(merge_deltas(job.chunk), job.sent))
                 job.chunk = []
             if job.remaining == 0:
                 job.done = True
                 del self.jobs[rid]
+                self.emitted.pop(rid, None)
                 self.emit(job, job.final(now, getattr(self.engines[job.req.model], "is_novel", None)))
+
+    def _due(self, rid: str, now: float) -> bool:
+        """A stream's first text goes out at once; after that at most one Chunk per CHUNK_INTERVAL_S."""
+        last = self.emitted.get(rid)
+        if last is not None and now - last < CHUNK_INTERVAL_S:
+            return False
+        self.emitted[rid] = now
+        return True
 
     def _record(self, job: Job, i: int, d: Any) -> None:
         """One engine delta into the job: kept for the Final, or queued for the next Chunk. With
@@ -232,6 +243,7 @@ class Scheduler:
 
     def _drop(self, job: Job) -> None:
         job.done = True
+        self.emitted.pop(job.req.rid, None)
         engine = self.engines.get(job.req.model)
         if engine is not None:
             for i in range(job.req.sequences):
