@@ -96,7 +96,8 @@ def _p(values: list[float], q: float) -> float:
 
 
 def test_a_1_token_request_is_answered_beside_two_n64_x_2048_requests_fresh_and_warm() -> None:
-    srv = start_server("--timeout", "3600")  # the big ones fit an hour, not the default 30 s
+    # the big ones fit an hour, not the default 30 s; and the token cap is raised to admit them (64 x 2048)
+    srv = start_server("--timeout", "3600", "--max-request-tokens", str(64 * 2048))
     try:
         for phase in ("fresh", "warm"):
             socks = _big_requests(srv)
@@ -129,7 +130,7 @@ def _steps(srv: ServerProcess) -> dict[str, float]:
 
 
 def test_an_overload_burst_ends_with_no_admitted_request_timing_out() -> None:
-    srv = start_server("--timeout", "10")
+    srv = start_server("--timeout", "10", "--max-request-tokens", str(64 * 2048))  # refused by time, not size
     try:
         never = httpx.post(srv.url("/v1/completions"), json={**BIG, "prompt": ""}, timeout=30)
         assert never.status_code == 400 and never.json()["error"]["code"] == "exceeds_timeout", never.text

@@ -8,11 +8,12 @@ import re
 
 import httpx
 from fake_engine import FakeEngine, manifest
-from service.worker.scheduler import Scheduler
 from serving import running_server
 
+from engine import SamplingParams
 from service.protocol import Accepted, ChoiceDelta, Chunk, EngineRequest, Final, WorkerEvent
 from service.worker.chunks import CHUNK_INTERVAL_S, merge_deltas
+from service.worker.scheduler import Scheduler
 
 
 def test_a_stream_gets_its_first_text_at_once_then_fewer_bigger_chunks() -> None:
@@ -20,7 +21,7 @@ def test_a_stream_gets_its_first_text_at_once_then_fewer_bigger_chunks() -> None
     engine = FakeEngine(manifest("prose", "stream"), slots=8)
     events: list[WorkerEvent] = []
     sched = Scheduler({"prose": engine}, lambda job, ev: events.append(ev), clock=lambda: clock[0])
-    req = EngineRequest("r", "prose", ("",), n=2, seed=1, max_new_tokens=40, stream=True)
+    req = EngineRequest("r", "prose", ("",), sampling=SamplingParams(seed=1, max_new_tokens=40), n=2, stream=True)
     sched.admit(req, uid="r")
     steps = 0
     while not sched.idle():
