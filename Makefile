@@ -69,16 +69,16 @@ apt-get update -qq; \
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(2) >/dev/null
 endef
 
-promtool: ## promtool (Debian's prometheus): tests/test_deploy.py checks the Prometheus files with it
+promtool: ## promtool (Debian's prometheus): tests/deploy/test_deploy.py checks the Prometheus files with it
 	$(call apt_install,promtool,prometheus,the deploy tests,0)
 
-chromium: ## chromium + chromedriver: tests/test_playground.py drives the web page with Selenium, headless
+chromium: ## chromium + chromedriver: tests/service/test_playground.py drives the web page with Selenium, headless
 	$(call apt_install,chromium chromedriver,chromium chromium-driver,the playground tests,0)
 
 wrk: ## wrk drives `make bench`'s HTTP runs
 	$(call apt_install,wrk,wrk,make bench,1)
 
-kubectl: ## kubectl (Debian's kubernetes-client where none is installed): tests/test_k8s.py renders the kustomization
+kubectl: ## kubectl (Debian's kubernetes-client where none is installed): tests/deploy/test_k8s.py renders the kustomization
 	$(call apt_install,kubectl,kubernetes-client,the k8s tests,0)
 
 test: $(VENV)/.dev-installed promtool chromium kubectl ## run the test suite (installs the dev venv, promtool, chromium, kubectl first)
@@ -96,7 +96,7 @@ models: $(VENV)/.dev-installed ## retrain and re-export the three shipped models
 # Pins from the current lock are kept unless UPGRADE=1; serve and dev come from pyproject.toml's extras, build
 # from requirements/build.in (what `pip install .` builds with). Every file has hashes and keeps the extras
 # it pins (`uvicorn[standard]==...`): pip <= 23.2 refuses `--require-hashes` when a dependency asks for an
-# extra that the file pins without it (tests/test_locks.py).
+# extra that the file pins without it (tests/deploy/test_locks.py).
 UV_COMPILE = $(VENV)/bin/uv pip compile --generate-hashes --no-strip-extras --universal --python-version 3.11 \
   --custom-compile-command 'make lock' -q $(if $(UPGRADE),--upgrade)
 lock: $(VENV)/.dev-installed ## regenerate requirements/{serve,dev,build}.lock with uv (UPGRADE=1: newest versions)

@@ -1,6 +1,6 @@
 """The servers the HTTP benchmark starts: charlm and the LitServe references, each in a subprocess.
 
-charlm is started and stopped by tests/serving.py's `start_server` / `ServerProcess`, the one helper
+charlm is started and stopped by tests/support/serving.py's `start_server` / `ServerProcess`, the one helper
 tests/ and benchmarks/ share (free port, /ready, SIGTERM and its drain). The reference servers (noop,
 baseline, hf) run here, each in its own process group, waited for on /health, stopped with SIGINT, then
 SIGTERM, then SIGKILL to the group, so nothing they spawn outlives the run. CHARLM_* variables of the
@@ -44,7 +44,7 @@ class Server:
     port: int
     proc: subprocess.Popen | None = None
     startup_s: float = 0.0
-    args: tuple[str, ...] = ()  # charlm: `serve` flags for tests/serving.py's start_server
+    args: tuple[str, ...] = ()  # charlm: `serve` flags for tests/support/serving.py's start_server
     models: Path | None = None
 
     @property
@@ -150,24 +150,15 @@ def make_server(kind: str, models_dir: Path, settings: HttpSettings, log_dir: Pa
 
 
 def _shared_helper() -> Any:
-    """tests/serving.py, loaded by path (tests/ is no package): the charlm server helper both share."""
-    import importlib.util
+    """tests/support/serving.py: the charlm server helper the tests and the benchmarks share."""
+    from tests.support import serving
 
-    name = "charlm_tests_serving"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO / "tests" / "serving.py")
-    if spec is None or spec.loader is None:
-        raise BenchError("tests/serving.py is missing: it starts the charlm server")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
+    return serving
 
 
 @contextlib.contextmanager
 def running(server: Server, timeout_s: float) -> Iterator[Server]:
-    """charlm through tests/serving.py's ServerProcess (SIGTERM and its drain); the references here."""
+    """charlm through tests/support/serving.py's ServerProcess (SIGTERM and its drain); the references here."""
     if server.name != "charlm":
         try:
             server.start(timeout_s)

@@ -16,7 +16,7 @@ os.environ.setdefault("CHARLM_DATA_DIR", str(REPO.parent / "shared" / "data"))
 @pytest.fixture(scope="module")
 def server():
     """`python -m service serve` on the shipped models (defaults), for one test module."""
-    from serving import running_server
+    from tests.support.serving import running_server
 
     with running_server() as srv:
         yield srv
@@ -28,7 +28,7 @@ def client(server):
         yield c
 
 
-# Modules that start `python -m service serve` themselves (tests/serving.py's helpers) or take the shared
+# Modules that start `python -m service serve` themselves (tests/support/serving.py's helpers) or take the shared
 # server: their tests are marked `server`; every other test runs in-process and is marked `inprocess`.
 _SERVER_HELPERS = ("start_server", "running_server", "ServerProcess")
 

@@ -2,7 +2,7 @@
 
 state.pt holds plain tensors and numbers (loaded with weights_only=True): the raw weights, AdamW's
 moments, the EMA, the TrainState fields and every rank's RNG streams, so that `--resume` continues
-exactly where the last eval left off (tests/test_training_cli.py checks it bit for bit).
+exactly where the last eval left off (tests/training/test_training_cli.py checks it bit for bit).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 `Value` holds one float and its gradient; every operation records its inputs and a local backward
 rule, and `backward()` applies the chain rule in reverse topological order. `Neuron`, `Layer` and
-`MLP` are built from Values only. Checked against PyTorch in tests/test_micrograd.py.
+`MLP` are built from Values only. Checked against PyTorch in tests/training/test_micrograd.py.
 """
 
 from training.micrograd.draw import draw_dot

@@ -100,7 +100,7 @@ class Value:
     @staticmethod
     def linear(ws: list[Value], xs: list[Value | float], b: Value) -> Value:
         """b + sum(w_i * x_i) as one node. The lecture's Neuron spells it as 2n scalar nodes; the gradients
-        are the same (d/dw_i = x_i, d/dx_i = w_i, d/db = 1; tests/test_micrograd.py checks them against
+        are the same (d/dw_i = x_i, d/dx_i = w_i, d/db = 1; tests/training/test_micrograd.py checks them against
         torch), but one node instead of 2n makes the lecture-sized two-moons demo about 10x faster."""
         xd = [x.data if isinstance(x, Value) else float(x) for x in xs]
         total = b.data + sum(w.data * x for w, x in zip(ws, xd, strict=True))

@@ -1,0 +1,124 @@
+"""The hand-written fused GPT step graph (training/export/fused.py) and the engine's IOBinding decode path."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from engine.backends import OnnxBackend
+from training.export.fused import fused_step_model
+from training.nets import build
+
+TOL = 1e-4
+
+
+def _net(bias: bool):
+    torch.manual_seed(7)
+    net = build("gpt", {"vocab_size": 23, "block_size": 16, "n_layer": 2, "n_head": 4, "n_embd": 32, "bias": bias})
+    with torch.no_grad():
+        for p in net.parameters():  # random LayerNorm gains and biases too, so every weight is exercised
+            p.add_(0.3 * torch.randn_like(p))
+    return net.eval()
+
+
+def _session(net) -> ort.InferenceSession:
+    weights = {k: v.numpy() for k, v in net.state_dict().items()}
+    model = fused_step_model(weights, net.cfg.n_layer, net.cfg.n_head, net.cfg.block_size)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def _feeds(net, idx: np.ndarray, pos: np.ndarray, past: list[np.ndarray]) -> dict:
+    names = [f"past_{kind}_{i}" for i in range(net.cfg.n_layer) for kind in ("key", "value")]
+    return {"idx": idx, "pos": pos, **dict(zip(names, past, strict=True))}
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_fused_graph_matches_the_eager_step(bias):
+    """Right-padded prefill, then decode at spread positions over a cache whose stale columns hold
+    garbage: every output (logits and new keys/values) within 1e-4 of GPT.step."""
+    net, rng = _net(bias), np.random.default_rng(0)
+    session = _session(net)
+    c = net.cfg
+    batch, new, past_len = 5, 6, 9
+    for pos, width in (
+        (np.zeros(batch, np.int64), new),
+        (np.array([9, 3, 0, 7, 1]), 1),
+        (np.array([2, 5, 0, 4, 8]), 3),
+    ):
+        idx = rng.integers(0, c.vocab_size, (batch, width))
+        past = [
+            t.numpy() + 100.0 * rng.standard_normal(t.shape).astype(np.float32)
+            for t in net.empty_cache(batch, past_len)
+        ]
+        with torch.no_grad():
+            logits, new_kv = net.step(torch.from_numpy(idx), torch.from_numpy(pos), [torch.from_numpy(p) for p in past])
+        got = session.run(None, _feeds(net, idx, pos, past))
+        for want, have in zip([logits, *new_kv], got, strict=True):
+            assert have.shape == tuple(want.shape)
+            assert np.abs(have - want.numpy()).max() < TOL
+
+
+def test_fused_graph_uses_the_fused_kernels():
+    ops = [n.op_type for n in fused_step_model(
+        {k: v.numpy() for k, v in _net(True).state_dict().items()}, 2, 4, 16).graph.node]  # fmt: skip
+    assert ops.count("SkipLayerNormalization") == 2 * 2 and ops.count("BiasGelu") == 2
+    assert "Erf" not in ops and "Div" not in ops  # GELU and the attention scale are not spelled out
+
+
+def _backend(fixtures):
+    entry = fixtures["names-gpt"][0]
+    return OnnxBackend(entry.folder / entry.manifest.files["onnx"].path, entry.manifest), entry.manifest
+
+
+def _inputs(m, batch: int, columns: int, rng) -> list[np.ndarray]:
+    shapes = [(batch, m.n_head, m.head_dim, columns), (batch, m.n_head, columns, m.head_dim)]
+    past = [rng.standard_normal(shapes[j % 2]).astype(np.float32) for j in range(2 * m.n_layer)]
+    return [rng.integers(1, m.vocab_size, (batch, 1)), rng.integers(0, columns + 1, batch), *past]
+
+
+def test_iobinding_decode_equals_the_plain_call(fixtures):
+    """run_decode keeps its binding while the caller names the same cache views: it must see their new
+    contents (and new idx / pos), rebind when the views change, and give what `run` gives."""
+    backend, m = _backend(fixtures)
+    rng = np.random.default_rng(1)
+    inputs = _inputs(m, 3, 8, rng)
+    for step in range(4):
+        want = backend.run(inputs)
+        got = [a.copy() for a in backend.run_decode(inputs, "views")]
+        assert all(np.array_equal(w, g) for w, g in zip(want, got, strict=True)), step
+        for a in inputs[2:]:  # the cache changes in place, as the engine writes it
+            a += rng.standard_normal(a.shape).astype(np.float32)
+        inputs[0] = rng.integers(1, m.vocab_size, (3, 1))
+    for batch, columns in ((5, 8), (5, 4), (1, 8)):  # rows join, the cache narrows, rows leave
+        inputs = _inputs(m, batch, columns, rng)
+        want = backend.run(inputs)
+        for _ in range(3):  # plain the first time a batch is seen, bound from the second
+            got = backend.run_decode(inputs, (batch, columns))
+            assert all(np.array_equal(w, g) for w, g in zip(want, got, strict=True))
+    assert backend.run_decode(inputs, (1, 8)) is backend.run_decode(inputs, (1, 8))  # bound outputs, in place
+
+
+def test_iobinding_decode_from_two_threads(fixtures):
+    """Each thread keeps its own binding and outputs (the engine runs spans of rows concurrently)."""
+    backend, m = _backend(fixtures)
+    rng = np.random.default_rng(2)
+    work = [_inputs(m, b, 8, rng) for b in (2, 3)]
+    want = [backend.run(x) for x in work]
+    got: dict[int, list] = {}
+
+    def loop(i: int) -> None:
+        got[i] = [[a.copy() for a in backend.run_decode(work[i], i)] for _ in range(20)]
+
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(2):
+        assert all(np.array_equal(w, g) for run in got[i] for w, g in zip(want[i], run, strict=True))

@@ -1,0 +1,98 @@
+"""Contracts on the real server: every error body has a code (bodies that are not UTF-8, JSON nested
+1,000+ deep, a refused CORS preflight), /health answers JSON, CORS exposes x-request-id, /docs works
+from local files, the OpenAPI document says what the server does, and a bounded schemathesis pass
+finds no undocumented status, content type or 5xx."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.serving import ServerProcess, running_server
+
+ORIGIN = "https://app.example"
+
+
+@pytest.fixture(scope="module")
+def srv() -> Iterator[ServerProcess]:
+    with running_server("--cors-origins", ORIGIN) as server:
+        yield server
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"model": "names-gpt", "prompt": "\xff\xfe"}', b"[" * 1000 + b"]" * 1000, b'{"a":' * 1500 + b"1" + b"}" * 1500],
+    ids=["not-utf-8", "nested-array-1000", "nested-object-1500"],
+)
+def test_unparsable_bodies_get_400_with_a_code(srv: ServerProcess, body: bytes) -> None:
+    r = httpx.post(srv.url("/v1/generate"), content=body, headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json", r.text
+
+
+def test_health_is_json(srv: ServerProcess) -> None:
+    r = httpx.get(srv.url("/health"), timeout=10)
+    assert r.status_code == 200 and r.json() == {"status": "ok"}
+
+
+def test_cors_refusal_is_json_and_x_request_id_is_exposed(srv: ServerProcess) -> None:
+    preflight = {"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+    refused = httpx.options(srv.url("/v1/generate"), headers=preflight, timeout=10)
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["code"] == "cors_refused", refused.text
+    ok = httpx.get(srv.url("/v1/models"), headers={"Origin": ORIGIN}, timeout=10)
+    exposed = {h.strip().lower() for h in ok.headers["access-control-expose-headers"].split(",")}
+    assert {"x-request-id", "retry-after"} <= exposed
+
+
+def test_docs_are_served_from_local_files(srv: ServerProcess) -> None:
+    page = httpx.get(srv.url("/docs"), timeout=10)  # the playground links here
+    assert page.status_code == 200 and "swagger" in page.text.lower()
+    urls = re.findall(r"""(?:src|href)=["']([^"']+)["']""", page.text) + re.findall(r"url: ?'([^']+)'", page.text)
+    assert urls and not [u for u in urls if u.startswith(("http:", "https:", "//"))], urls  # no CDN
+    for url in urls:
+        assert httpx.get(srv.url(url), timeout=10).status_code == 200, url
+    playground = httpx.get(srv.url("/"), timeout=10).text
+    assert 'href="/docs"' in playground
+
+
+def test_the_openapi_document_says_what_the_server_does(srv: ServerProcess) -> None:
+    raw = httpx.get(srv.url("/openapi.json"), timeout=10)
+    doc = raw.json()
+    assert doc["components"]["securitySchemes"]["bearer"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "the --api-key key(s), when set",
+    }
+    assert "18446744073709551615" in raw.text and "e+19" not in raw.text  # integer seeds
+    error_ref = {"$ref": "#/components/schemas/Error"}
+    for path, operations in doc["paths"].items():
+        for method, op in operations.items():
+            assert "422" not in op["responses"], (path, method)
+            errors = {s: r for s, r in op["responses"].items() if s >= "400"}
+            assert errors, (path, method)
+            assert all(r["content"]["application/json"]["schema"] == error_ref for r in errors.values())
+    for path in ("/v1/generate", "/v1/completions", "/v1/chat/completions"):
+        content = doc["paths"][path]["post"]["responses"]["200"]["content"]
+        assert "text/event-stream" in content and "application/json" in content
+        assert {"503", "504", "400"} <= set(doc["paths"][path]["post"]["responses"])
+
+
+@pytest.mark.skipif(
+    shutil.which("st", path=str(Path(sys.executable).parent)) is None, reason="pip install schemathesis"
+)
+def test_schemathesis_finds_no_undocumented_status_content_type_or_5xx(srv: ServerProcess, tmp_path: Path) -> None:
+    st = str(Path(sys.executable).parent / "st")
+    checks = "not_a_server_error,status_code_conformance,content_type_conformance"
+    args = [st, "run", srv.url("/openapi.json"), "--checks", checks, "--mode", "all", "-n", "5", "--seed", "1"]
+    args += ["--max-time", "40", "--phases", "coverage,fuzzing", "--no-shrink", "--request-timeout", "30"]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=tmp_path)  # its cache goes there
+    summary = out.stdout[out.stdout.rfind("SUMMARY") :]
+    print(summary)
+    assert out.returncode == 0, summary

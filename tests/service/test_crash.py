@@ -1,0 +1,132 @@
+"""A worker crash answers everyone: `kill -9` of a real worker process under load.
+
+Every request the dead worker held gets a JSON 503 `worker_crashed` (or an SSE error event) within 1 s,
+/health and /ready turn 503 at once, the worker is replaced while the server keeps running, and with
+--workers 2 the other worker serves throughout (service/watcher.py, service/held.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+
+import httpx
+
+from tests.support.serving import ServerProcess, start_server
+
+LONG = {"model": "shakespeare-gpt", "max_new_tokens": 2048, "n": 4}
+
+
+def _request(srv: ServerProcess, body: dict, out: dict) -> None:
+    """One request; out gets its outcome ('status', 'code' or the stream's last event) and when it ended."""
+    try:
+        if body.get("stream"):
+            with httpx.stream("POST", srv.url("/v1/generate"), json=body, timeout=60) as r:
+                out["status"] = r.status_code
+                for line in r.iter_lines():
+                    if line.startswith("data: "):
+                        out["first"] = out.get("first") or time.monotonic()
+                        out["last"] = line[len("data: ") :]
+        else:
+            r = httpx.post(srv.url("/v1/generate"), json=body, timeout=60)
+            out["status"], out["last"] = r.status_code, r.text
+            out["json"] = r.headers.get("content-type", "").startswith("application/json")
+    except httpx.HTTPError as exc:
+        out["last"] = repr(exc)
+    out["ended"] = time.monotonic()
+
+
+def _start(srv: ServerProcess, body: dict) -> tuple[threading.Thread, dict]:
+    out: dict = {}
+    t = threading.Thread(target=_request, args=(srv, body, out), daemon=True)
+    t.start()
+    return t, out
+
+
+def _code(last: str) -> str | None:
+    try:
+        return json.loads(last)["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _wait(predicate, timeout: float, what: str) -> float:  # type: ignore[no-untyped-def]
+    t0 = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - t0 < timeout, what
+        time.sleep(0.02)
+    return time.monotonic() - t0
+
+
+def _ready(srv: ServerProcess) -> httpx.Response:
+    return httpx.get(srv.url("/ready"), timeout=10)
+
+
+def test_kill_9_of_the_worker_answers_its_requests_and_the_worker_is_replaced() -> None:
+    srv = start_server("--timeout", "600")  # the long requests fit (admitted)
+    try:
+        (worker,) = srv.worker_pids()
+        running = [_start(srv, {**LONG, "stream": True, "seed": i}) for i in range(2)]
+        running.append(_start(srv, {**LONG, "seed": 9}))
+        _wait(lambda: all(out.get("first") for _, out in running[:2]), 30, "streams did not start")
+        _wait(lambda: _ready(srv).json()["workers"]["worker_0"]["sequences"] >= 12, 30, "not all running")
+        t_kill = time.monotonic()
+        os.kill(worker, signal.SIGKILL)
+        _wait(lambda: httpx.get(srv.url("/health"), timeout=10).status_code == 503, 1.0, "/health stayed 200")
+        t_health = time.monotonic()
+        health = httpx.get(srv.url("/health"), timeout=10)
+        assert health.status_code == 503 and health.json()["error"]["code"] == "unhealthy", health.text
+        assert _ready(srv).status_code == 503
+        for thread, _ in running:
+            thread.join(10)
+        answered = [round(out["ended"] - t_kill, 3) for _, out in running]
+        print("answered after the kill (s):", answered, "/health 503 after", round(t_health - t_kill, 3))
+        for _, out in running[:2]:  # streams: an SSE error event, not a silent end
+            assert out["status"] == 200 and _code(out["last"]) == "worker_crashed", out
+        plain = running[2][1]
+        assert plain["status"] == 503 and plain["json"] and _code(plain["last"]) == "worker_crashed", plain
+        assert max(answered) <= 1.0, answered
+        restarted = _wait(lambda: _ready(srv).status_code == 200, 60, "the worker was not replaced")
+        print("ready again after (s):", round(time.monotonic() - t_kill, 2), restarted)
+        assert srv.proc.poll() is None, "the server exited instead of replacing its worker"
+        assert srv.worker_pids() and worker not in srv.worker_pids()
+        after = httpx.post(srv.url("/v1/generate"), json={"model": "names-gpt"}, timeout=30)
+        assert after.status_code == 200 and httpx.get(srv.url("/health"), timeout=10).status_code == 200
+        assert "Traceback" not in srv.log(), srv.log()[-3000:]
+    finally:
+        srv.stop(signal.SIGKILL)
+    srv.remove_log()
+
+
+def test_with_two_workers_the_other_serves_throughout() -> None:
+    srv = start_server("--workers", "2", "--timeout", "600")
+    try:
+        pids = srv.worker_pids()
+        assert len(pids) == 2
+        long = [_start(srv, {**LONG, "stream": True, "seed": i}) for i in range(4)]
+
+        def both_busy() -> bool:
+            workers = _ready(srv).json()["workers"]
+            return all(w["sequences"] > 0 for w in workers.values())
+
+        _wait(both_busy, 30, "both workers never got work")
+        os.kill(pids[0], signal.SIGKILL)  # busy: it blocks on nothing, so it takes no request with it
+        t_kill = time.monotonic()
+        shorts = []
+        while time.monotonic() - t_kill < 4.0:
+            r = httpx.post(srv.url("/v1/generate"), json={"model": "names-gpt", "max_new_tokens": 4}, timeout=30)
+            shorts.append(r.status_code)
+        for thread, _ in long:
+            thread.join(30)
+        codes = [_code(out["last"]) for _, out in long]
+        print("short requests while a worker was replaced:", shorts, "long ones ended:", codes)
+        assert shorts and all(s == 200 for s in shorts), shorts
+        assert "worker_crashed" in codes  # those on the dead worker were answered
+        _wait(lambda: _ready(srv).status_code == 200, 60, "the worker was not replaced")
+        assert srv.proc.poll() is None
+    finally:
+        srv.stop(signal.SIGKILL)
+    srv.remove_log()

@@ -1,0 +1,54 @@
+"""Request errors that name the real problem, and an OpenAPI document that says what the routes take:
+in-process over the fake engine (tests/service/test_gateway.py's harness)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from service.http.completions import CompletionRequest, CompletionsRoute
+from tests.service.test_gateway import run
+from tests.support.fake_engine import manifest
+
+CHAT, CMPL = "/v1/chat/completions", "/v1/completions"
+
+
+def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def scenario(http: httpx.AsyncClient) -> httpx.Response:
+        return await http.post(path, json=body)
+
+    r = run(scenario)
+    assert r.status_code == 400, r.text
+    return r.json()["error"]
+
+
+def test_a_nested_field_is_named_by_its_path() -> None:
+    err = post(CHAT, {"model": "names", "messages": [{"role": "user", "content": "a"}, {"content": "b"}]})
+    assert (err["param"], err["code"]) == ("messages.[1].role", "missing_required_parameter")
+    assert err["message"] == "'messages.[1].role' is required"
+    err = post(CHAT, {"model": "names", "messages": [{"role": "user", "content": 3}]})
+    assert err["param"] == "messages.[0].content" and "valid string" in err["message"]
+
+
+def test_stop_errors_name_the_list_rule_not_the_string_form() -> None:
+    err = post(CMPL, {"model": "names", "prompt": "a", "stop": ["x"] * 5})
+    assert err["param"] == "stop" and "at most 4 items" in err["message"]
+    err = post(CMPL, {"model": "names", "prompt": "a", "stop": ""})
+    assert err["param"] == "stop.[0]" and "at least 1 character" in err["message"]
+
+
+def test_openapi_documents_stop_as_a_string_or_a_list() -> None:
+    async def scenario(http: httpx.AsyncClient) -> dict[str, Any]:
+        return (await http.get("/openapi.json")).json()
+
+    schemas = run(scenario)["components"]["schemas"]
+    for name in ("GenerateRequest", "CompletionRequest", "ChatRequest"):
+        forms = {s.get("type") for s in schemas[name]["properties"]["stop"]["anyOf"]}
+        assert forms == {"string", "array", "null"}, name
+
+
+def test_a_string_stop_reaches_the_engine_as_one_stop() -> None:
+    body = CompletionRequest.model_validate({"model": "prose", "prompt": "a", "stop": "d"})
+    req = CompletionsRoute.prepare(body, manifest("prose", "stream"), "cmpl-1", deadline=1.0).req
+    assert req.sampling.stop == ("d",)
