@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from service.protocol import MAX_CHOICES, MAX_REQUEST_TOKENS
-from tests.service.test_gateway import run
+from tests.support.fake_engine import run
 
 ROUTES = {
     "generate": ("/v1/generate", "max_new_tokens", {"prompt": "a"}),

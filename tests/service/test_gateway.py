@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 import httpx
 import pytest
@@ -20,33 +18,7 @@ from engine import SamplingParams
 from service.protocol import EngineRequest, Final
 from service.shared import SharedState
 from service.worker.scheduler import Scheduler
-from tests.support.fake_engine import FakeEngine, make_app, manifest
-
-GEN, CMPL = "/v1/generate", "/v1/completions"
-
-
-def run(scenario: Callable[[httpx.AsyncClient], Awaitable[Any]], **app_kwargs: Any) -> Any:
-    app, client, info = make_app(**app_kwargs)
-
-    async def main() -> Any:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=10) as http:
-            http.engine_client = client  # type: ignore[attr-defined]
-            http.info = info  # type: ignore[attr-defined]
-            return await scenario(http)
-
-    return asyncio.run(main())
-
-
-def sse(response: httpx.Response) -> list[Any]:
-    body = response.text
-    assert body.endswith("\n\n")
-    out = []
-    for block in body.strip("\n").split("\n\n"):
-        assert block.startswith("data: "), block
-        data = block[len("data: ") :]
-        out.append(data if data == "[DONE]" else json.loads(data))
-    return out
+from tests.support.fake_engine import CMPL, GEN, FakeEngine, manifest, run, sse
 
 
 def test_generate_shape_text_includes_prompt() -> None:

@@ -8,8 +8,7 @@ from typing import Any
 import httpx
 
 from service.http.completions import CompletionRequest, CompletionsRoute
-from tests.service.test_gateway import run
-from tests.support.fake_engine import manifest
+from tests.support.fake_engine import manifest, run
 
 CHAT, CMPL = "/v1/chat/completions", "/v1/completions"
 

@@ -8,8 +8,7 @@ from typing import Any
 
 import httpx
 
-from tests.service.test_gateway import CMPL, GEN, run, sse
-from tests.support.fake_engine import FakeEngine, manifest
+from tests.support.fake_engine import CMPL, GEN, FakeEngine, manifest, run, sse
 
 CHAT = "/v1/chat/completions"
 

@@ -1,33 +1,20 @@
-"""The HTTP service end to end: a real server (LitServe, ONNX Runtime, shipped models) in a subprocess.
-
-One server per concern, module-scoped: the main ONNX server (every route, errors, metrics, batching),
-a TorchScript server (same greedy text as ONNX) and a small-limits server (503, 504, cancellation).
+"""The HTTP service end to end: a real server (LitServe, ONNX Runtime, the shipped models and one broken
+folder) in a subprocess: liveness, readiness, docs, the model list, generation and batching. Streaming,
+the error contract, deadlines and the other backends have their own modules (test_*_http.py).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import json
-import os
-import re
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support.serving import MODELS, REPO, Server, descendants, running_server
+from tests.support.http import CMPL, GEN, NAMES, SHAKESPEARE, WAVENET, metric
+from tests.support.serving import MODELS, Server, descendants, running_server
 
-GEN = "/v1/generate"
-CMPL = "/v1/completions"
-NAMES = "names-gpt"
-WAVENET = "names-wavenet"
-SHAKESPEARE = "shakespeare-gpt"
 SHIPPED = (NAMES, WAVENET, SHAKESPEARE)
 
 
@@ -54,42 +41,6 @@ def server(models_dir: Path):
 def client(server: Server):
     with httpx.Client(base_url=server.base_url, timeout=60) as c:
         yield c
-
-
-def sse(response: httpx.Response) -> list[str]:
-    """The data payloads of an SSE body, in order (asserting the framing on the way)."""
-    body = response.text
-    assert body.endswith("\n\n"), "every event ends with a blank line"
-    events = []
-    for block in body.strip("\n").split("\n\n"):
-        lines = block.split("\n")
-        assert all(line.startswith("data: ") for line in lines), block
-        events.append("\n".join(line[len("data: ") :] for line in lines))
-    return events
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """Sum of the samples of `name` whose labels include `labels`."""
-    total = 0.0
-    for line in text.splitlines():
-        m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$", line)
-        if not m or m.group(1) != name:
-            continue
-        got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(3) or ""))
-        if all(got.get(k) == v for k, v in labels.items()):
-            total += float(m.group(4))
-    return total
-
-
-def wait_for_metric(server: Server, name: str, predicate, timeout: float = 5.0, **labels: str) -> float:  # type: ignore[no-untyped-def]
-    """Poll /metrics until predicate(value of name{labels}) holds; the value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = metric(httpx.get(server.url("/metrics")).text, name, **labels)
-        if predicate(value):
-            return value
-        assert time.monotonic() < deadline, f"{name}{labels} = {value}"
-        time.sleep(0.1)
 
 
 # ----- liveness, readiness, docs, models -----
@@ -272,137 +223,7 @@ def test_32_concurrent_requests_succeed_and_are_batched(server: Server, client: 
 # ----- streaming -----
 
 
-def test_generate_stream_sse(client: httpx.Client) -> None:
-    body = {"model": NAMES, "prompt": "ka", "n": 3, "seed": 11}
-    plain = client.post(GEN, json=body).json()
-    r = client.post(GEN, json={**body, "stream": True})
-    assert r.status_code == 200
-    assert r.headers["content-type"].startswith("text/event-stream")
-    events = sse(r)
-    assert events[-1] == "[DONE]"
-    chunks = [json.loads(e) for e in events[:-1]]
-    final = chunks.pop()
-    texts = [""] * 3
-    for chunk in chunks:
-        assert chunk["id"] == final["id"] and len(chunk["choices"]) == 1
-        choice = chunk["choices"][0]
-        assert choice["finish_reason"] is None
-        texts[choice["index"]] += choice["text"]
-    assert texts == [c["text"] for c in plain["choices"]]
-    assert [c["finish_reason"] for c in final["choices"]] == [c["finish_reason"] for c in plain["choices"]]
-    assert final["usage"] == plain["usage"]
-    assert set(final["timing"]) == {"queue_ms", "first_token_ms", "total_ms"}
-
-
-def test_completions_stream_sse(client: httpx.Client) -> None:
-    body = {"model": SHAKESPEARE, "prompt": "To be", "n": 2, "seed": 5, "max_tokens": 40}
-    plain = client.post(CMPL, json=body).json()
-    r = client.post(CMPL, json={**body, "stream": True, "stream_options": {"include_usage": True}})
-    assert r.headers["content-type"].startswith("text/event-stream")
-    events = sse(r)
-    assert events[-1] == "[DONE]"
-    chunks = [json.loads(e) for e in events[:-1]]
-    usage = chunks.pop()  # OpenAI's usage chunk: no choices
-    final = chunks.pop()
-    assert usage["choices"] == [] and all(c["usage"] is None for c in [*chunks, final])
-    texts = ["", ""]
-    for chunk in chunks:
-        assert chunk["object"] == "text_completion" and chunk["model"] == SHAKESPEARE
-        choice = chunk["choices"][0]
-        assert choice["logprobs"] is None and choice["finish_reason"] is None
-        texts[choice["index"]] += choice["text"]
-    assert texts == [c["text"] for c in plain["choices"]]
-    assert [c["finish_reason"] for c in final["choices"]] == ["length", "length"]
-    assert usage["usage"] == plain["usage"] and usage["usage"]["completion_tokens"] == 80
-
-
-LONG = {"model": SHAKESPEARE, "n": 16, "max_new_tokens": 2048, "seed": 1}  # 32,768 tokens: the cap
-
-
-def test_client_disconnect_cancels_the_request(server: Server) -> None:
-    def cancelled() -> float:
-        return metric(httpx.get(server.url("/metrics")).text, "charlm_requests_cancelled_total", model=SHAKESPEARE)
-
-    before = cancelled()
-    long = {**LONG, "n": 16, "max_new_tokens": 500}  # admitted: it fits the 30 s timeout
-    with pytest.raises(httpx.ReadTimeout):  # the client gives up waiting and closes the connection
-        httpx.post(server.url(GEN), json=long, timeout=httpx.Timeout(30, read=0.5))
-    wait_for_metric(server, "charlm_requests_cancelled_total", lambda v: v >= before + 1, model=SHAKESPEARE)
-    with httpx.stream("POST", server.url(GEN), json={**long, "stream": True}, timeout=30) as r:
-        assert r.status_code == 200
-        next(r.iter_bytes())  # the stream is flowing; now hang up
-    wait_for_metric(server, "charlm_requests_cancelled_total", lambda v: v >= before + 2, model=SHAKESPEARE)
-    wait_for_metric(server, "charlm_requests_in_flight", lambda v: v == 0)
-
-
-def test_stream_errors_before_the_stream_are_plain_json(client: httpx.Client) -> None:
-    r = client.post(GEN, json={"model": NAMES, "prompt": "K", "stream": True})
-    assert r.status_code == 400 and r.headers["content-type"].startswith("application/json")
-    assert r.json()["error"]["param"] == "prompt"
-
-
 # ----- the error contract -----
-
-ERROR_ROWS = [
-    # (route, body, status, param, code)
-    (GEN, {"model": NAMES, "temperature": -0.5}, 400, "temperature", "invalid_value"),
-    (GEN, {"model": NAMES, "top_p": 0}, 400, "top_p", "invalid_value"),
-    (GEN, {"model": NAMES, "top_p": 1.5}, 400, "top_p", "invalid_value"),
-    (GEN, {"model": NAMES, "top_k": 0}, 400, "top_k", "invalid_value"),
-    (GEN, {"model": NAMES, "n": 0}, 400, "n", "invalid_value"),
-    (GEN, {"model": NAMES, "n": 65}, 400, "n", "invalid_value"),
-    (GEN, {"model": NAMES, "max_new_tokens": 2049}, 400, "max_new_tokens", "invalid_value"),
-    (GEN, {"model": NAMES, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop", "invalid_value"),
-    (GEN, {"model": NAMES, "seed": "x"}, 400, "seed", "invalid_value"),
-    (GEN, {"model": NAMES, "stream": "yes"}, 400, "stream", "invalid_value"),
-    (GEN, {"prompt": "a"}, 400, "model", "missing_required_parameter"),
-    (GEN, {"model": NAMES, "max_tokens": 5}, 400, "max_tokens", "unknown_parameter"),
-    (GEN, {"model": NAMES, "prompt": "Ka1"}, 400, "prompt", "invalid_prompt"),
-    (GEN, {"model": NAMES, "prompt": "a.b"}, 400, "prompt", "invalid_prompt"),
-    (GEN, {"model": "no-such-model"}, 404, "model", "model_not_found"),
-    (CMPL, {"model": NAMES, "temperature": -1}, 400, "temperature", "invalid_value"),
-    (CMPL, {"model": NAMES, "logprobs": 28}, 400, "logprobs", "invalid_value"),
-    (CMPL, {"model": NAMES, "n": 3, "best_of": 2}, 400, "best_of", "invalid_value"),
-    (CMPL, {"model": NAMES, "presence_penalty": 2.5}, 400, "presence_penalty", "invalid_value"),
-    (CMPL, {"model": NAMES, "logit_bias": {"27": 2}}, 400, "logit_bias", "invalid_value"),
-    (CMPL, {"model": NAMES, "suffix": "x"}, 400, "suffix", "unsupported_parameter"),
-    (CMPL, {"model": NAMES, "prompt": [1, 99]}, 400, "prompt", "invalid_value"),
-    (
-        "/v1/chat/completions",
-        {"model": NAMES, "messages": [{"role": "user", "content": "K"}]},
-        400,
-        "messages[0].content",
-        "invalid_prompt",
-    ),
-    (CMPL, {"model": NAMES, "prompt": "A"}, 400, "prompt", "invalid_prompt"),
-    (CMPL, {"model": "no-such-model"}, 404, "model", "model_not_found"),
-]
-
-
-@pytest.mark.parametrize(("route", "body", "status", "param", "code"), ERROR_ROWS)
-def test_error_table(client: httpx.Client, route: str, body: dict, status: int, param: str, code: str) -> None:
-    r = client.post(route, json=body)
-    assert r.status_code == status, r.text
-    error = r.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert error["param"] == param and error["code"] == code and error["message"]
-    assert error["type"] == "invalid_request_error"
-
-
-def test_defaults_of_unsupported_openai_fields_are_accepted(client: httpx.Client) -> None:
-    body = {
-        "model": NAMES,
-        "logprobs": None,
-        "echo": False,
-        "best_of": 1,
-        "presence_penalty": 0,
-        "frequency_penalty": 0.0,
-        "logit_bias": None,
-        "suffix": None,
-        "stream_options": None,
-        "max_tokens": 3,
-    }
-    assert client.post(CMPL, json=body).status_code == 200
 
 
 def test_unknown_model_lists_available(client: httpx.Client) -> None:
@@ -410,154 +231,13 @@ def test_unknown_model_lists_available(client: httpx.Client) -> None:
     assert all(name in message for name in SHIPPED) and "broken-model" not in message
 
 
-def test_prompt_error_names_the_characters(client: httpx.Client) -> None:
-    message = client.post(GEN, json={"model": NAMES, "prompt": "aXb!"}).json()["error"]["message"]
-    assert "'X'" in message and "'!'" in message
-
-
-@pytest.mark.parametrize(
-    ("content", "headers", "code"),
-    [
-        (b'{"model": "names-gpt",', {"content-type": "application/json"}, "invalid_json"),
-        (b"[1, 2]", {"content-type": "application/json"}, "invalid_body"),
-        (b'{"model": "names-gpt"}', {"content-type": "text/plain"}, "invalid_body"),
-        (b"", {"content-type": "application/json"}, "invalid_body"),
-    ],
-)
-def test_malformed_bodies_are_400(client: httpx.Client, content: bytes, headers: dict, code: str) -> None:
-    for route in (GEN, CMPL):
-        r = client.post(route, content=content, headers=headers)
-        assert r.status_code == 400 and r.json()["error"]["code"] == code, r.text
-
-
-def test_body_over_64_kib_is_413(client: httpx.Client) -> None:
-    body = json.dumps({"model": NAMES, "prompt": "a" * (64 * 1024)}).encode()
-    for route in (GEN, CMPL):
-        r = client.post(route, content=body, headers={"content-type": "application/json"})
-        assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
-    just_under = json.dumps({"model": NAMES, "prompt": "a" * 60000, "max_new_tokens": 1}).encode()
-    assert client.post(GEN, content=just_under, headers={"content-type": "application/json"}).status_code == 200
-
-
-def test_unknown_routes_and_methods_use_the_contract(client: httpx.Client) -> None:
-    r = client.get("/v1/nothing")
-    assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
-    r = client.get(GEN)
-    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
-
-
 # ----- metrics -----
-
-
-def test_metrics_after_traffic_pass_promtool(client: httpx.Client) -> None:
-    client.post(GEN, json={"model": NAMES, "seed": 1})
-    client.post(CMPL, json={"model": SHAKESPEARE, "max_tokens": 5, "stream": True})
-    client.post(GEN, json={"model": NAMES, "temperature": -1})
-    r = client.get("/metrics", follow_redirects=False)
-    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
-    text = r.text
-    for name in (
-        "charlm_requests_total",
-        "charlm_request_duration_seconds_bucket",
-        "charlm_time_to_first_token_seconds_bucket",
-        "charlm_queue_wait_seconds_bucket",
-        "charlm_generated_tokens_total",
-        "charlm_batch_size_bucket",
-        "charlm_requests_in_flight",
-        "charlm_model_info",
-        "charlm_time_per_output_token_seconds_bucket",
-        "charlm_build_info",
-    ):
-        assert name in text, name
-    assert metric(text, "charlm_requests_total", model=NAMES, route=GEN, status="200") >= 1
-    assert metric(text, "charlm_requests_total", route=GEN, status="400") >= 1
-    assert metric(text, "charlm_requests_total", model=SHAKESPEARE, route=CMPL, status="200") >= 1
-    assert metric(text, "charlm_model_info", model=NAMES, backend="onnx") == 1
-    assert 'le="0.0001"' in text and 'le="30.0"' in text
-    check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
-    assert check.returncode == 0, check.stdout + check.stderr
 
 
 # ----- the CLI uses the same engine -----
 
 
-def test_cli_generate_matches_http(client: httpx.Client, models_dir: Path) -> None:
-    http = client.post(GEN, json={"model": NAMES, "prompt": "ka", "n": 4, "seed": 99}).json()
-    cmd = [sys.executable, "-m", "service", "generate", "--model", NAMES, "-n", "4", "--prompt", "ka"]
-    out = subprocess.run([*cmd, "--seed", "99", "--models", str(models_dir)], capture_output=True, text=True, cwd=REPO)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == [c["text"] for c in http["choices"]]
-
-
 # ----- TorchScript backend -----
 
 
-@pytest.fixture(scope="module")
-def ts_server(models_dir: Path):
-    with running_server("--backend", "torchscript", models=models_dir) as srv:
-        yield srv
-
-
-def test_onnx_and_torchscript_give_the_same_greedy_text(client: httpx.Client, ts_server: Server) -> None:
-    ready = httpx.get(ts_server.url("/ready")).json()
-    assert ready["backend"] == "torchscript"
-    assert all(w["torch_imported"] is True for w in ready["workers"].values())  # the flag is honest
-    cases = [(NAMES, "ka"), (NAMES, ""), (WAVENET, "mar"), (SHAKESPEARE, "ROMEO:\n")]
-    for model, prompt in cases:
-        body = {"model": model, "prompt": prompt, "temperature": 0, "n": 2, "max_new_tokens": 60}
-        onnx = client.post(GEN, json=body).json()
-        ts = httpx.post(ts_server.url(GEN), json=body, timeout=60).json()
-        assert [c["text"] for c in ts["choices"]] == [c["text"] for c in onnx["choices"]], model
-        assert ts["usage"] == onnx["usage"]
-
-
 # ----- limits: bounded queue (503), deadline (504), cancellation -----
-
-
-@pytest.fixture(scope="module")
-def tight_server(models_dir: Path):
-    env = {"CHARLM_MAX_QUEUE": "2", "CHARLM_TIMEOUT": "1.5"}
-    with running_server(models=models_dir, env=env) as srv:
-        yield srv
-
-
-@contextlib.contextmanager
-def stopped_worker(srv: Server) -> Iterator[None]:
-    """The worker stopped (SIGSTOP): admitted requests cannot finish, whatever admission estimated."""
-    (worker,) = srv.worker_pids()
-    os.kill(worker, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(worker, signal.SIGCONT)
-
-
-def test_queue_full_is_503_with_retry_after_and_timeout_is_504(tight_server: Server) -> None:
-    fits = {"model": SHAKESPEARE, "n": 2, "max_new_tokens": 20}  # admitted: it fits the 1.5 s timeout
-    pool = concurrent.futures.ThreadPoolExecutor(2)
-    with pool, httpx.Client(base_url=tight_server.base_url) as c, stopped_worker(tight_server):
-        long = [pool.submit(c.post, GEN, json=fits, timeout=30) for _ in range(2)]
-        time.sleep(0.5)  # both admitted: the queue (2) is full
-        full = c.post(GEN, json={"model": NAMES}, timeout=30)
-        assert full.status_code == 503, full.text
-        assert full.headers["retry-after"] == "1"
-        assert full.json()["error"]["code"] == "queue_full"
-        timed_out = [f.result() for f in long]
-    for r in timed_out:
-        assert r.status_code == 504 and r.json()["error"]["type"] == "timeout_error"
-    # ... and dropped by the worker once it runs again, not run:
-    wait_for_metric(tight_server, "charlm_requests_cancelled_total", lambda v: v >= 2, model=SHAKESPEARE)
-    ok = httpx.post(tight_server.url(GEN), json={"model": NAMES, "seed": 1}, timeout=30)
-    assert ok.status_code == 200
-
-
-def test_stream_past_its_deadline_ends_with_an_error_event(tight_server: Server) -> None:
-    body = {"model": SHAKESPEARE, "max_new_tokens": 30, "stream": True}  # admitted: it fits 1.5 s
-    with httpx.stream("POST", tight_server.url(GEN), json=body, timeout=30) as r:
-        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
-        with stopped_worker(tight_server):  # started; then the worker stops and the deadline passes
-            events = [line[len("data: ") :] for line in r.iter_lines() if line.startswith("data: ")]
-    assert "[DONE]" not in events
-    last = json.loads(events[-1])
-    assert last["error"]["code"] == "timeout" and last["error"]["type"] == "timeout_error"
-    wait_for_metric(tight_server, "charlm_requests_in_flight", lambda v: v == 0)

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+import json
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 from fastapi import FastAPI
 from litserve.middlewares import MaxSizeMiddleware
 
@@ -236,3 +238,30 @@ def make_app(
     app.add_middleware(MetricsMiddleware)
     app.add_middleware(MaxSizeMiddleware, max_size=MAX_BODY_BYTES)
     return app, client, info
+
+
+GEN, CMPL = "/v1/generate", "/v1/completions"
+
+
+def run(scenario: Callable[[httpx.AsyncClient], Awaitable[Any]], **app_kwargs: Any) -> Any:
+    app, client, info = make_app(**app_kwargs)
+
+    async def main() -> Any:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=10) as http:
+            http.engine_client = client  # type: ignore[attr-defined]
+            http.info = info  # type: ignore[attr-defined]
+            return await scenario(http)
+
+    return asyncio.run(main())
+
+
+def sse(response: httpx.Response) -> list[Any]:
+    body = response.text
+    assert body.endswith("\n\n")
+    out = []
+    for block in body.strip("\n").split("\n\n"):
+        assert block.startswith("data: "), block
+        data = block[len("data: ") :]
+        out.append(data if data == "[DONE]" else json.loads(data))
+    return out
