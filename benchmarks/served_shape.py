@@ -61,7 +61,7 @@ def served_prompts(text: str, batch: int, max_prompt: int) -> list[str]:
 
 
 def _shakespeare() -> str:
-    from training.data import DataError, resolve_builtin
+    from training.datasets import DataError, resolve_builtin
 
     try:
         return resolve_builtin("shakespeare").read_text()

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from contract import Manifest
-from training.data import BUILTIN, Vocab, load_corpus, split_corpus
+from training.data import Vocab, load_corpus, split_corpus
+from training.datasets import BUILTIN
 
 
 def split_samples(model_dir: Path, split: str = "test", data_path: str | None = None) -> tuple[Manifest, list]:

@@ -17,7 +17,8 @@ from torch import nn
 from contract import FileEntry
 from engine import DataHashes
 from training.checkpoint import CheckpointMeta
-from training.data import BUILTIN, Corpus, DataError, Vocab, cache_dir, load_corpus, split_corpus
+from training.data import Corpus, Vocab, load_corpus, split_corpus
+from training.datasets import BUILTIN, DataError, cache_dir
 from training.export.samples import NOVELTY_SAMPLES, novelty_rate
 from training.tasks import Task
 
