@@ -221,7 +221,8 @@ def _summary(name: str, trace: list[Arrival], log: _Log, call_s: list[float], re
 
 
 def _v1_driver(models_dir: Path, settings: ArrivalSettings, manifests: dict[str, Any]) -> V1Driver:
-    from benchmarks.v1_reference import V1Session, V1Worker, export_v1
+    from benchmarks.v1_export import export_v1
+    from benchmarks.v1_reference import V1Session, V1Worker
     from benchmarks.weights import load_eager
 
     sessions = {}
