@@ -6,10 +6,12 @@ Shapes (shakespeare-gpt, greedy, 60 new tokens per row, all rows added at once):
 - lockstep: every row starts from "\\n" (rows at one position);
 - served:   row i starts from its own prompt of 1-67 characters of tinyshakespeare at a spread offset
             (rows at spread positions, as served traffic is; none slides past block_size).
-Each (tree, shape, batch, threads) is one fresh process (`--one`), so two engine trees never share an
-import; the rounds are interleaved over the trees (background load hits them alike) and the median of
-`--repeats` rounds is reported with the ratio new / base (and new / CTranslate2 float32, whose greedy
-output must equal ours before it is timed).
+Each (tree, shape, batch, threads) is one fresh process (`--one`) that times ROUNDS rounds after a
+warm-up and reports their median, so two engine trees never share an import; the processes are
+interleaved over the trees (background load hits them alike) and the median of `--repeats` is reported
+(tokens per wall second, and per CPU second of the process: on a shared machine the second is the
+steadier for one thread) with the ratios new / base and new / CTranslate2 float32, and whether every
+tree gave the same greedy texts.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "models" / "shakespeare-gpt"
 NEW_TOKENS = 60
+ROUNDS = 3  # timed rounds per process, after one warm-up round; the process reports their median
 
 
 def prompts(shape: str, batch: int) -> list[str]:
@@ -34,6 +37,11 @@ def prompts(shape: str, batch: int) -> list[str]:
     text = (Path(os.environ.get("CHARLM_DATA_DIR", "data")) / "tinyshakespeare.txt").read_text()
     step = len(text) // (batch + 1)
     return [text[(i + 1) * step : (i + 1) * step + 1 + (i * 37) % 67] for i in range(batch)]
+
+
+def rates(batch: int, walls: list[float], cpus: list[float]) -> tuple[float, float]:
+    """tokens/s over the median round: of wall time, and of this process's CPU time."""
+    return batch * NEW_TOKENS / sorted(walls)[len(walls) // 2], batch * NEW_TOKENS / sorted(cpus)[len(cpus) // 2]
 
 
 def run_engine(shape: str, batch: int, threads: int) -> tuple[float, float, list[str]]:
@@ -47,7 +55,8 @@ def run_engine(shape: str, batch: int, threads: int) -> tuple[float, float, list
     engine = Engine.load(entry, backend="onnx", threads=threads, slots=max(batch, 1))
     params = SamplingParams(temperature=0.0, max_new_tokens=NEW_TOKENS)
     rows = prompts(shape, batch)
-    for _ in range(2):  # the first round warms up; the second is timed
+    walls, cpus = [], []
+    for _ in range(1 + ROUNDS):  # the first round warms up
         texts = [""] * batch
         start, cpu = time.perf_counter(), time.process_time()
         for i, p in enumerate(rows):
@@ -55,8 +64,9 @@ def run_engine(shape: str, batch: int, threads: int) -> tuple[float, float, list
         while engine.active():
             for d in engine.step():
                 texts[d.request_id] += d.text
-        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    return batch * NEW_TOKENS / seconds, batch * NEW_TOKENS / cpu, texts
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - cpu)
+    return (*rates(batch, walls[1:], cpus[1:]), texts)
 
 
 def run_ct2(shape: str, batch: int, threads: int) -> tuple[float, float, list[str]]:
@@ -92,7 +102,8 @@ def run_ct2(shape: str, batch: int, threads: int) -> tuple[float, float, list[st
         gen = ctranslate2.Generator(f"{tmp}/ct2", device="cpu", intra_threads=threads, compute_type="float32")
     ids = [[vocab.index(c) for c in p] for p in prompts(shape, batch)]
     forced = [len(p) - min(map(len, ids)) for p in ids]
-    for _ in range(2):
+    walls, cpus = [], []
+    for _ in range(1 + ROUNDS):
         start, cpu = time.perf_counter(), time.process_time()
         out = gen.generate_batch(
             [[f"c{i}" for i in p] for p in ids],
@@ -102,9 +113,10 @@ def run_ct2(shape: str, batch: int, threads: int) -> tuple[float, float, list[st
             sampling_topk=1,
             callback=(lambda s: s.step >= forced[s.batch_id] + NEW_TOKENS - 1) if any(forced) else None,
         )
-        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - cpu)
     texts = ["".join(vocab[t] for t in r.sequences_ids[0][f:]) for r, f in zip(out, forced, strict=True)]
-    return batch * NEW_TOKENS / seconds, batch * NEW_TOKENS / cpu, texts
+    return (*rates(batch, walls[1:], cpus[1:]), texts)
 
 
 def one(tree: str, shape: str, batch: int, threads: int) -> dict:
