@@ -1,6 +1,7 @@
 """Engine tokens/s in two traffic shapes, one engine tree against another (and CTranslate2), same run.
 
 `python -m benchmarks.engine_shapes [--base /path/to/other/checkout] [--ct2] [--threads 1 2]`
+`python -m benchmarks.engine_shapes --base /path/to/other/checkout --alternate 7` (one process, see alternate)
 
 Shapes (shakespeare-gpt, greedy, 60 new tokens per row, all rows added at once):
 - lockstep: every row starts from "\\n" (rows at one position);
@@ -134,6 +135,64 @@ def spawn(tree: str, root: str, shape: str, batch: int, threads: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def import_both(base: str) -> tuple:
+    """The engine package of `base` and this tree's, both imported in this process (each module keeps
+    its own globals; `contract` is shared), for alternated runs in one process."""
+    import importlib
+
+    sys.path.insert(0, base)
+    old = importlib.import_module("engine")
+    for name in [k for k in sys.modules if k == "engine" or k.startswith("engine.")]:
+        del sys.modules[name]
+    sys.path[0] = str(REPO)
+    new = importlib.import_module("engine")
+    if not (Path(old.__file__).is_relative_to(base) and Path(new.__file__).is_relative_to(REPO)):
+        raise SystemExit(f"could not import both engines ({old.__file__}, {new.__file__})")
+    return old, new
+
+
+def alternate(base: str, shapes: list[str], batches: list[int], rounds: int) -> None:
+    """Both engines in this process, rounds alternated (1 thread): steadier ratios on a busy machine
+    than process against process, whose placement on the cores differs from run to run."""
+    from benchmarks.common import model_entry
+
+    trees = dict(zip(("base", "new"), import_both(base), strict=True))
+    folders = {"base": Path(base) / "models", "new": REPO / "models"}
+    print("| shape | b | tok/s (new / base) | new/base | tok/CPU-s (new / base) | new/base | texts |")
+    print("|---|---|---|---|---|---|---|")
+    for shape in shapes:
+        for batch in batches:
+            engines = {
+                t: m.Engine.load(model_entry(folders[t], MODEL.name), backend="onnx", threads=1, slots=batch)
+                for t, m in trees.items()
+            }
+            walls: dict[str, list[float]] = {t: [] for t in trees}
+            cpus: dict[str, list[float]] = {t: [] for t in trees}
+            texts: dict[str, list[str]] = {}
+            for r in range(rounds + 1):  # round 0 warms up
+                for t, m in trees.items():
+                    engine, params = engines[t], m.SamplingParams(temperature=0.0, max_new_tokens=NEW_TOKENS)
+                    texts[t] = [""] * batch
+                    start, cpu = time.perf_counter(), time.process_time()
+                    for i, p in enumerate(prompts(shape, batch)):
+                        engine.add(i, engine.encode_prompt(p), params)
+                    while engine.active():
+                        for d in engine.step():
+                            texts[t][d.request_id] += d.text
+                    if r:
+                        walls[t].append(time.perf_counter() - start)
+                        cpus[t].append(time.process_time() - cpu)
+            wall = {t: rates(batch, walls[t], cpus[t])[0] for t in trees}
+            per_cpu = {t: rates(batch, walls[t], cpus[t])[1] for t in trees}
+            same = "same" if texts["new"] == texts["base"] else "DIFFER"
+            print(
+                f"| {shape} | {batch} | {wall['new']:,.0f} / {wall['base']:,.0f} | {wall['new'] / wall['base']:.2f}x "
+                f"| {per_cpu['new']:,.0f} / {per_cpu['base']:,.0f} | {per_cpu['new'] / per_cpu['base']:.2f}x "
+                f"| {same} |",
+                flush=True,
+            )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--one", nargs=4, metavar=("TREE", "SHAPE", "BATCH", "THREADS"))
@@ -143,7 +202,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1])
     ap.add_argument("--shapes", nargs="+", default=["lockstep", "served"])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--alternate", type=int, metavar="ROUNDS", help="both engines in this process (needs --base)")
     args = ap.parse_args()
+    if args.alternate:
+        alternate(args.base, args.shapes, args.batches, args.alternate)
+        return
     if args.one:
         tree, shape, batch, threads = args.one
         print(json.dumps(one(tree, shape, int(batch), int(threads))))
