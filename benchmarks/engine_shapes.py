@@ -224,8 +224,10 @@ def main() -> None:
                 rates: dict[str, list[float]] = {t: [] for t in trees}
                 cpu: dict[str, list[float]] = {t: [] for t in trees}
                 texts: dict[str, list[str]] = {}
-                for _ in range(args.repeats):
-                    for tree, root in trees.items():
+                for k in range(args.repeats):
+                    order = list(trees)[k % len(trees) :] + list(trees)[: k % len(trees)]
+                    for tree in order:  # each tree goes first in turn: the first of a round ran slower
+                        root = trees[tree]
                         got = spawn(tree, root, shape, batch, threads)
                         rates[tree].append(got["rate"])
                         cpu[tree].append(got["cpu_rate"])
