@@ -9,7 +9,6 @@ from __future__ import annotations
 import string
 from pathlib import Path
 
-import pytest
 import torch
 
 from contract.repository import ModelEntry, scan_repository
@@ -51,9 +50,8 @@ def _sharpen(arch: str, net: torch.nn.Module) -> None:
 _BUILT: dict[str, tuple[ModelEntry, torch.nn.Module, Path]] = {}
 
 
-@pytest.fixture(scope="session")
-def fixtures(tmp_path_factory) -> dict[str, tuple[ModelEntry, torch.nn.Module, Path]]:
-    """name -> (repository entry of the exported model, eager net, checkpoint folder)."""
+def build_fixtures(tmp_path_factory) -> dict[str, tuple[ModelEntry, torch.nn.Module, Path]]:
+    """name -> (repository entry of the exported model, eager net, checkpoint folder); built once."""
     if _BUILT:
         return _BUILT
     root = tmp_path_factory.mktemp("engine")
@@ -87,3 +85,7 @@ def fixtures(tmp_path_factory) -> dict[str, tuple[ModelEntry, torch.nn.Module, P
         out[name] = (repo.models[name], net, root / "ckpt" / name)
     _BUILT.update(out)
     return out
+
+
+def texts_of(completions) -> list[tuple[str, str]]:
+    return [(c.text, c.finish_reason) for c in completions]
