@@ -258,9 +258,6 @@ print("ok", len(sys.argv) - 1)
     assert result.stdout.strip() == f"ok {len(ARCHS)}"
 
 
-
-
-
 # --- shipped models ---------------------------------------------------------------------------------
 
 SHIPPED = sorted(p for p in (REPO / "models").glob("*") if p.is_dir() and not p.name.startswith("."))
