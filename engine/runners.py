@@ -14,19 +14,15 @@ the speed of 1 on these tiny ops.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 
 import numpy as np
 
 from contract import Manifest
 from engine.backends import Backend
 from engine.kv import KVCache
+from engine.spans import MIN_SPAN, Spans  # noqa: F401 - MIN_SPAN: the span rule, read by tests
 
-# Rows per concurrent call: below this a second call costs more than it saves (shakespeare-gpt, 120 new
-# tokens, 2 threads: batch 32 in two spans of 16 ran at 6,753 tok/s against 7,114 in one; batch 128 in
-# two spans of 64 at 10,211 against 6,159).
-MIN_SPAN = 24
 # A prefill call's attention among its new tokens is elementwise (see training/nets/gpt.py): its scratch
 # is rows x new^2 x n_embd floats, so long prompts are prefilled a few rows per call (shakespeare-gpt at
 # 128 characters: 8 MiB a row).
@@ -62,36 +58,6 @@ def prefill_calls(lengths: np.ndarray, n_embd: int) -> list[np.ndarray]:
     return [np.array(c, dtype=np.int64) for c in calls]
 
 
-class _Spans:
-    """Split rows [0, n) into contiguous spans, one per thread, and run a function on each."""
-
-    def __init__(self, threads: int):
-        self.threads = threads
-        self._pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="charlm-step") if threads > 1 else None
-
-    def map(self, n: int, fn: Callable[[int, int], list[np.ndarray]]) -> list[list[np.ndarray]]:
-        parts = max(1, min(self.threads, n // MIN_SPAN))
-        if parts == 1 or self._pool is None:
-            return [fn(0, n)]
-        spans = list(itertools.pairwise(round(i * n / parts) for i in range(parts + 1)))
-        futures = [self._pool.submit(fn, lo, hi) for lo, hi in spans[1:]]
-        first = fn(*spans[0])  # the calling thread takes the first span
-        return [first, *(f.result() for f in futures)]
-
-    def each(self, tasks: list[Callable[[], list[np.ndarray]]]) -> list[list[np.ndarray]]:
-        """Run independent calls, every `threads`-th one on the same thread; their results in order."""
-        if self._pool is None or len(tasks) == 1:
-            return [t() for t in tasks]
-        k = self.threads
-
-        def share(j: int) -> list[list[np.ndarray]]:
-            return [t() for t in tasks[j::k]]
-
-        futures = [self._pool.submit(share, j) for j in range(1, min(k, len(tasks)))]
-        shares = [share(0), *(f.result() for f in futures)]
-        return [shares[i % k][i // k] for i in range(len(tasks))]
-
-
 class WindowRunner:
     """bigram / mlp / wavenet: every step feeds the last block_size tokens of each row.
 
@@ -104,7 +70,7 @@ class WindowRunner:
         self.backend, self.pad = backend, pad
         self.block_size = manifest.block_size
         self.window = np.full((slots, manifest.block_size), pad, dtype=np.int64)
-        self._spans = _Spans(threads)
+        self._spans = Spans(threads)
         self._to_score: dict[int, list[int]] = {}
         self.scores: dict[int, tuple[list[int], np.ndarray]] = {}  # row -> (its context, logits of context[1:])
 
@@ -173,7 +139,7 @@ class GPTRunner:
         self._step = 0
         self.prefill_tokens = PREFILL_TOKENS * threads  # a step's prefill budget, all threads together
         self.history: list[list[int]] = [[] for _ in range(slots)]
-        self._spans = _Spans(threads)
+        self._spans = Spans(threads)
         self._to_score: dict[int, list[int]] = {}
         self.scores: dict[int, tuple[list[int], np.ndarray]] = {}  # row -> (its context, logits of context[1:])
 
