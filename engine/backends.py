@@ -23,9 +23,8 @@ from engine.types import BackendUnavailable, EngineError
 BackendName = Literal["onnx", "torchscript"]
 Device = Literal["cpu", "cuda"]
 
-# ONNX Runtime with 2 intra-op threads ran shakespeare-gpt at half the speed of 1 thread at batch 32-128
-# (tiny ops, thread sync), and torch with 2 threads stalls when another process holds a core: every
-# graph call gets one thread, and more cores are used by splitting the rows across concurrent calls.
+# Intra-op threads lose on these tiny ops (thread sync; torch stalls when another process holds a core):
+# every graph call gets one thread, and more cores split the rows across concurrent calls (docs/engine.md).
 INTRA_OP_THREADS = 1
 
 

@@ -23,14 +23,12 @@ from engine.backends import Backend
 from engine.kv import KVCache
 from engine.spans import MIN_SPAN, Spans  # noqa: F401 - MIN_SPAN: the span rule, read by tests
 
-# A prefill call's attention among its new tokens is elementwise (see training/nets/gpt.py): its scratch
-# is rows x new^2 x n_embd floats, so long prompts are prefilled a few rows per call (shakespeare-gpt at
-# 128 characters: 8 MiB a row).
+# A prefill call's attention among its new tokens is elementwise (training/nets/gpt.py): its scratch is
+# rows x new^2 x n_embd floats, so long prompts are prefilled a few rows per call.
 PREFILL_SCRATCH_BYTES = 64 << 20
-# Prefill tokens (rows x padded width) one step may take per thread; the oldest waiting rows go first and
-# the rest wait for the next step (vLLM's token budget; one row always goes). Without it, 64 rows sliding
-# past block_size together re-prefilled 4,096 tokens in one step (shakespeare-gpt, 128 rows: step p99
-# 115-143 ms, 38-44 ms with it; a decode step ~12 ms) and every other request waited behind it.
+# Prefill tokens (rows x padded width) one step may take per thread, vLLM's token budget: the oldest waiting
+# rows go first, one row always goes, the rest wait, so a burst of prompts (or rows sliding past block_size
+# together) never makes one long step that every other request waits behind (docs/engine.md).
 PREFILL_TOKENS = 256
 # Padding a prefill call may carry beyond a quarter of its tokens: about what one more call costs.
 PAD_SLACK = 8

@@ -10,9 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-# Rows per concurrent call: below this a second call costs more than it saves (shakespeare-gpt, 120 new
-# tokens, 2 threads: batch 32 in two spans of 16 ran at 6,753 tok/s against 7,114 in one; batch 128 in
-# two spans of 64 at 10,211 against 6,159).
+# Rows per concurrent call: below this a second call costs more than it saves (measured: docs/engine.md).
 MIN_SPAN = 24
 
 

@@ -46,7 +46,8 @@ class _Builder:
 
 
 def fused_step_model(weights: dict[str, np.ndarray], n_layer: int, n_head: int, block_size: int) -> onnx.ModelProto:
-    """The step graph of a GPT with these weights: idx, pos, *past -> logits, *new_kv (contract v2)."""
+    """The step graph of a GPT with these weights: idx, pos, *past -> logits, *new_kv (contract v2). One
+    function, written as the graph reads from input to output, like GPT.step it must match node for node."""
     b = _Builder(weights)
     vocab, n_embd = weights["lm_head.weight"].shape
     _embed(b, block_size)
