@@ -21,39 +21,13 @@ import numpy as np
 from contract import Manifest
 from engine.backends import Backend
 from engine.kv import KVCache
+from engine.prefill import PREFILL_SCRATCH_BYTES, prefill_calls
 from engine.spans import MIN_SPAN, Spans  # noqa: F401 - MIN_SPAN: the span rule, read by tests
 
-# A prefill call's attention among its new tokens is elementwise (training/nets/gpt.py): its scratch is
-# rows x new^2 x n_embd floats, so long prompts are prefilled a few rows per call.
-PREFILL_SCRATCH_BYTES = 64 << 20
 # Prefill tokens (rows x padded width) one step may take per thread, vLLM's token budget: the oldest waiting
 # rows go first, one row always goes, the rest wait, so a burst of prompts (or rows sliding past block_size
 # together) never makes one long step that every other request waits behind (docs/engine.md).
 PREFILL_TOKENS = 256
-# Padding a prefill call may carry beyond a quarter of its tokens: about what one more call costs.
-PAD_SLACK = 8
-
-
-def prefill_calls(lengths: np.ndarray, n_embd: int) -> list[np.ndarray]:
-    """Split prompts of these lengths into prefill calls of similar lengths (indices into `lengths`):
-    each call is right-padded to its longest row, so rows join a call while its padding stays within a
-    quarter of its tokens plus PAD_SLACK (a call's own cost, in tokens) and its attention scratch within
-    PREFILL_SCRATCH_BYTES."""
-    order = np.argsort(lengths, kind="stable")
-    calls: list[list[int]] = []
-    tokens = 0
-    for i in order.tolist():
-        width = int(lengths[i])
-        if calls:
-            rows = len(calls[-1]) + 1
-            padded, real = rows * width, tokens + width
-            if padded - real <= real // 4 + PAD_SLACK and rows * width * width * n_embd * 4 <= PREFILL_SCRATCH_BYTES:
-                calls[-1].append(i)
-                tokens = real
-                continue
-        calls.append([i])
-        tokens = width
-    return [np.array(c, dtype=np.int64) for c in calls]
 
 
 class WindowRunner:

@@ -115,7 +115,7 @@ def test_unavailable_backends_and_devices(fixtures):
 
 def test_threads_setting(fixtures, gens):
     """Rows split across two concurrent graph calls give the same text as one call."""
-    from engine.runners import MIN_SPAN
+    from engine.spans import MIN_SPAN
 
     n = 2 * MIN_SPAN + 4  # enough rows for two spans
     gen = Generator.load(fixtures["names-gpt"][0], threads=2, slots=n)

@@ -10,7 +10,7 @@ import pytest
 
 from contract.repository import scan_repository
 from engine import Engine, SamplingParams
-from engine.runners import PAD_SLACK, PREFILL_SCRATCH_BYTES, prefill_calls
+from engine.prefill import PAD_SLACK, PREFILL_SCRATCH_BYTES, prefill_calls
 
 REPO = Path(__file__).resolve().parents[2]
 TEXT = (
