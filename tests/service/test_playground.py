@@ -1,4 +1,4 @@
-"""The web playground (service/playground.py, service/static/) in a real browser against a real server.
+"""The web playground (service/http/playground.py, service/static/) in a real browser against a real server.
 
 Debian's `chromium` + `chromium-driver`, driven by Selenium, headless (`make test` installs them as root,
 like promtool). One server and one browser for the module. Each state is saved as a screenshot under the
