@@ -123,6 +123,7 @@ class Route(Protocol):
     response: ClassVar[type[BaseModel]]
     budget_param: ClassVar[str]  # the field that sets the token budget, named by the cost rule's 400
     summary: ClassVar[str]
+    description: ClassVar[str]  # the OpenAPI description of its endpoint
 
     @staticmethod
     def prepare(body: Any, manifest: Manifest, rid: str, deadline: float) -> Prepared: ...
