@@ -102,8 +102,7 @@ def main() -> int:
     if args.port:
         print(json.dumps(measure(args.port, args.c, args.per_client)))
         return 0
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from serving import running_server
+    from tests.support.serving import running_server
 
     with running_server() as srv:
         print(json.dumps(measure(srv.port, args.c, args.per_client)))
