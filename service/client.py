@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
@@ -30,23 +31,32 @@ class EngineClient(Protocol):
 
 
 class IteratorStream:
-    """An EventStream over an async iterator, waited on without cancelling it at each timeout."""
+    """An EventStream over an async iterator, waited on without cancelling it at each timeout. An item
+    may be a tuple of events (a worker sends a request's events of one iteration together:
+    service/worker/outbox.py); they come out one by one, the ones after the first without waiting."""
 
     def __init__(self, iterator: AsyncIterator[Any]):
         self._it = iterator
         self._next: asyncio.Task | None = None
+        self._ready: deque[WorkerEvent] = deque()
 
     async def _anext(self) -> Any:
         return await self._it.__anext__()
 
     async def next(self, timeout: float) -> WorkerEvent | None:
+        if self._ready:
+            return self._ready.popleft()
         if self._next is None:
             self._next = asyncio.ensure_future(self._anext())
         done, _ = await asyncio.wait({self._next}, timeout=max(0.0, timeout))
         if not done:
             return None
         task, self._next = self._next, None
-        return task.result()
+        item = task.result()
+        if not isinstance(item, tuple):
+            return item
+        self._ready.extend(item[1:])
+        return item[0]
 
     async def close(self) -> None:
         if self._next is not None:

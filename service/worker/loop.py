@@ -13,6 +13,7 @@ from litserve.utils import LitAPIStatus, LoopResponseType
 from service import metrics
 from service.protocol import EngineRequest, Failed, Final, WorkerEvent
 from service.speed import NO_LIMIT
+from service.worker.outbox import Outbox
 from service.worker.scheduler import Job, Orphan, Scheduler
 
 log = logging.getLogger("charlm.worker")
@@ -35,6 +36,7 @@ class SchedulerLoop(LitLoop):
         self.scheduler: Scheduler | None = None
         self.last_intake = 0.0
         self.held: dict[str, int | None] = {}  # request id -> its place in shared.held (service/held.py)
+        self.outbox = Outbox()  # this iteration's events, sent after the step (outbox.py)
 
     def run(
         self,
@@ -62,7 +64,7 @@ class SchedulerLoop(LitLoop):
                     metrics.observe_finished(
                         job.req.model, event.prompt_tokens, (c.finish_reason for c in event.choices)
                     )
-                self.put_response(transport, job.rqid, job.uid, event, LitAPIStatus.OK, LoopResponseType.STREAMING)
+                self.outbox.add(job, event)
 
             sched = self.scheduler = lit_api.make_scheduler(emit)
         shared = lit_api.shared
@@ -88,6 +90,11 @@ class SchedulerLoop(LitLoop):
         sched.expire()
         sched.fill()
         sched.step()
+        self.outbox.flush(
+            lambda job, uid, events: self.put_response(
+                transport, job.rqid, uid, events, LitAPIStatus.OK, LoopResponseType.STREAMING
+            )
+        )
         shared.heartbeat(worker_id, sched.live())
         metrics.observe_slots(sched.occupancy)
         lit_api.publish_rates(sched.rates)
