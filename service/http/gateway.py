@@ -197,20 +197,20 @@ class Gateway:
     async def _events(
         self, request: Request, route: Route, r: Reply, t: Ticket, first: WorkerEvent
     ) -> AsyncIterator[bytes]:
+        """One write per worker event (its SSE events joined): each write is a send through every
+        middleware and a syscall that wakes the client."""
         event: WorkerEvent = first
         try:
             while True:
                 if isinstance(event, Accepted):
-                    for body in route.opening(r):
-                        yield sse.event(body)
+                    opening = route.opening(r)
+                    if opening:
+                        yield sse.events(opening)
                 elif isinstance(event, Chunk):
-                    for delta in event.deltas:
-                        yield sse.event(route.chunk(r, delta, event.completion_tokens))
+                    yield sse.events(route.chunk(r, d, event.completion_tokens) for d in event.deltas)
                 elif isinstance(event, Final):
                     t.finished = True
-                    for body in route.closing(r, event, self._observe(t, event)):
-                        yield sse.event(body)
-                    yield sse.DONE
+                    yield sse.events(route.closing(r, event, self._observe(t, event))) + sse.DONE
                     return
                 else:
                     t.finished = True
