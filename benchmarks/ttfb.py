@@ -1,11 +1,13 @@
-"""Client TTFT against the server's sampling TTFT, at concurrency c: `python -m benchmarks.ttfb [--c 8]`.
+"""Client TTFT against the server's sampling TTFT: `python -m benchmarks.ttfb [--c 8]`, and `make bench`'s
+`ttfb` part (concurrency 1 and 8).
 
 A low-overhead client (raw asyncio sockets, one HTTP/1.1 request per connection, no HTTP library):
 each of `c` loops sends streamed /v1/generate requests and notes when the first event carrying text
 arrives (client TTFT, from just before the request is written). The server's own figures come from the
 same requests: the final event's `timing.first_token_ms` (sampling TTFT: admission to the first
 generated character, in the worker) and, from /metrics, the mean of charlm_time_to_first_byte_seconds
-(request received to that event written, in the API server). Medians and the ratio client / sampling.
+over these requests (request received to that event written, in the API server). Medians, and the
+ratio of the medians client / sampling, which docs/benchmarks.md ("First byte") breaks down.
 """
 
 from __future__ import annotations
@@ -15,12 +17,25 @@ import asyncio
 import json
 import re
 import statistics
-import sys
-import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
+
+from benchmarks.common import MODELS_DIR, NAMES
 
 TEXT = re.compile(rb'"text":"[^"]')
+
+
+@dataclass(frozen=True)
+class TtfbSettings:
+    concurrency: tuple[int, ...] = (1, 8)
+    requests: int = 96  # per concurrency, split among the clients
+    max_new_tokens: int = 16
+    model: str = NAMES
+
+    @classmethod
+    def quick(cls) -> TtfbSettings:
+        return cls(requests=16)
 
 
 @dataclass(frozen=True)
@@ -36,12 +51,13 @@ async def one(port: int, body: dict) -> Sample:
         f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
     ).encode()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    t0 = time.perf_counter()
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
     writer.write(head + payload)
     first, data = None, b""
     while chunk := await reader.read(65536):
         if first is None and TEXT.search(chunk):
-            first = time.perf_counter() - t0
+            first = loop.time() - t0
         data += chunk
     writer.close()
     timing = [
@@ -62,35 +78,64 @@ async def run(port: int, concurrency: int, per_loop: int, body: dict) -> list[Sa
     return [s for r in results for s in r]
 
 
-def first_byte_mean_ms(metrics_text: str, model: str) -> float | None:
+def first_byte(metrics_text: str, model: str) -> tuple[float, float]:
+    """(sum in seconds, count) of charlm_time_to_first_byte_seconds for `model`."""
+
     def value(name: str) -> float:
         m = re.search(rf'^{name}{{model="{model}"}} ([0-9.e+-]+)$', metrics_text, re.M)
         return float(m.group(1)) if m else 0.0
 
-    count = value("charlm_time_to_first_byte_seconds_count")
-    return value("charlm_time_to_first_byte_seconds_sum") / count * 1000 if count else None
+    return value("charlm_time_to_first_byte_seconds_sum"), value("charlm_time_to_first_byte_seconds_count")
 
 
-def measure(port: int, concurrency: int = 8, per_loop: int = 12, model: str = "names-gpt") -> dict:
+def measure(port: int, concurrency: int = 8, per_client: int = 12, model: str = NAMES, tokens: int = 16) -> dict:
+    """One row: `concurrency` clients x `per_client` streamed requests, after a warm-up of 2 each."""
     import httpx
 
-    body = {"model": model, "max_new_tokens": 16, "stream": True}
-    asyncio.run(run(port, concurrency, 2, body))  # warm-up
-    before = first_byte_mean_ms(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text, model)
-    samples = asyncio.run(run(port, concurrency, per_loop, body))
+    body = {"model": model, "max_new_tokens": tokens, "stream": True}
+    metrics_url = f"http://127.0.0.1:{port}/metrics"
+    asyncio.run(run(port, concurrency, 2, body))
+    s0, n0 = first_byte(httpx.get(metrics_url, timeout=10).text, model)
+    samples = asyncio.run(run(port, concurrency, per_client, body))
+    s1, n1 = first_byte(httpx.get(metrics_url, timeout=10).text, model)
     client = statistics.median(s.client_ttft_ms for s in samples)
     sampling = statistics.median(s.sampling_ttft_ms for s in samples)
     return {
+        "model": model,
         "concurrency": concurrency,
         "requests": len(samples),
         "client_ttft_p50_ms": round(client, 2),
+        "client_ttft_p99_ms": round(_p99([s.client_ttft_ms for s in samples]), 2),
         "sampling_ttft_p50_ms": round(sampling, 2),
         "ratio": round(client / sampling, 2) if sampling else None,
-        "server_first_byte_mean_ms": round(
-            first_byte_mean_ms(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text, model) or 0, 2
-        ),
-        "first_byte_mean_before_ms": before,
+        "server_first_byte_mean_ms": round((s1 - s0) / (n1 - n0) * 1000, 2) if n1 > n0 else None,
     }
+
+
+def _p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+
+
+def run_ttfb(models: Path, settings: TtfbSettings) -> list[dict]:
+    """`make bench`'s part: one server (the models folder's, defaults), a row per concurrency."""
+    from tests.support.serving import running_server
+
+    rows = []
+    with running_server(models=models) as srv:
+        for c in settings.concurrency:
+            row = measure(srv.port, c, max(1, settings.requests // c), settings.model, settings.max_new_tokens)
+            rows.append(row)
+            print(
+                f"ttfb c={c}: client p50 {row['client_ttft_p50_ms']:.1f} ms, sampling p50 "
+                f"{row['sampling_ttft_p50_ms']:.1f} ms ({row['ratio']}x)",
+                flush=True,
+            )
+    return rows
+
+
+def settings_dict(settings: TtfbSettings) -> dict[str, Any]:
+    return asdict(settings)
 
 
 def main() -> int:
@@ -98,13 +143,14 @@ def main() -> int:
     p.add_argument("--c", type=int, default=8, help="concurrent clients (default 8)")
     p.add_argument("--per-client", type=int, default=12, help="requests per client (default 12)")
     p.add_argument("--port", type=int, default=None, help="a running server's port (default: start one)")
+    p.add_argument("--models", type=Path, default=MODELS_DIR, help="models folder of the server it starts")
     args = p.parse_args()
     if args.port:
         print(json.dumps(measure(args.port, args.c, args.per_client)))
         return 0
     from tests.support.serving import running_server
 
-    with running_server() as srv:
+    with running_server(models=args.models) as srv:
         print(json.dumps(measure(srv.port, args.c, args.per_client)))
     return 0
 
