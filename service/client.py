@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+import uuid
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
@@ -68,17 +70,39 @@ class IteratorStream:
 
 
 class LitServeClient:
-    """Requests through LitServe's queue to the workers, answers through its transport (public handler)."""
+    """Requests onto LitServe's request queue, answers from its response buffer (what its streaming
+    handler does, through the LitServer's public attributes), but the put runs in a thread: the queue
+    is its manager process's, and a put is a round trip that can take milliseconds on a busy machine,
+    during which the event loop (every other request's stream) would stand still. The answer's place
+    in the buffer exists before the put, so no event can arrive before it."""
 
     def __init__(self, lit_api: Any, server: Any, shared: SharedState):
-        from litserve.server import StreamingRequestHandler
-
-        self._handler = StreamingRequestHandler(lit_api, server)
+        self._server = server
+        self._path = lit_api.api_path
         self.shared = shared
 
     async def open(self, req: EngineRequest) -> EventStream:
-        response = await self._handler.handle_request(req, EngineRequest)
-        return IteratorStream(response.body_iterator)
+        from litserve.utils import ResponseBufferItem
+
+        server, uid = self._server, str(uuid.uuid4())
+        data_available, answers = asyncio.Event(), deque()
+        server.response_buffer[uid] = ResponseBufferItem(event=data_available, response_queue=answers)
+        item = (server.app.response_queue_id, uid, time.monotonic(), req)
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, server.litapi_request_queues[self._path].put, item)
+        except BaseException:
+            server.response_buffer.pop(uid, None)
+            raise
+        return IteratorStream(_answers(server, uid, answers, data_available))
 
     def cancel(self, rid: str) -> None:
         self.shared.cancel(rid)
+
+
+async def _answers(server: Any, uid: str, answers: deque, data_available: asyncio.Event) -> AsyncIterator[Any]:
+    """A request's items from LitServe's response buffer, until its worker says the stream ended."""
+    try:
+        async for item in server.data_streamer(answers, data_available=data_available):
+            yield item
+    finally:
+        server.response_buffer.pop(uid, None)

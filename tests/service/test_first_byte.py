@@ -1,16 +1,28 @@
 """The first byte: a stream's text leaves the worker at once, then at most every CHUNK_INTERVAL_S
-(service/worker/chunks.py), in-process over a fake engine with a fake clock; and the server-side first-byte
-measure (charlm_time_to_first_byte_seconds, first_byte_ms on the access line) on the real server."""
+(service/worker/chunks.py), in-process over a fake engine with a fake clock; a request's events of one
+iteration travel as one message, new streams first (outbox.py), and come out one by one (client.py); the
+request queue's put never stalls the API server's event loop; and the server-side first-byte measure
+(charlm_time_to_first_byte_seconds, first_byte_ms on the access line) on the real server."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
+from typing import Any
 
 import httpx
+from litserve import LitServer
+from litserve.utils import LitAPIStatus
 
 from engine import SamplingParams
+from service.client import IteratorStream, LitServeClient
 from service.protocol import Accepted, ChoiceDelta, Chunk, EngineRequest, Final, WorkerEvent
+from service.worker.api import CharLMAPI
 from service.worker.chunks import CHUNK_INTERVAL_S, merge_deltas
+from service.worker.outbox import Outbox
 from service.worker.scheduler import Scheduler
 from tests.support.fake_engine import FakeEngine, manifest
 from tests.support.serving import running_server
@@ -62,3 +74,81 @@ def test_the_server_measures_its_first_byte_next_to_the_sampling_ttft() -> None:
         assert plain.status_code == 200  # not a stream: no first byte counted
         metrics = httpx.get(srv.url("/metrics"), timeout=10).text
         assert re.search(r'^charlm_time_to_first_byte_seconds_count\{model="names-gpt"\} 1\.0$', metrics, re.M)
+
+
+def test_a_requests_events_of_one_iteration_are_one_message_new_streams_first() -> None:
+    old, new = SimpleNamespace(uid="old"), SimpleNamespace(uid="new")
+    box, sent = Outbox(), []
+    tail, final = Chunk((ChoiceDelta(0, "z"),), 9), Final(0.0, 0.0, 0.0, 1, (), 9)
+    head, first = Accepted(0.0), Chunk((ChoiceDelta(0, "a"),), 1)
+    for job, event in ((old, tail), (new, head), (new, first), (old, final)):
+        box.add(job, event)
+    assert box.flush(lambda job, uid, events: sent.append((uid, events))) == 2
+    assert sent == [("new", (head, first)), ("old", (tail, final))]  # the new stream's first text goes first
+    assert box.flush(lambda *a: sent.append(a)) == 0 and len(sent) == 2
+
+
+def test_a_message_of_several_events_comes_out_one_event_at_a_time() -> None:
+    head, first = Accepted(0.0), Chunk((ChoiceDelta(0, "a"),), 1)
+
+    async def items() -> AsyncIterator[Any]:
+        yield (head, first)
+        yield Final(0.0, 0.0, 0.0, 1, (), 1)
+
+    async def read() -> list[Any]:
+        stream = IteratorStream(items())
+        got = [await stream.next(1.0) for _ in range(3)]
+        await stream.close()
+        return got
+
+    got = asyncio.run(read())
+    assert got[:2] == [head, first] and isinstance(got[2], Final)
+
+
+def test_the_request_queue_put_does_not_stall_the_event_loop() -> None:
+    """The put is a round trip to LitServe's manager process: it runs in a thread, and the request's
+    place in the response buffer exists before it (an answer may come back before the put returns)."""
+    puts: list[bool] = []
+    server = SimpleNamespace(
+        response_buffer={},
+        app=SimpleNamespace(response_queue_id=0),
+        litapi_request_queues={},
+        data_streamer=LitServer.data_streamer,
+    )
+
+    def slow_put(item: tuple) -> None:
+        puts.append(item[1] in server.response_buffer)
+        time.sleep(0.3)
+
+    server.litapi_request_queues["/predict"] = SimpleNamespace(put=slow_put)
+    client = LitServeClient(SimpleNamespace(api_path="/predict"), server, shared=None)  # type: ignore[arg-type]
+
+    async def scenario() -> tuple[int, Any]:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        task = asyncio.ensure_future(ticker())
+        stream = await client.open(EngineRequest("r", "names", ("",), stream=True))
+        task.cancel()
+        (uid,) = server.response_buffer
+        item = server.response_buffer[uid]
+        item.response_queue.append((Accepted(0.0), LitAPIStatus.OK))
+        item.event.set()
+        event = await stream.next(1.0)
+        await stream.close()
+        return ticks, event
+
+    ticks, event = asyncio.run(scenario())
+    assert puts == [True] and ticks >= 10, ticks  # the loop ran on while the put took 0.3 s
+    assert isinstance(event, Accepted) and server.response_buffer == {}  # read, then its place freed
+
+
+def test_litserves_auth_dependency_is_a_coroutine() -> None:
+    """LitServe adds `authorize` (its default: a plain function) as a dependency of every route it
+    registers; FastAPI runs a plain function in a thread pool, a hop per request before the handler."""
+    assert asyncio.iscoroutinefunction(CharLMAPI.authorize)
