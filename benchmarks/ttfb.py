@@ -1,12 +1,13 @@
 """Client TTFT against the server's sampling TTFT: `python -m benchmarks.ttfb [--c 8]`, and `make bench`'s
 `ttfb` part (concurrency 1 and 8).
 
-A low-overhead client (raw asyncio sockets, one HTTP/1.1 request per connection, no HTTP library):
-each of `c` loops sends streamed /v1/generate requests and notes when the first event carrying text
-arrives (client TTFT, from just before the request is written). The server's own figures come from the
-same requests: the final event's `timing.first_token_ms` (sampling TTFT: admission to the first
-generated character, in the worker) and, from /metrics, the mean of charlm_time_to_first_byte_seconds
-over these requests (request received to that event written, in the API server). Medians, and the
+A low-overhead client (raw asyncio sockets, no HTTP library): each of `c` loops keeps one HTTP/1.1
+keep-alive connection (as SDK clients do) and sends streamed /v1/generate requests on it, noting when
+the first event carrying text arrives (client TTFT, from just before the request is written). The
+server's own figures come from the same requests: the final event's `timing.first_token_ms` (sampling
+TTFT: admission to the first generated character, in the worker) and, from /metrics, the mean of
+charlm_time_to_first_byte_seconds over these requests (request received to that event written, in the
+API server). Medians, and the
 ratio of the medians client / sampling, which docs/benchmarks.md ("First byte") breaks down.
 """
 
@@ -24,6 +25,7 @@ from typing import Any
 from benchmarks.common import MODELS_DIR, NAMES
 
 TEXT = re.compile(rb'"text":"[^"]')
+END = b"\r\n0\r\n\r\n"
 
 
 @dataclass(frozen=True)
@@ -44,22 +46,44 @@ class Sample:
     sampling_ttft_ms: float
 
 
-async def one(port: int, body: dict) -> Sample:
+class Connection:
+    """One keep-alive connection; `one` reopens it when the server closed it."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self.streams is None:
+            self.streams = await asyncio.open_connection("127.0.0.1", self.port)
+        return self.streams
+
+    def close(self) -> None:
+        if self.streams is not None:
+            self.streams[1].close()
+            self.streams = None
+
+
+async def one(conn: Connection, body: dict) -> Sample:
     payload = json.dumps(body).encode()
     head = (
         f"POST /v1/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
+        f"Content-Length: {len(payload)}\r\n\r\n"
     ).encode()
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    reader, writer = await conn.open()
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     writer.write(head + payload)
     first, data = None, b""
-    while chunk := await reader.read(65536):
+    while not data.endswith(END):  # a chunked stream ends with a zero-size chunk
+        chunk = await reader.read(65536)
+        if not chunk:
+            raise RuntimeError(f"the server closed the connection mid-answer: {data[:300]!r}")
         if first is None and TEXT.search(chunk):
             first = loop.time() - t0
         data += chunk
-    writer.close()
+    if not data.startswith(b"HTTP/1.1 200") or b"\r\nconnection: close" in data.split(b"\r\n\r\n")[0].lower():
+        conn.close()
     timing = [
         json.loads(line[6:])["timing"]
         for line in data.split(b"\n")
@@ -72,7 +96,11 @@ async def one(port: int, body: dict) -> Sample:
 
 async def run(port: int, concurrency: int, per_loop: int, body: dict) -> list[Sample]:
     async def loop(i: int) -> list[Sample]:
-        return [await one(port, {**body, "seed": i * 1000 + k}) for k in range(per_loop)]
+        conn = Connection(port)
+        try:
+            return [await one(conn, {**body, "seed": i * 1000 + k}) for k in range(per_loop)]
+        finally:
+            conn.close()
 
     results = await asyncio.gather(*(loop(i) for i in range(concurrency)))
     return [s for r in results for s in r]
