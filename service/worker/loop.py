@@ -77,7 +77,7 @@ class SchedulerLoop(LitLoop):
             self._admit(sched, item, lit_api, worker_id)
             self.last_intake = 0.0
         now = t_start = time.monotonic()
-        if now - self.last_intake >= self.intake_s:
+        if now - self.last_intake >= self.intake_s and _queued(shared):
             self.last_intake = now
             for _ in range(MAX_INTAKE):
                 item = self.get_request(request_queue, block=False)
@@ -159,6 +159,14 @@ class SchedulerLoop(LitLoop):
         sched.admit(req, uid, rqid)
         if req.rid in sched.jobs:  # a crash of this process now answers it (service/held.py)
             self.held[req.rid] = shared.held.hold(worker_id, req.rid)
+
+
+def _queued(shared: Any) -> bool:
+    """Is an admitted request on no worker yet? (Counted in shared memory before it is put on the queue.)
+    A busy worker looks at the queue only then: each look is a round trip to LitServe's manager process,
+    the one that also carries every answer to the API servers."""
+    pending = shared.speed.pending_seqs
+    return any(pending[m] > 0 for m in range(len(pending)))
 
 
 def _log_end(req: EngineRequest, event: Final | Failed) -> None:
