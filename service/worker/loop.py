@@ -11,6 +11,7 @@ from litserve.loops.base import LitLoop
 from litserve.utils import LitAPIStatus, LoopResponseType
 
 from service import metrics
+from service.client import mailbox_id
 from service.protocol import EngineRequest, Failed, Final, WorkerEvent
 from service.speed import NO_LIMIT
 from service.worker.outbox import Outbox
@@ -91,8 +92,8 @@ class SchedulerLoop(LitLoop):
         sched.fill()
         sched.step()
         self.outbox.flush(
-            lambda job, uid, events: self.put_response(
-                transport, job.rqid, uid, events, LitAPIStatus.OK, LoopResponseType.STREAMING
+            lambda rqid, payload: self.put_response(
+                transport, rqid, mailbox_id(rqid), payload, LitAPIStatus.OK, LoopResponseType.STREAMING
             )
         )
         shared.heartbeat(worker_id, sched.live())

@@ -1,11 +1,12 @@
-"""What a worker sends back in one loop iteration: one message per request, not one per event.
+"""What a worker sends back in one loop iteration: one message per API server, not one per event.
 
 Every message through LitServe's response queue is a round trip to its manager process for the worker
 (put) and for the API server (get, one message at a time, each through a thread hop into its event
-loop); a burst of messages at the end of a step reaches the API server one after the other. So the
-events a request got in one iteration travel together, as a tuple (service.client unpacks it): a new
-stream's `Accepted` with its first `Chunk`, a last `Chunk` with the `Final`. Streams that get their
-first text go first, so they do not wait behind other requests' messages.
+loop); a burst of messages at the end of a step reached the API server one after the other, and a
+stream's first text waited behind them. So the events of one iteration travel together: per API
+server, one message with each request's events ((uid, events), ...), addressed to that server's
+mailbox (service.client), a new stream's `Accepted` with its first `Chunk`, a last `Chunk` with its
+`Final`. New streams come first in the message, so their first text is handed over first.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Any
 
 from service.protocol import Accepted, WorkerEvent
 
-Send = Callable[[Any, Any, tuple[WorkerEvent, ...]], None]  # (job or orphan, its uid, events)
+Payload = tuple[tuple[Any, tuple[WorkerEvent, ...]], ...]  # ((request uid, its events), ...)
+Send = Callable[[int, Payload], None]  # (API server's response queue id, payload)
 
 
 class Outbox:
@@ -32,10 +34,14 @@ class Outbox:
             entry[1].append(event)
 
     def flush(self, send: Send) -> int:
-        """Send every request's events as one message (new streams first); the number of messages."""
+        """Send one message per API server holding every request's events (new streams first); the
+        number of messages."""
         batches = list(self.pending.values())
         self.pending = {}
         batches.sort(key=lambda jb: not isinstance(jb[1][0], Accepted))  # stable: otherwise as emitted
+        by_server: dict[int, list[tuple[Any, tuple[WorkerEvent, ...]]]] = {}
         for job, events in batches:
-            send(job, job.uid, tuple(events))
-        return len(batches)
+            by_server.setdefault(job.rqid, []).append((job.uid, tuple(events)))
+        for rqid, payload in by_server.items():
+            send(rqid, tuple(payload))
+        return len(by_server)
