@@ -16,8 +16,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import statistics
+import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -162,6 +165,53 @@ def run_ttfb(models: Path, settings: TtfbSettings) -> list[dict]:
     return rows
 
 
+def compare(trees: list[Path], concurrency: int, rounds: int, per_client: int = 4) -> list[dict]:
+    """Before/after in one run: a server from each source tree (its own code and models), all up at
+    once, rounds of `concurrency` x `per_client` requests against each in turn; a row per tree."""
+    import subprocess
+    import sys
+
+    from tests.support.serving import ServerProcess, free_port
+
+    servers: list[ServerProcess] = []
+    body = {"model": NAMES, "max_new_tokens": 16, "stream": True}
+    try:
+        for tree in trees:
+            port = free_port()
+            env = {k: v for k, v in os.environ.items() if not k.startswith("CHARLM_")}
+            env["PYTHONPATH"] = str(tree)
+            log = tempfile.NamedTemporaryFile(prefix="charlm-ttfb-", suffix=".log", delete=False)  # noqa: SIM115
+            cmd = [sys.executable, "-m", "service", "serve", "--port", str(port), "--models", str(tree / "models")]
+            proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT)
+            servers.append(ServerProcess(proc, port, Path(log.name), time.monotonic(), _log=log))
+            servers[-1].wait_ready(120)
+        samples: list[list[Sample]] = [[] for _ in trees]
+        for srv in servers:
+            asyncio.run(run(srv.port, concurrency, 2, body))  # warm-up
+        for _ in range(rounds):
+            for i, srv in enumerate(servers):
+                samples[i] += asyncio.run(run(srv.port, concurrency, per_client, body))
+    finally:
+        for srv in servers:
+            srv.stop()
+            srv.remove_log()
+    rows = []
+    for tree, got in zip(trees, samples, strict=True):
+        client = statistics.median(s.client_ttft_ms for s in got)
+        sampling = statistics.median(s.sampling_ttft_ms for s in got)
+        rows.append(
+            {
+                "tree": str(tree),
+                "concurrency": concurrency,
+                "requests": len(got),
+                "client_ttft_p50_ms": round(client, 2),
+                "sampling_ttft_p50_ms": round(sampling, 2),
+                "ratio": round(client / sampling, 2) if sampling else None,
+            }
+        )
+    return rows
+
+
 def settings_dict(settings: TtfbSettings) -> dict[str, Any]:
     return asdict(settings)
 
@@ -172,7 +222,18 @@ def main() -> int:
     p.add_argument("--per-client", type=int, default=12, help="requests per client (default 12)")
     p.add_argument("--port", type=int, default=None, help="a running server's port (default: start one)")
     p.add_argument("--models", type=Path, default=MODELS_DIR, help="models folder of the server it starts")
+    p.add_argument(
+        "--trees",
+        default=None,
+        help="before/after: comma-separated source trees (e.g. /work/main,.), a server from each, alternating",
+    )
+    p.add_argument("--rounds", type=int, default=12, help="with --trees: rounds (default 12)")
     args = p.parse_args()
+    if args.trees:
+        trees = [Path(t).resolve() for t in args.trees.split(",") if t.strip()]
+        for row in compare(trees, args.c, args.rounds):
+            print(json.dumps(row))
+        return 0
     if args.port:
         print(json.dumps(measure(args.port, args.c, args.per_client)))
         return 0
