@@ -9,7 +9,8 @@ one message after the other; one message per request and event made a burst of t
 step queue up, and a stream's first text waited behind them.
 
 The mailbox is an entry of the LitServer's public `response_buffer` (what LitServe's own handlers use
-per request), registered before the first request is put, so nothing can arrive for it unseen. The put
+per request; CharLMSpec.stream makes LitServe keep every message there, in order), registered before the
+first request is put, so nothing can arrive for it unseen. The put
 runs in a thread: it is a manager round trip too, during which the event loop would stand still.
 """
 
