@@ -1,7 +1,9 @@
-"""`python -m benchmarks`: run the engine, served, arrivals, HTTP and training benchmarks; write the JSON and docs.
+"""`python -m benchmarks`: run the engine, served, arrivals, HTTP, first-byte and training benchmarks; write the
+JSON and docs.
 
 A full run (`make bench`, about 22 minutes on 2 cores: engine ~10 (1 and 2 threads, batch 1-128, HF),
-served ~2 (charlm vs CTranslate2, lockstep and served shape), arrivals ~1, HTTP ~6-8, training ~1-1.5)
+served ~2 (charlm vs CTranslate2, lockstep and served shape), arrivals ~1, HTTP ~6-8, ttfb ~0.5 (client
+vs sampling TTFT at concurrency 1 and 8), training ~1-1.5)
 writes benchmarks/results/<UTC timestamp>.json and rewrites the results section of docs/benchmarks.md.
 `--quick` is a smoke run of the same code (a minute or two per part); its JSON goes to the temp folder and
 the docs are left alone (unless --out / --docs).
@@ -23,7 +25,7 @@ from typing import Any
 from benchmarks.common import DOCS_FILE, MODELS_DIR, REPO, RESULTS_DIR, BenchError, cores, machine_info, utc_stamp
 from benchmarks.http_settings import HttpSettings
 
-PARTS = ("engine", "served", "arrivals", "http", "training")
+PARTS = ("engine", "served", "arrivals", "http", "ttfb", "training")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     result: dict = {
         "machine": machine_info(),
-        **{key: [] for key in ("engine", "served", "arrivals", "http", "training")},
+        **{key: [] for key in PARTS},
         "engine_info": {},
         "served_info": {},
         "run": {
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     """Each part's settings, quick or full, from the command line."""
-    from benchmarks import arrivals, engine, http_bench, served_shape, training_bench
+    from benchmarks import arrivals, engine, http_bench, served_shape, training_bench, ttfb
 
     quick, threads = args.quick, args.threads or cores()
     # The baseline server gets the per-process thread budget of a charlm worker (Settings.engine_threads:
@@ -127,6 +129,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         ),
         "arrivals": arrivals.ArrivalSettings.quick() if quick else arrivals.ArrivalSettings(),
         "http": http,
+        "ttfb": ttfb.TtfbSettings.quick() if quick else ttfb.TtfbSettings(),
         "training": (
             training_bench.TrainingSettings.quick(threads)
             if quick
@@ -136,15 +139,15 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _as_dict(part: str, settings: Any) -> dict[str, Any]:
-    from benchmarks import arrivals, engine, http_bench, served_shape, training_bench
+    from benchmarks import arrivals, engine, http_bench, served_shape, training_bench, ttfb
 
-    module = {"engine": engine, "served": served_shape, "arrivals": arrivals, "http": http_bench}
+    module = {"engine": engine, "served": served_shape, "arrivals": arrivals, "http": http_bench, "ttfb": ttfb}
     return module.get(part, training_bench).settings_dict(settings)
 
 
 def _run_part(part: str, models: Path, settings: Any, result: dict) -> None:
     """One part's rows (and info) into `result`."""
-    from benchmarks import arrivals, engine, http_bench, served_shape, training_bench
+    from benchmarks import arrivals, engine, http_bench, served_shape, training_bench, ttfb
 
     if part == "engine":
         result["engine"], result["engine_info"] = engine.run_engine(models, settings)
@@ -157,6 +160,8 @@ def _run_part(part: str, models: Path, settings: Any, result: dict) -> None:
         for kind, info in result["run"]["servers"].items():
             if info.get("errors"):
                 result["run"]["errors"][f"http/{kind}"] = "; ".join(info["errors"])
+    elif part == "ttfb":
+        result["ttfb"] = ttfb.run_ttfb(models, settings)
     else:
         result["training"] = training_bench.run_training(settings)
 

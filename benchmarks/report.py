@@ -189,6 +189,32 @@ def _http(result: dict) -> list[str]:
     return [*lines, ""]
 
 
+def _ttfb(result: dict) -> list[str]:
+    rows = result.get("ttfb") or []
+    if not rows:
+        return []
+    s = result.get("run", {}).get("settings", {}).get("ttfb", {})
+    lines = [
+        f"### First byte ({s.get('model', '?')}, streamed /v1/generate, {s.get('max_new_tokens', '?')} tokens, "
+        "closed loop, raw-socket client; benchmarks/ttfb.py)",
+        "",
+        "Client TTFT: request written -> first event with text read, at the client. Sampling TTFT: the "
+        "server's `timing.first_token_ms` of the same requests (admission -> first character sampled). "
+        "Server first byte: charlm_time_to_first_byte_seconds (request received -> that event written), mean.",
+        "",
+        "| conc. | requests | client TTFT p50 / p99 ms | sampling TTFT p50 ms | client / sampling | server first byte "
+        "mean ms |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['concurrency']} | {r['requests']} | {_fmt(r['client_ttft_p50_ms'], '.1f')} / "
+        f"{_fmt(r.get('client_ttft_p99_ms'), '.1f')} | {_fmt(r['sampling_ttft_p50_ms'], '.1f')} | "
+        f"{_ratio(r['ratio'])} | {_fmt(r.get('server_first_byte_mean_ms'), '.1f')} |"
+        for r in rows
+    ]
+    return [*lines, ""]
+
+
 def _training(result: dict) -> list[str]:
     training = result.get("training") or []
     if not training:
@@ -209,7 +235,8 @@ def _training(result: dict) -> list[str]:
 
 
 def markdown(result: dict) -> str:
-    """The tables (engine, served, arrivals, HTTP, training) and the targets, for the docs and the terminal."""
+    """The tables (engine, served, arrivals, HTTP, first byte, training) and the targets, for the docs and the
+    terminal."""
     m = result.get("machine", {})
     run = result.get("run", {})
     lines = [
@@ -220,7 +247,7 @@ def markdown(result: dict) -> str:
         + ".",
         "",
     ]
-    lines += _engine(result) + _served(result) + _arrivals(result) + _http(result) + _training(result)
+    lines += _engine(result) + _served(result) + _arrivals(result) + _http(result) + _ttfb(result) + _training(result)
     lines += ["### Targets", ""]
     lines += [f"- {line}" for line in summary_lines(result)]
     errors = run.get("errors") or {}

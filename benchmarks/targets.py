@@ -1,4 +1,5 @@
-"""The targets of issues 10 (engine v2), 11 (service v2) and 19 (engine v3), judged on one result JSON.
+"""The targets of issues 10 (engine v2), 11 (service v2), 19 (engine v3) and 20 (production v3), judged on one
+result JSON.
 
 Reported, never asserted: each verdict is met (bool, or None when not measured), the figure and how far
 from the threshold. Thresholds live here once; docs/benchmarks.md lists them.
@@ -22,6 +23,8 @@ OVER_HF_SERVER = 2.0  # chars/s over shakespeare-hf at concurrency 32 (and TTFT 
 OVER_CT2 = {1: 0.6, 32: 1.0, 128: 1.0}  # charlm over CTranslate2 float32 by batch, 1 thread, both shapes
 SERVED_OVER_LOCKSTEP = 0.9  # charlm's served shape over its lockstep, batch 32 and 128, 1 thread
 TWO_THREADS = {32: 1.4, 128: 1.6}  # charlm 2 threads over 1, by batch, both shapes
+CLIENT_OVER_SAMPLING = 1.5  # client TTFT p50 over the server's sampling TTFT p50, concurrency 8 (same run)
+FIRST_BYTE_CONCURRENCY = 8
 
 
 def _find(rows: list[dict], **match: Any) -> dict | None:
@@ -170,5 +173,16 @@ def served_targets(result: dict) -> list[dict]:
     return out
 
 
+def first_byte_targets(result: dict) -> list[dict]:
+    """Issue 20's first byte, on the ttfb part's rows (benchmarks.ttfb)."""
+    r = _find(result.get("ttfb") or [], concurrency=FIRST_BYTE_CONCURRENCY)
+    checks = []
+    if r and r.get("ratio") is not None:
+        detail = f"{r['client_ttft_p50_ms']:.1f} / {r['sampling_ttft_p50_ms']:.1f} ms = {r['ratio']:.2f}x"
+        checks.append((r["ratio"] <= CLIENT_OVER_SAMPLING, detail))
+    name = f"first byte: client TTFT p50 <= {CLIENT_OVER_SAMPLING:g}x the server's sampling TTFT p50 at concurrency 8"
+    return [_verdict(name, checks)]
+
+
 def targets(result: dict) -> list[dict]:
-    return engine_targets(result) + served_targets(result) + http_targets(result)
+    return engine_targets(result) + served_targets(result) + http_targets(result) + first_byte_targets(result)

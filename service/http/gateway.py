@@ -197,20 +197,20 @@ class Gateway:
     async def _events(
         self, request: Request, route: Route, r: Reply, t: Ticket, first: WorkerEvent
     ) -> AsyncIterator[bytes]:
+        """One write per worker event (its SSE events joined): each write is a send through every
+        middleware and a syscall that wakes the client."""
         event: WorkerEvent = first
         try:
             while True:
                 if isinstance(event, Accepted):
-                    for body in route.opening(r):
-                        yield sse.event(body)
+                    opening = route.opening(r)
+                    if opening:
+                        yield sse.events(opening)
                 elif isinstance(event, Chunk):
-                    for delta in event.deltas:
-                        yield sse.event(route.chunk(r, delta, event.completion_tokens))
+                    yield sse.events(route.chunk(r, d, event.completion_tokens) for d in event.deltas)
                 elif isinstance(event, Final):
                     t.finished = True
-                    for body in route.closing(r, event, self._observe(t, event)):
-                        yield sse.event(body)
-                    yield sse.DONE
+                    yield sse.events(route.closing(r, event, self._observe(t, event))) + sse.DONE
                     return
                 else:
                     t.finished = True
@@ -230,7 +230,12 @@ def _error(failed: Failed) -> APIError:
 
 
 class EventStreamResponse(StreamingResponse):
-    """text/event-stream that always releases its request, even if the body never got iterated."""
+    """text/event-stream that always releases its request, even if the body never got iterated.
+
+    Sent directly: Starlette would run the stream in an anyio task group beside a task waiting for the
+    client to disconnect (under uvicorn's ASGI 2.3), more event-loop rounds before the first byte on a
+    busy API server; the gateway itself asks whether the client left while it waits for events
+    (DISCONNECT_POLL_S), and a write to a client that left is a no-op for uvicorn."""
 
     def __init__(self, content: Any, on_close: Callable[[], Awaitable[None]]):
         super().__init__(content, media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
@@ -238,6 +243,8 @@ class EventStreamResponse(StreamingResponse):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await super().__call__(scope, receive, send)
+            await self.stream_response(send)
+        except OSError:
+            pass  # the client is gone
         finally:
             await self._on_close()

@@ -9,6 +9,7 @@ told in-band: `data: {"error": {...}}`, which the openai client raises as an API
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 MEDIA_TYPE = "text/event-stream"
@@ -19,3 +20,8 @@ DONE = b"data: [DONE]\n\n"
 def event(data: dict[str, Any]) -> bytes:
     """One SSE event carrying `data` as compact JSON (JSON never contains a raw newline)."""
     return b"data: " + json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+
+
+def events(bodies: Iterable[dict[str, Any]]) -> bytes:
+    """Several events in one piece (one write)."""
+    return b"".join(event(body) for body in bodies)

@@ -124,6 +124,11 @@ class CharLMAPI(ls.LitAPI):
     def encode_response(self, output: Any, **kwargs: Any) -> Any:
         return output
 
+    async def authorize(self) -> None:
+        """LitServe's auth hook, a dependency of every route it registers: a no-op (charlm's API keys
+        are service.auth's middleware), but a coroutine, so FastAPI calls it in the event loop instead
+        of handing LitServe's default (a plain function) to a thread on every request."""
+
     def health(self) -> bool:
         """False while a worker with work has not stepped for stall_timeout (LitServe's /health: 503)."""
         stalled = self.shared.stalled(self.stall_timeout)

@@ -11,8 +11,10 @@ from litserve.loops.base import LitLoop
 from litserve.utils import LitAPIStatus, LoopResponseType
 
 from service import metrics
+from service.client import mailbox_id
 from service.protocol import EngineRequest, Failed, Final, WorkerEvent
 from service.speed import NO_LIMIT
+from service.worker.outbox import Outbox
 from service.worker.scheduler import Job, Orphan, Scheduler
 
 log = logging.getLogger("charlm.worker")
@@ -35,6 +37,7 @@ class SchedulerLoop(LitLoop):
         self.scheduler: Scheduler | None = None
         self.last_intake = 0.0
         self.held: dict[str, int | None] = {}  # request id -> its place in shared.held (service/held.py)
+        self.outbox = Outbox()  # this iteration's events, sent after the step (outbox.py)
 
     def run(
         self,
@@ -62,7 +65,7 @@ class SchedulerLoop(LitLoop):
                     metrics.observe_finished(
                         job.req.model, event.prompt_tokens, (c.finish_reason for c in event.choices)
                     )
-                self.put_response(transport, job.rqid, job.uid, event, LitAPIStatus.OK, LoopResponseType.STREAMING)
+                self.outbox.add(job, event)
 
             sched = self.scheduler = lit_api.make_scheduler(emit)
         shared = lit_api.shared
@@ -75,7 +78,7 @@ class SchedulerLoop(LitLoop):
             self._admit(sched, item, lit_api, worker_id)
             self.last_intake = 0.0
         now = t_start = time.monotonic()
-        if now - self.last_intake >= self.intake_s:
+        if now - self.last_intake >= self.intake_s and _queued(shared):
             self.last_intake = now
             for _ in range(MAX_INTAKE):
                 item = self.get_request(request_queue, block=False)
@@ -88,6 +91,11 @@ class SchedulerLoop(LitLoop):
         sched.expire()
         sched.fill()
         sched.step()
+        self.outbox.flush(
+            lambda rqid, payload: self.put_response(
+                transport, rqid, mailbox_id(rqid), payload, LitAPIStatus.OK, LoopResponseType.STREAMING
+            )
+        )
         shared.heartbeat(worker_id, sched.live())
         metrics.observe_slots(sched.occupancy)
         lit_api.publish_rates(sched.rates)
@@ -152,6 +160,14 @@ class SchedulerLoop(LitLoop):
         sched.admit(req, uid, rqid)
         if req.rid in sched.jobs:  # a crash of this process now answers it (service/held.py)
             self.held[req.rid] = shared.held.hold(worker_id, req.rid)
+
+
+def _queued(shared: Any) -> bool:
+    """Is an admitted request on no worker yet? (Counted in shared memory before it is put on the queue.)
+    A busy worker looks at the queue only then: each look is a round trip to LitServe's manager process,
+    the one that also carries every answer to the API servers."""
+    pending = shared.speed.pending_seqs
+    return any(pending[m] > 0 for m in range(len(pending)))
 
 
 def _log_end(req: EngineRequest, event: Final | Failed) -> None:

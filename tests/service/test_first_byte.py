@@ -1,16 +1,27 @@
 """The first byte: a stream's text leaves the worker at once, then at most every CHUNK_INTERVAL_S
-(service/worker/chunks.py), in-process over a fake engine with a fake clock; and the server-side first-byte
-measure (charlm_time_to_first_byte_seconds, first_byte_ms on the access line) on the real server."""
+(service/worker/chunks.py), in-process over a fake engine with a fake clock; a request's events of one
+iteration travel as one message per API server, new streams first (outbox.py), and its mailbox hands each
+request its own (client.py); the request queue's put never stalls the API server's event loop; and the
+server-side first-byte measure (charlm_time_to_first_byte_seconds, first_byte_ms on the access line) on the
+real server."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
+from types import SimpleNamespace
+from typing import Any
 
 import httpx
+from litserve.utils import LitAPIStatus
 
 from engine import SamplingParams
+from service.client import LitServeClient, mailbox_id
 from service.protocol import Accepted, ChoiceDelta, Chunk, EngineRequest, Final, WorkerEvent
+from service.worker.api import CharLMAPI
 from service.worker.chunks import CHUNK_INTERVAL_S, merge_deltas
+from service.worker.outbox import Outbox
 from service.worker.scheduler import Scheduler
 from tests.support.fake_engine import FakeEngine, manifest
 from tests.support.serving import running_server
@@ -62,3 +73,62 @@ def test_the_server_measures_its_first_byte_next_to_the_sampling_ttft() -> None:
         assert plain.status_code == 200  # not a stream: no first byte counted
         metrics = httpx.get(srv.url("/metrics"), timeout=10).text
         assert re.search(r'^charlm_time_to_first_byte_seconds_count\{model="names-gpt"\} 1\.0$', metrics, re.M)
+
+
+def test_an_iterations_events_are_one_message_per_api_server_new_streams_first() -> None:
+    old, new, other = (SimpleNamespace(uid=u, rqid=q) for u, q in (("old", 0), ("new", 0), ("other", 1)))
+    box, sent = Outbox(), []
+    tail, final = Chunk((ChoiceDelta(0, "z"),), 9), Final(0.0, 0.0, 0.0, 1, (), 9)
+    head, first = Accepted(0.0), Chunk((ChoiceDelta(0, "a"),), 1)
+    for job, event in ((old, tail), (other, tail), (new, head), (new, first), (old, final)):
+        box.add(job, event)
+    assert box.flush(lambda rqid, payload: sent.append((rqid, payload))) == 2
+    assert sent == [(0, (("new", (head, first)), ("old", (tail, final)))), (1, (("other", (tail,)),))]
+    assert box.flush(lambda *a: sent.append(a)) == 0 and len(sent) == 2  # the new stream's first text led
+
+
+def test_the_mailbox_hands_each_request_its_events_and_the_put_does_not_stall_the_loop() -> None:
+    """The put is a round trip to LitServe's manager process: it runs in a thread, and the API server's
+    mailbox exists before it (an answer may come back before the put returns)."""
+    puts: list[bool] = []
+    server = SimpleNamespace(response_buffer={}, app=SimpleNamespace(response_queue_id=3), litapi_request_queues={})
+
+    def slow_put(item: tuple) -> None:
+        puts.append(mailbox_id(3) in server.response_buffer and item[0] == 3)
+        time.sleep(0.3)
+
+    server.litapi_request_queues["/predict"] = SimpleNamespace(put=slow_put)
+    client = LitServeClient(SimpleNamespace(api_path="/predict"), server, shared=None)  # type: ignore[arg-type]
+    head, first, final = Accepted(0.0), Chunk((ChoiceDelta(0, "a"),), 1), Final(0.0, 0.0, 0.0, 1, (), 1)
+
+    async def scenario() -> tuple[int, list[Any], Any]:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        task = asyncio.ensure_future(ticker())
+        a = await client.open(EngineRequest("a", "names", ("",), stream=True))
+        b = await client.open(EngineRequest("b", "names", ("",), stream=True))
+        task.cancel()
+        box = server.response_buffer[mailbox_id(3)]
+        box.response_queue.append(((("b", (head,)), ("gone", (head,)), ("a", (head, first))), LitAPIStatus.OK))
+        box.event.set()
+        got = [await a.next(1.0), await a.next(1.0), await b.next(1.0), await a.next(0.05)]
+        await a.close()
+        box.response_queue.append(((("a", (final,)), ("b", (final,))), LitAPIStatus.OK))
+        box.event.set()
+        return ticks, got, await b.next(1.0)
+
+    ticks, got, last = asyncio.run(scenario())
+    assert puts == [True, True] and ticks >= 20, ticks  # the loop ran on while each put took 0.3 s
+    assert got == [head, first, head, None] and last == final  # in order, each to its own request
+
+
+def test_litserves_auth_dependency_is_a_coroutine() -> None:
+    """LitServe adds `authorize` (its default: a plain function) as a dependency of every route it
+    registers; FastAPI runs a plain function in a thread pool, a hop per request before the handler."""
+    assert asyncio.iscoroutinefunction(CharLMAPI.authorize)
