@@ -112,6 +112,8 @@ class GPTRunner:
         self.prefill_tokens = PREFILL_TOKENS * threads  # a step's prefill budget, all threads together
         self.history: list[list[int]] = [[] for _ in range(slots)]
         self._spans = Spans(threads)
+        self._rows = np.arange(slots)
+        self._widest = 0  # an upper bound of the rows' cached lengths after the last forward
         self._to_score: dict[int, list[int]] = {}
         self.scores: dict[int, tuple[list[int], np.ndarray]] = {}  # row -> (its context, logits of context[1:])
 
@@ -127,6 +129,9 @@ class GPTRunner:
     def forward(self, n: int) -> np.ndarray:
         self._step += 1
         fresh = self.fresh[:n]
+        if not fresh.any():  # every row decodes: the steady state, kept free of per-step index arrays
+            return self._decode(n, n, None)
+        self._widest = 0
         logits = np.empty((n, 0), np.float32)
         cached = np.flatnonzero(~fresh)
         if cached.size:  # fresh rows after the last cached one stay out of the decode call
@@ -134,12 +139,11 @@ class GPTRunner:
             logits = self._decode(m, n, fresh[:m])
             if m < n:
                 logits = np.concatenate([logits, np.zeros((n - m, logits.shape[1]), np.float32)])
-        if fresh.any():
-            calls = self._within_budget(np.flatnonzero(fresh))
-            first = self._prefill(calls, n)
-            if logits.shape[1] == 0:
-                logits = np.zeros((n, first.shape[1]), np.float32)  # rows still waiting: finite, unused
-            logits[np.concatenate(calls)] = first
+        calls = self._within_budget(np.flatnonzero(fresh))
+        first = self._prefill(calls, n)
+        if logits.shape[1] == 0:
+            logits = np.zeros((n, first.shape[1]), np.float32)  # rows still waiting: finite, unused
+        logits[np.concatenate(calls)] = first
         return logits
 
     def waiting(self, n: int) -> np.ndarray | None:
@@ -149,16 +153,18 @@ class GPTRunner:
 
     def feed(self, rows: np.ndarray, tokens: np.ndarray) -> None:
         self.pending[rows] = tokens
-        block = self.block_size
+        block, history = self.block_size, self.history
         for r, t in zip(rows.tolist(), tokens.tolist(), strict=True):
-            h = self.history[r]
+            h = history[r]
             h.append(t)
             if len(h) > 2 * block:
                 del h[:-block]
-            if self.length[r] >= block:  # full: restart from the last `keep` tokens (the pending one included)
-                self.history[r] = h[-self.keep :]
-                self.fresh[r] = True
-                self.fresh_at[r] = self._step
+        if self._widest < block:  # no row's cache is full (the longest is known from forward)
+            return
+        for r in rows[self.length[rows] >= block].tolist():  # full: restart from the last `keep` tokens
+            history[r] = history[r][-self.keep :]  # (the pending one included)
+            self.fresh[r] = True
+            self.fresh_at[r] = self._step
 
     def move(self, src: int, dst: int) -> None:
         self.kv.move(src, dst)
@@ -194,29 +200,35 @@ class GPTRunner:
             calls = more
         return [rows[c] for c in calls]
 
-    def _decode(self, m: int, n: int, fresh: np.ndarray) -> np.ndarray:
-        """One token for every row of [0, m) with a cache; fresh rows among them ride along as ignored
-        dummies at position 0, which keeps the rows one contiguous block (their dummy entries are
-        overwritten by their prefill). The budget prefills the lowest rows first, so the rows left waiting
-        are mostly past the last cached row, out of the call."""
-        if fresh.any():
+    def _decode(self, m: int, n: int, fresh: np.ndarray | None) -> np.ndarray:
+        """One token for every row of [0, m) with a cache; fresh rows among them (None: there are none)
+        ride along as ignored dummies at position 0, which keeps the rows one contiguous block (their
+        dummy entries are overwritten by their prefill). The budget prefills the lowest rows first, so
+        the rows left waiting are mostly past the last cached row, out of the call."""
+        if fresh is None:  # views: run_decode copies them into its bound buffers, nothing changes them before
+            pos, idx = self.length[:m], self.pending[:m, None]
+        else:
             pos = np.where(fresh, 0, self.length[:m])
             idx = np.where(fresh, self.pad, self.pending[:m])[:, None]
-        else:
-            pos, idx = self.length[:m].copy(), self.pending[:m, None]
-        self.kv.fit(int(pos.max()) + 1, rows=n)
+        widest = int(pos.max()) + 1
+        self._widest = widest
+        self.kv.fit(widest, rows=n)
         bound = getattr(self.backend, "run_decode", None)  # IOBinding where the backend has it
-        columns = self.kv.columns
+        columns, kv, rows = self.kv.columns, self.kv, self._rows
 
         def call(lo: int, hi: int) -> list[np.ndarray]:
-            inputs = [idx[lo:hi], pos[lo:hi], *self.kv.past(lo, hi)]
+            inputs = [idx[lo:hi], pos[lo:hi], *kv.past(lo, hi)]
             # the cache views of rows [lo, hi) at a width are always the same arrays (kv.py)
             out = bound(inputs, (lo, hi, columns)) if bound else self.backend.run(inputs)
-            self.kv.write(np.arange(lo, hi), pos[lo:hi], out[1:])  # each span writes its own rows
+            kv.write(rows[lo:hi], pos[lo:hi], out[1:])  # each span writes its own rows
             return out[:1]
 
-        logits = np.concatenate([p[0] for p in self._spans.map(m, call)])
-        self.length[:m] += ~fresh
+        parts = self._spans.map(m, call)
+        logits = parts[0][0] if len(parts) == 1 else np.concatenate([p[0] for p in parts])
+        if fresh is None:
+            self.length[:m] += 1
+        else:
+            self.length[:m] += ~fresh
         return logits[:, 0, :]
 
     def _prefill(self, calls: list[np.ndarray], n: int) -> np.ndarray:
@@ -240,6 +252,7 @@ class GPTRunner:
             lengths = np.array([len(self.history[r]) for r in call.tolist()], dtype=np.int64)
             self.kv.write(call, 0, out[1:])
             self.length[call] = lengths
+            self._widest = max(self._widest, int(lengths.max()))
             last.append(out[0][np.arange(len(call)), lengths - 1])
             self._keep_scores(call, lengths, out[0])
         self.fresh[rows] = False
