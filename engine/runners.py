@@ -114,6 +114,8 @@ class GPTRunner:
         self._spans = Spans(threads)
         self._rows = np.arange(slots)
         self._widest = 0  # an upper bound of the rows' cached lengths after the last forward
+        self._ready = False  # whether the last forward gave every row its logits
+        self._inputs: dict[tuple[int, int, int], list[np.ndarray]] = {}  # steady-state decode inputs, by span
         self._to_score: dict[int, list[int]] = {}
         self.scores: dict[int, tuple[list[int], np.ndarray]] = {}  # row -> (its context, logits of context[1:])
 
@@ -129,7 +131,8 @@ class GPTRunner:
     def forward(self, n: int) -> np.ndarray:
         self._step += 1
         fresh = self.fresh[:n]
-        if not fresh.any():  # every row decodes: the steady state, kept free of per-step index arrays
+        self._ready = not fresh.any()
+        if self._ready:  # every row decodes: the steady state, kept free of per-step index arrays
             return self._decode(n, n, None)
         self._widest = 0
         logits = np.empty((n, 0), np.float32)
@@ -148,6 +151,8 @@ class GPTRunner:
 
     def waiting(self, n: int) -> np.ndarray | None:
         """Rows of [0, n) whose prefill was put off by the budget: no logits for them this step."""
+        if self._ready:
+            return None
         fresh = self.fresh[:n]
         return fresh if fresh.any() else None
 
@@ -214,13 +219,17 @@ class GPTRunner:
         self._widest = widest
         self.kv.fit(widest, rows=n)
         bound = getattr(self.backend, "run_decode", None)  # IOBinding where the backend has it
-        columns, kv, rows = self.kv.columns, self.kv, self._rows
+        columns, kv, rows, cached = self.kv.columns, self.kv, self._rows, self._inputs
 
         def call(lo: int, hi: int) -> list[np.ndarray]:
-            inputs = [idx[lo:hi], pos[lo:hi], *kv.past(lo, hi)]
+            views = (lo, hi, columns)
+            if fresh is None:  # views of the same arrays at every steady step: built once per span and width
+                inputs = cached.get(views) or cached.setdefault(views, [idx[lo:hi], pos[lo:hi], *kv.past(lo, hi)])
+            else:
+                inputs = [idx[lo:hi], pos[lo:hi], *kv.past(lo, hi)]
             # the cache views of rows [lo, hi) at a width are always the same arrays (kv.py)
-            out = bound(inputs, (lo, hi, columns)) if bound else self.backend.run(inputs)
-            kv.write(rows[lo:hi], pos[lo:hi], out[1:])  # each span writes its own rows
+            out = bound(inputs, views) if bound else self.backend.run(inputs)
+            kv.write(rows[lo:hi], inputs[1], out[1:])  # each span writes its own rows
             return out[:1]
 
         parts = self._spans.map(m, call)
