@@ -14,7 +14,8 @@ the speed of 1 on these tiny ops.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
 import numpy as np
 
@@ -100,7 +101,7 @@ class GPTRunner:
 
     def __init__(self, backend: Backend, manifest: Manifest, pad: int, slots: int, threads: int):
         self.backend, self.pad = backend, pad
-        self.block_size = manifest.block_size
+        self.block_size, self.vocab_size = manifest.block_size, manifest.vocab_size
         self.keep = max(1, manifest.block_size // 2)
         self.kv = KVCache(slots, manifest.n_layer or 0, manifest.n_head or 0, manifest.head_dim or 0, self.block_size)
         self.n_embd = (manifest.n_head or 0) * (manifest.head_dim or 0)
@@ -133,19 +134,15 @@ class GPTRunner:
         fresh = self.fresh[:n]
         self._ready = not fresh.any()
         if self._ready:  # every row decodes: the steady state, kept free of per-step index arrays
-            return self._decode(n, n, None)
+            return self._decode(n, n, None)[0]
         self._widest = 0
-        logits = np.empty((n, 0), np.float32)
-        cached = np.flatnonzero(~fresh)
-        if cached.size:  # fresh rows after the last cached one stay out of the decode call
-            m = int(cached[-1]) + 1
-            logits = self._decode(m, n, fresh[:m])
-            if m < n:
-                logits = np.concatenate([logits, np.zeros((n - m, logits.shape[1]), np.float32)])
         calls = self._within_budget(np.flatnonzero(fresh))
-        first = self._prefill(calls, n)
-        if logits.shape[1] == 0:
-            logits = np.zeros((n, first.shape[1]), np.float32)  # rows still waiting: finite, unused
+        cached = np.flatnonzero(~fresh)
+        m = int(cached[-1]) + 1 if cached.size else 0  # fresh rows after the last cached one stay out
+        logits, outs = self._decode(m, n, fresh[:m], calls)
+        first = self._prefill(calls, outs, n)
+        if m < n:  # rows still waiting get finite, unused logits
+            logits = np.concatenate([logits, np.zeros((n - m, first.shape[1]), np.float32)])
         logits[np.concatenate(calls)] = first
         return logits
 
@@ -205,19 +202,24 @@ class GPTRunner:
             calls = more
         return [rows[c] for c in calls]
 
-    def _decode(self, m: int, n: int, fresh: np.ndarray | None) -> np.ndarray:
+    def _decode(
+        self, m: int, n: int, fresh: np.ndarray | None, calls: Sequence[np.ndarray] = ()
+    ) -> tuple[np.ndarray, list[list[np.ndarray]]]:
         """One token for every row of [0, m) with a cache; fresh rows among them (None: there are none)
         ride along as ignored dummies at position 0, which keeps the rows one contiguous block (their
         dummy entries are overwritten by their prefill). The budget prefills the lowest rows first, so
-        the rows left waiting are mostly past the last cached row, out of the call."""
+        the rows left waiting are mostly past the last cached row, out of the call.
+
+        The prefill `calls` run beside the decode spans, all of them shared by the threads longest first
+        (a thread takes the next when it is done); their outputs come back for `_prefill` to store."""
         if fresh is None:  # views: run_decode copies them into its bound buffers, nothing changes them before
             pos, idx = self.length[:m], self.pending[:m, None]
         else:
             pos = np.where(fresh, 0, self.length[:m])
             idx = np.where(fresh, self.pad, self.pending[:m])[:, None]
-        widest = int(pos.max()) + 1
-        self._widest = widest
-        self.kv.fit(widest, rows=n)
+        self._widest = int(pos.max()) + 1 if m else 0
+        if m:
+            self.kv.fit(self._widest, rows=n)
         bound = getattr(self.backend, "run_decode", None)  # IOBinding where the backend has it
         columns, kv, rows, cached = self.kv.columns, self.kv, self._rows, self._inputs
 
@@ -232,26 +234,36 @@ class GPTRunner:
             kv.write(rows[lo:hi], inputs[1], out[1:])  # each span writes its own rows
             return out[:1]
 
-        parts = self._spans.map(m, call)
+        if not calls:
+            parts, outs = self._spans.map(m, call), []
+        else:  # cost in tokens: a decode row about two prefill tokens (it reads its whole cache)
+            spans = self._spans.bounds(m) if m else []
+            tasks = [(2 * (hi - lo), partial(call, lo, hi)) for lo, hi in spans]
+            tasks += [(len(c) * max(len(self.history[r]) for r in c.tolist()), self._prefill_task(c)) for c in calls]
+            order = sorted(range(len(tasks)), key=lambda i: -tasks[i][0])
+            done = dict(zip(order, self._spans.each([tasks[i][1] for i in order]), strict=True))
+            parts, outs = [done[i] for i in range(len(spans))], [done[i] for i in range(len(spans), len(tasks))]
+        if not parts:
+            return np.zeros((0, self.vocab_size), np.float32), outs
         logits = parts[0][0] if len(parts) == 1 else np.concatenate([p[0] for p in parts])
         if fresh is None:
             self.length[:m] += 1
         else:
             self.length[:m] += ~fresh
-        return logits[:, 0, :]
+        return logits[:, 0, :], outs
 
-    def _prefill(self, calls: list[np.ndarray], n: int) -> np.ndarray:
-        """Prefill each call's rows from position 0 (calls run concurrently, one per thread), write their
-        caches and return the logits of each row's last token, rows in the order of the calls."""
+    def _prefill_task(self, rows: np.ndarray) -> Callable[[], list[np.ndarray]]:
+        """The graph call prefilling `rows` from position 0, right-padded to the longest (its outputs
+        are stored by `_prefill`, after every call of the step)."""
+        contexts = [self.history[r] for r in rows.tolist()]
+        idx = np.full((len(rows), max(map(len, contexts))), self.pad, dtype=np.int64)
+        for i, c in enumerate(contexts):
+            idx[i, : len(c)] = c
+        return partial(self.backend.run, [idx, np.zeros(len(rows), np.int64), *self.kv.empty(len(rows))])
 
-        def run(rows: np.ndarray) -> list[np.ndarray]:
-            contexts = [self.history[r] for r in rows.tolist()]
-            idx = np.full((len(rows), max(map(len, contexts))), self.pad, dtype=np.int64)
-            for i, c in enumerate(contexts):
-                idx[i, : len(c)] = c
-            return self.backend.run([idx, np.zeros(len(rows), np.int64), *self.kv.empty(len(rows))])
-
-        outs = self._spans.each([lambda rows=rows: run(rows) for rows in calls])
+    def _prefill(self, calls: list[np.ndarray], outs: list[list[np.ndarray]], n: int) -> np.ndarray:
+        """Store the caches of each prefill call's rows (`outs`: the calls' outputs) and return the
+        logits of each row's last token, rows in the order of the calls."""
         rows = np.concatenate(calls)
         others = np.delete(self.length[:n], rows)  # the rows keeping their cache (stale lengths left out)
         width = max(o[0].shape[1] for o in outs)
