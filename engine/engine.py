@@ -21,10 +21,11 @@ from engine.logprobs import prompt_logprobs, token_logprobs
 from engine.novelty import DataHashes
 from engine.penalties import Penalties
 from engine.rules import MAX_NEW_TOKENS_CAP, default_max_new_tokens, offending_chars, prompt_problem
-from engine.runners import GPTRunner, WindowRunner
+from engine.runners import GPTRunner
 from engine.sampling import Sampler
 from engine.sequence import Sequence as Seq
 from engine.types import BackendUnavailable, Delta, EngineError, InvalidPrompt, SamplingParams
+from engine.window import WindowRunner
 
 DEFAULT_SLOTS = 32
 
