@@ -21,10 +21,11 @@ from engine.logprobs import prompt_logprobs, token_logprobs
 from engine.novelty import DataHashes
 from engine.penalties import Penalties
 from engine.rules import MAX_NEW_TOKENS_CAP, default_max_new_tokens, offending_chars, prompt_problem
-from engine.runners import GPTRunner, WindowRunner
+from engine.runners import GPTRunner
 from engine.sampling import Sampler
 from engine.sequence import Sequence as Seq
 from engine.types import BackendUnavailable, Delta, EngineError, InvalidPrompt, SamplingParams
+from engine.window import WindowRunner
 
 DEFAULT_SLOTS = 32
 
@@ -46,6 +47,11 @@ class Engine:
         self._sampler = Sampler(slots, manifest.vocab_size)
         self._penalties = Penalties(slots, manifest.vocab_size, manifest.boundary_token)
         self._top = np.full(slots, -1, dtype=np.int64)  # logprobs alternatives per row (-1: none asked)
+        self._all = np.arange(slots)  # rows [0, n) when every row samples: a view, not a new array per step
+        self._vocab_list = list(manifest.vocab)
+        # live rows that adjust their logits / ask for logprobs: a step whose rows asked for neither skips
+        # that work without looking at any row (kept up to date by add and _release)
+        self._adjusting = self._scoring = self._drawing = 0  # _drawing: live rows that are not greedy
         self._seqs: list[Seq | None] = [None] * slots
         self._row: dict[Hashable, int] = {}
         self._n = 0
@@ -149,6 +155,9 @@ class Engine:
         self._sampler.set(row, sampling)
         self._penalties.set(row, sampling, ids)
         self._top[row] = -1 if sampling.logprobs is None else sampling.logprobs
+        self._adjusting += bool(self._penalties.active[row])
+        self._scoring += sampling.logprobs is not None
+        self._drawing += not sampling.greedy
         self.runner.start(row, context, score=sampling.prompt_logprobs)
         return True
 
@@ -168,24 +177,29 @@ class Engine:
         logits = self.runner.forward(n)
         waiting = self.runner.waiting(n)
         if waiting is None:
-            rows = np.arange(n)
+            rows = self._all[:n]
         else:  # rows whose prefill waits for a later step sample nothing (their RNG untouched)
             rows = np.flatnonzero(~waiting)
             logits = logits[rows]
-        tokens = self._sampler.sample(rows, self._penalties.apply(rows, logits))
-        self._penalties.record(rows, tokens)
+        adjusted = self._penalties.apply(rows, logits) if self._adjusting else logits
+        tokens = self._sampler.sample(rows, adjusted) if self._drawing else adjusted.argmax(axis=1)
+        if self._adjusting:
+            self._penalties.record(rows, tokens)
         self.runner.feed(rows, tokens)
-        lps = self._logprobs(rows, logits, tokens)
-        seqs = self._seqs
-        for row, (context, scores) in self.runner.scores.items():
-            top = max(0, int(self._top[row]))
-            seqs[row].prompt_lps = prompt_logprobs(context, seqs[row].prompt_tokens, scores, top)
-        self.runner.scores.clear()
+        if self.runner.scores:
+            self._prompt_logprobs()
+        return self._push(
+            rows.tolist(), tokens.tolist(), self._logprobs(rows, logits, tokens) if self._scoring else None
+        )
+
+    def _push(self, rows: list[int], tokens: list[int], lps: list | None) -> list[Delta]:
+        """Each row's sampled token into its sequence; the deltas, and the finished rows freed."""
+        seqs, vocab = self._seqs, self._vocab_list
         deltas, done = [], []
-        chars = self._vocab[tokens].tolist()
-        for i, (r, t, ch) in enumerate(zip(rows.tolist(), tokens.tolist(), chars, strict=True)):
+        for i, r in enumerate(rows):
             seq = seqs[r]
-            delta = seq.push(t, ch, lps[i]) if seq.max_new else seq.finish_now()
+            t = tokens[i]
+            delta = seq.push(t, vocab[t], lps[i] if lps else None) if seq.max_new else seq.finish_now()
             if delta is not None:
                 deltas.append(delta)
                 if delta.finish_reason is not None:
@@ -193,6 +207,13 @@ class Engine:
         if done:
             self._release(done)
         return deltas
+
+    def _prompt_logprobs(self) -> None:
+        seqs = self._seqs
+        for row, (context, scores) in self.runner.scores.items():
+            top = max(0, int(self._top[row]))
+            seqs[row].prompt_lps = prompt_logprobs(context, seqs[row].prompt_tokens, scores, top)
+        self.runner.scores.clear()
 
     def _logprobs(self, rows: np.ndarray, logits: np.ndarray, tokens: np.ndarray) -> list:
         """Per sampled row, the token's raw logprob with its alternatives, for the rows that asked."""
@@ -209,6 +230,9 @@ class Engine:
         """Free `rows`, filling each hole with the current last row (highest holes first)."""
         for row in sorted(rows, reverse=True):
             del self._row[self._seqs[row].request_id]
+            self._adjusting -= bool(self._penalties.active[row])
+            self._scoring -= bool(self._top[row] >= 0)
+            self._drawing -= not self._sampler.greedy[row]
             last = self._n - 1
             if row != last:
                 self._seqs[row] = self._seqs[last]

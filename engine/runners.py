@@ -8,13 +8,17 @@ sequence takes a row, and `move(src, dst)` when it compacts rows after some fini
 
 More than one core: the rows are split into contiguous spans run as concurrent one-thread graph calls
 (ONNX Runtime and torch release the GIL while they compute); with 2 intra-op threads ORT ran at half
-the speed of 1 on these tiny ops.
+the speed of 1 on these tiny ops. A step with prefills runs its prefill calls beside its decode spans:
+every call of the step is shared by the threads, longest first.
+
+The window models' runner is in engine/window.py.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
 import numpy as np
 
@@ -28,59 +32,6 @@ from engine.spans import MIN_SPAN, Spans  # noqa: F401 - MIN_SPAN: the span rule
 # rows go first, one row always goes, the rest wait, so a burst of prompts (or rows sliding past block_size
 # together) never makes one long step that every other request waits behind (docs/engine.md).
 PREFILL_TOKENS = 256
-
-
-class WindowRunner:
-    """bigram / mlp / wavenet: every step feeds the last block_size tokens of each row.
-
-    Contexts shorter than the window are left-padded with `pad`: the boundary token for `lines` models
-    (makemore's convention: a name starts after a window full of boundaries), and for `stream` models a
-    newline when the vocabulary has one (see Engine.pad_token).
-    """
-
-    def __init__(self, backend: Backend, manifest: Manifest, pad: int, slots: int, threads: int):
-        self.backend, self.pad = backend, pad
-        self.block_size = manifest.block_size
-        self.window = np.full((slots, manifest.block_size), pad, dtype=np.int64)
-        self._spans = Spans(threads)
-        self._to_score: dict[int, list[int]] = {}
-        self.scores: dict[int, tuple[list[int], np.ndarray]] = {}  # row -> (its context, logits of context[1:])
-
-    def start(self, row: int, context: Sequence[int], score: bool = False) -> None:
-        tail = list(context)[-self.block_size :]
-        self.window[row] = self.pad
-        if tail:
-            self.window[row, self.block_size - len(tail) :] = tail
-        self._to_score.pop(row, None)
-        if score:
-            self._to_score[row] = list(context)
-
-    def forward(self, n: int) -> np.ndarray:
-        parts = self._spans.map(n, lambda lo, hi: self.backend.run([self.window[lo:hi]])[:1])
-        for row, context in self._to_score.items():  # every window of the prompt, one call
-            padded = np.array([self.pad] * self.block_size + context, dtype=np.int64)
-            windows = np.lib.stride_tricks.sliding_window_view(padded, self.block_size)[1 : len(context)]
-            logits = self.backend.run([np.ascontiguousarray(windows)])[0] if len(windows) else windows[:0]
-            self.scores[row] = (context, logits)
-        self._to_score.clear()
-        return np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
-
-    def waiting(self, n: int) -> None:
-        """Every row gets its logits at every step."""
-        return None
-
-    def feed(self, rows: np.ndarray, tokens: np.ndarray) -> None:
-        n = len(tokens)  # every row is ready: rows is arange(n)
-        self.window[:n, :-1] = self.window[:n, 1:]  # numpy copes with the overlap
-        self.window[:n, -1] = tokens
-
-    def move(self, src: int, dst: int) -> None:
-        self.window[dst] = self.window[src]
-        if src in self._to_score:
-            self._to_score[dst] = self._to_score.pop(src)
-
-    def warmup(self) -> np.ndarray:
-        return self.backend.run([self.window[:1]])[0]
 
 
 class GPTRunner:
@@ -100,7 +51,7 @@ class GPTRunner:
 
     def __init__(self, backend: Backend, manifest: Manifest, pad: int, slots: int, threads: int):
         self.backend, self.pad = backend, pad
-        self.block_size = manifest.block_size
+        self.block_size, self.vocab_size = manifest.block_size, manifest.vocab_size
         self.keep = max(1, manifest.block_size // 2)
         self.kv = KVCache(slots, manifest.n_layer or 0, manifest.n_head or 0, manifest.head_dim or 0, self.block_size)
         self.n_embd = (manifest.n_head or 0) * (manifest.head_dim or 0)
@@ -112,6 +63,10 @@ class GPTRunner:
         self.prefill_tokens = PREFILL_TOKENS * threads  # a step's prefill budget, all threads together
         self.history: list[list[int]] = [[] for _ in range(slots)]
         self._spans = Spans(threads)
+        self._rows = np.arange(slots)
+        self._widest = 0  # an upper bound of the rows' cached lengths after the last forward
+        self._ready = False  # whether the last forward gave every row its logits
+        self._inputs: dict[tuple[int, int, int], list[np.ndarray]] = {}  # steady-state decode inputs, by span
         self._to_score: dict[int, list[int]] = {}
         self.scores: dict[int, tuple[list[int], np.ndarray]] = {}  # row -> (its context, logits of context[1:])
 
@@ -127,38 +82,41 @@ class GPTRunner:
     def forward(self, n: int) -> np.ndarray:
         self._step += 1
         fresh = self.fresh[:n]
-        logits = np.empty((n, 0), np.float32)
+        self._ready = not fresh.any()
+        if self._ready:  # every row decodes: the steady state, kept free of per-step index arrays
+            return self._decode(n, n, None)[0]
+        self._widest = 0
+        calls = self._within_budget(np.flatnonzero(fresh))
         cached = np.flatnonzero(~fresh)
-        if cached.size:  # fresh rows after the last cached one stay out of the decode call
-            m = int(cached[-1]) + 1
-            logits = self._decode(m, n, fresh[:m])
-            if m < n:
-                logits = np.concatenate([logits, np.zeros((n - m, logits.shape[1]), np.float32)])
-        if fresh.any():
-            calls = self._within_budget(np.flatnonzero(fresh))
-            first = self._prefill(calls, n)
-            if logits.shape[1] == 0:
-                logits = np.zeros((n, first.shape[1]), np.float32)  # rows still waiting: finite, unused
-            logits[np.concatenate(calls)] = first
+        m = int(cached[-1]) + 1 if cached.size else 0  # fresh rows after the last cached one stay out
+        logits, outs = self._decode(m, n, fresh[:m], calls)
+        first = self._prefill(calls, outs, n)
+        if m < n:  # rows still waiting get finite, unused logits
+            logits = np.concatenate([logits, np.zeros((n - m, first.shape[1]), np.float32)])
+        logits[np.concatenate(calls)] = first
         return logits
 
     def waiting(self, n: int) -> np.ndarray | None:
         """Rows of [0, n) whose prefill was put off by the budget: no logits for them this step."""
+        if self._ready:
+            return None
         fresh = self.fresh[:n]
         return fresh if fresh.any() else None
 
     def feed(self, rows: np.ndarray, tokens: np.ndarray) -> None:
         self.pending[rows] = tokens
-        block = self.block_size
+        block, history = self.block_size, self.history
         for r, t in zip(rows.tolist(), tokens.tolist(), strict=True):
-            h = self.history[r]
+            h = history[r]
             h.append(t)
             if len(h) > 2 * block:
                 del h[:-block]
-            if self.length[r] >= block:  # full: restart from the last `keep` tokens (the pending one included)
-                self.history[r] = h[-self.keep :]
-                self.fresh[r] = True
-                self.fresh_at[r] = self._step
+        if self._widest < block:  # no row's cache is full (the longest is known from forward)
+            return
+        for r in rows[self.length[rows] >= block].tolist():  # full: restart from the last `keep` tokens
+            history[r] = history[r][-self.keep :]  # (the pending one included)
+            self.fresh[r] = True
+            self.fresh_at[r] = self._step
 
     def move(self, src: int, dst: int) -> None:
         self.kv.move(src, dst)
@@ -194,43 +152,68 @@ class GPTRunner:
             calls = more
         return [rows[c] for c in calls]
 
-    def _decode(self, m: int, n: int, fresh: np.ndarray) -> np.ndarray:
-        """One token for every row of [0, m) with a cache; fresh rows among them ride along as ignored
-        dummies at position 0, which keeps the rows one contiguous block (their dummy entries are
-        overwritten by their prefill). The budget prefills the lowest rows first, so the rows left waiting
-        are mostly past the last cached row, out of the call."""
-        if fresh.any():
+    def _decode(
+        self, m: int, n: int, fresh: np.ndarray | None, calls: Sequence[np.ndarray] = ()
+    ) -> tuple[np.ndarray, list[list[np.ndarray]]]:
+        """One token for every row of [0, m) with a cache; fresh rows among them (None: there are none)
+        ride along as ignored dummies at position 0, which keeps the rows one contiguous block (their
+        dummy entries are overwritten by their prefill). The budget prefills the lowest rows first, so
+        the rows left waiting are mostly past the last cached row, out of the call.
+
+        The prefill `calls` run beside the decode spans, all of them shared by the threads longest first
+        (a thread takes the next when it is done); their outputs come back for `_prefill` to store."""
+        if fresh is None:  # views: run_decode copies them into its bound buffers, nothing changes them before
+            pos, idx = self.length[:m], self.pending[:m, None]
+        else:
             pos = np.where(fresh, 0, self.length[:m])
             idx = np.where(fresh, self.pad, self.pending[:m])[:, None]
-        else:
-            pos, idx = self.length[:m].copy(), self.pending[:m, None]
-        self.kv.fit(int(pos.max()) + 1, rows=n)
+        self._widest = int(pos.max()) + 1 if m else 0
+        if m:
+            self.kv.fit(self._widest, rows=n)
         bound = getattr(self.backend, "run_decode", None)  # IOBinding where the backend has it
-        columns = self.kv.columns
+        columns, kv, rows, cached = self.kv.columns, self.kv, self._rows, self._inputs
 
         def call(lo: int, hi: int) -> list[np.ndarray]:
-            inputs = [idx[lo:hi], pos[lo:hi], *self.kv.past(lo, hi)]
+            views = (lo, hi, columns)
+            if fresh is None:  # views of the same arrays at every steady step: built once per span and width
+                inputs = cached.get(views) or cached.setdefault(views, [idx[lo:hi], pos[lo:hi], *kv.past(lo, hi)])
+            else:
+                inputs = [idx[lo:hi], pos[lo:hi], *kv.past(lo, hi)]
             # the cache views of rows [lo, hi) at a width are always the same arrays (kv.py)
-            out = bound(inputs, (lo, hi, columns)) if bound else self.backend.run(inputs)
-            self.kv.write(np.arange(lo, hi), pos[lo:hi], out[1:])  # each span writes its own rows
+            out = bound(inputs, views) if bound else self.backend.run(inputs)
+            kv.write(rows[lo:hi], inputs[1], out[1:])  # each span writes its own rows
             return out[:1]
 
-        logits = np.concatenate([p[0] for p in self._spans.map(m, call)])
-        self.length[:m] += ~fresh
-        return logits[:, 0, :]
+        if not calls:
+            parts, outs = self._spans.map(m, call), []
+        else:  # cost in tokens: a decode row about two prefill tokens (it reads its whole cache)
+            spans = self._spans.bounds(m) if m else []
+            tasks = [(2 * (hi - lo), partial(call, lo, hi)) for lo, hi in spans]
+            tasks += [(len(c) * max(len(self.history[r]) for r in c.tolist()), self._prefill_task(c)) for c in calls]
+            order = sorted(range(len(tasks)), key=lambda i: -tasks[i][0])
+            done = dict(zip(order, self._spans.each([tasks[i][1] for i in order]), strict=True))
+            parts, outs = [done[i] for i in range(len(spans))], [done[i] for i in range(len(spans), len(tasks))]
+        if not parts:
+            return np.zeros((0, self.vocab_size), np.float32), outs
+        logits = parts[0][0] if len(parts) == 1 else np.concatenate([p[0] for p in parts])
+        if fresh is None:
+            self.length[:m] += 1
+        else:
+            self.length[:m] += ~fresh
+        return logits[:, 0, :], outs
 
-    def _prefill(self, calls: list[np.ndarray], n: int) -> np.ndarray:
-        """Prefill each call's rows from position 0 (calls run concurrently, one per thread), write their
-        caches and return the logits of each row's last token, rows in the order of the calls."""
+    def _prefill_task(self, rows: np.ndarray) -> Callable[[], list[np.ndarray]]:
+        """The graph call prefilling `rows` from position 0, right-padded to the longest (its outputs
+        are stored by `_prefill`, after every call of the step)."""
+        contexts = [self.history[r] for r in rows.tolist()]
+        idx = np.full((len(rows), max(map(len, contexts))), self.pad, dtype=np.int64)
+        for i, c in enumerate(contexts):
+            idx[i, : len(c)] = c
+        return partial(self.backend.run, [idx, np.zeros(len(rows), np.int64), *self.kv.empty(len(rows))])
 
-        def run(rows: np.ndarray) -> list[np.ndarray]:
-            contexts = [self.history[r] for r in rows.tolist()]
-            idx = np.full((len(rows), max(map(len, contexts))), self.pad, dtype=np.int64)
-            for i, c in enumerate(contexts):
-                idx[i, : len(c)] = c
-            return self.backend.run([idx, np.zeros(len(rows), np.int64), *self.kv.empty(len(rows))])
-
-        outs = self._spans.each([lambda rows=rows: run(rows) for rows in calls])
+    def _prefill(self, calls: list[np.ndarray], outs: list[list[np.ndarray]], n: int) -> np.ndarray:
+        """Store the caches of each prefill call's rows (`outs`: the calls' outputs) and return the
+        logits of each row's last token, rows in the order of the calls."""
         rows = np.concatenate(calls)
         others = np.delete(self.length[:n], rows)  # the rows keeping their cache (stale lengths left out)
         width = max(o[0].shape[1] for o in outs)
@@ -240,6 +223,7 @@ class GPTRunner:
             lengths = np.array([len(self.history[r]) for r in call.tolist()], dtype=np.int64)
             self.kv.write(call, 0, out[1:])
             self.length[call] = lengths
+            self._widest = max(self._widest, int(lengths.max()))
             last.append(out[0][np.arange(len(call)), lengths - 1])
             self._keep_scores(call, lengths, out[0])
         self.fresh[rows] = False

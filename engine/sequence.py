@@ -21,6 +21,7 @@ class Sequence:
         "max_new",
         "min_tokens",
         "n_tokens",
+        "plain",
         "prompt_lps",
         "prompt_tokens",
         "request_id",
@@ -45,6 +46,7 @@ class Sequence:
         self.emitted = 0
         self.n_tokens = 0
         self.finish_reason: FinishReason | None = None
+        self.plain = not self.stops and not self.want_lps and not params.prompt_logprobs
 
     def push(self, token: int, char: str, lp: TokenLogprob | None = None) -> Delta | None:
         """Take one sampled token; the delta of text now safe to show (or the final one), if any."""
@@ -52,6 +54,11 @@ class Sequence:
         if token == self.boundary:
             return self._finish("stop", lp)
         self.text += char
+        if self.plain:  # no stop strings, logprobs or prompt logprobs: the character is the delta
+            if self.n_tokens >= self.max_new:
+                return self._finish("length")
+            self.emitted += 1
+            return Delta(self.request_id, char, None)
         if lp is not None:
             self.lps.append(lp)
         if self.n_tokens >= self.min_tokens:
