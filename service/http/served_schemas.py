@@ -86,8 +86,6 @@ def _prompt(schema: dict[str, Any], m: Manifest) -> None:
             branch["items"]["pattern"] = text_pattern(m)
         elif branch.get("items", {}).get("type") == "integer":
             branch.update({k: v for k, v in _ids(m, True).items() if k != "type"})
-            if "not" not in branch["items"] and m.boundary_token not in (None, 0):
-                branch["items"]["not"] = {"const": m.boundary_token}
         elif branch.get("items", {}).get("type") == "array":
             branch["items"].update({k: v for k, v in _ids(m, True).items() if k != "type"})
 
