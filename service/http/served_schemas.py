@@ -174,8 +174,8 @@ def per_model(doc: dict[str, Any], models: dict[str, Manifest], max_request_toke
     paths: dict[str, Any] = {}
     for path, operations in doc["paths"].items():
         if path.startswith(PER_MODEL):
-            for name in names:
-                paths[path.replace("{model_id}", name)] = _one_model(operations, name)
+            for name in names:  # x-charlm-template: the route as registered (the README's route list)
+                paths[path.replace("{model_id}", name)] = {**_one_model(operations, name), "x-charlm-template": path}
             continue
         paths[path] = operations
         for op in operations.values():
