@@ -2,10 +2,12 @@
 
 FastAPI's generated document listed only 200 and 422 (a status this server never sends), no
 Server-Sent Events, no security scheme, and integer bounds as floats (a seed near 2**64 came out as
-1.8446744073709552e+19). `install_openapi` post-processes it once: every route gets the error statuses
-it can answer, with the error contract's schema (`Error`) instead of 422; the streaming routes add
-`text/event-stream` to their 200; the bearer API-key scheme is declared (optional: the server needs it
-only with --api-key; /health and /ready never do); integer bounds are integers.
+1.8446744073709552e+19). `install_openapi` post-processes it once per set of served models: every route
+gets the error statuses it can answer, with the error contract's schema (`Error`) instead of 422; the
+streaming routes add `text/event-stream` to their 200, each event's `data` a chunk (GenerateChunk, ...),
+an error or `[DONE]`; the bearer API-key scheme is declared (optional: the server needs it only with
+--api-key; /health and /ready never do); integer bounds are integers; the request bodies are told per
+served model (service.http.served_schemas).
 
 `install_docs` serves Swagger UI from the `swagger-ui-bundle` package's files under /docs/assets
 instead of FastAPI's CDN links, so /docs is not blank without internet.
