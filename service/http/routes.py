@@ -131,9 +131,8 @@ def install_routes(fastapi_app: FastAPI, app: App) -> None:
     get(PER_MODEL + "/tokenizer_info", tok.model_info, summary="/tokenizer_info for one model")
 
     install_docs(fastapi_app)  # /docs from local assets
-    install_openapi(
-        fastapi_app, app.catalog, app.settings.max_request_tokens
-    )  # the document says what the server does (errors, SSE, the key)
+    # the document says what the server does (errors, SSE, the key, what each served model takes)
+    install_openapi(fastapi_app, app.catalog, app.settings.max_request_tokens)
 
     playground.drop_litserve_root(fastapi_app)  # the web page takes / and /playground
     for path in playground.PAGE_PATHS:
