@@ -202,14 +202,14 @@ def _bodies(op: dict[str, Any], names: list[str], only: str | None = None) -> No
     body = ref.rpartition("/")[2]
     if body not in GENERATION_BODIES | TOKENIZER_BODIES:
         return
+    if body in GENERATION_BODIES and "400" in op.get("responses", {}):
+        limits = COST_RULE.format(choices=MAX_CHOICES, tokens="`x-charlm-limits.max_request_tokens`")
+        op["responses"]["400"]["description"] += ". " + limits
     if only is not None:
         content["schema"] = _ref(f"{body}.{only}.path" if body in TOKENIZER_BODIES else f"{body}.{only}")
         return
     variants = [_ref(f"{body}.{name}") for name in names]
     content["schema"] = {"oneOf": variants} if len(variants) > 1 else variants[0]
-    if body in GENERATION_BODIES and "400" in op.get("responses", {}):
-        limits = COST_RULE.format(choices=MAX_CHOICES, tokens="`x-charlm-limits.max_request_tokens`")
-        op["responses"]["400"]["description"] += ". " + limits
 
 
 def _one_model(operations: dict[str, Any], name: str) -> dict[str, Any]:

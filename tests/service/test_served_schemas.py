@@ -36,6 +36,8 @@ def test_a_lines_model_s_token_ids_may_start_with_its_boundary_only() -> None:
     assert not completions.is_valid({"model": "names", "prompt": [1, 27]})  # outside the vocabulary
     assert not completions.is_valid({"model": "prose", "prompt": "a"})  # the variant of another model
     assert not completions.is_valid({"model": "names", "prompt": "a.b"})
+    for path in ("/v1/completions", "/models/names/v1/completions"):  # the rules no schema can hold, in words
+        assert "best_of >= n" in doc["paths"][path]["post"]["responses"]["400"]["description"], path
 
 
 def test_logit_bias_keys_and_logprobs_are_bounded_by_the_vocabulary() -> None:
