@@ -3,7 +3,9 @@
 Bad options are one line on stderr and exit code 2, never a traceback; heavy imports (litserve,
 onnxruntime, prometheus_client) happen only once the options are known to be good. With `--log-format json`
 (or CHARLM_LOG_FORMAT=json) that line is one JSON object like every other log line, even when the options
-that asked for it are the ones at fault: the format is read from the raw arguments first.
+that asked for it are the ones at fault: the format is read from the raw arguments first. An exception
+nothing expected (a bug, or the environment: too few file descriptors, ...) is one JSON record as well,
+with its type and traceback as fields, and exit code 1.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import importlib.util
 import logging
 import os
 import sys
+import traceback
 from typing import NoReturn
 
 from pydantic import ValidationError
@@ -112,9 +115,27 @@ def main(argv: list[str] | None = None) -> int:
     global _fatal_format
     _fatal_format = requested_log_format(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    if args.command == "serve":
-        return _serve(args)
-    return _generate(args)
+    try:
+        return _serve(args) if args.command == "serve" else _generate(args)
+    except Exception as exc:  # a bug or the environment (e.g. too few file descriptors): still one record
+        return _crash(exc)
+
+
+def _crash(exc: Exception) -> int:
+    """An uncaught exception: in json mode one JSON record (message, `exc_type`, the traceback in `exc`,
+    `exit_code`); in text mode the message on one line, then the traceback. Exit code 1."""
+    message = f"{PROG}: error: unexpected {type(exc).__name__}: {exc}"
+    if _fatal_format != "json":
+        trace = "".join(traceback.format_exception(exc)).rstrip()
+        print(f"{message}\n{trace}", file=sys.stderr)
+        return 1
+    from service.logs import JsonFormatter  # imported already by then (logging is configured first)
+
+    record = logging.LogRecord("charlm.cli", logging.CRITICAL, __file__, 0, message, None, sys.exc_info())
+    record.exc_type = f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins.")
+    record.exit_code = 1
+    print(JsonFormatter().format(record), file=sys.stderr)
+    return 1
 
 
 def _settings(args: argparse.Namespace, fields: list[str]) -> Settings | str:

@@ -5,25 +5,26 @@
   with the reply's speaker line (the `name` of the last assistant message, or `ASSISTANT`), and the
   reply is what the model writes up to the end of its block (a blank line: the stop string "\\n\\n").
 - `lines` models (names): the last user message is the prompt; the reply is the rest of the sample,
-  up to the model's end marker.
+  up to the model's end marker. Every user message must be a prompt the model can take (the OpenAPI
+  document says so of each; which one is last is beyond a schema).
 
 Characters outside the vocabulary in a message are a 400 naming `messages[i].content` (or `.name`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 from contract import Manifest
-from engine import FinishReason, vocabulary_problem
+from engine import FinishReason, prompt_problem, vocabulary_problem
 from service.errors import APIError
 from service.http import logprobs as scores
 from service.http.bodies import ChatLogprobs, CompletionUsage, Timing
 from service.http.prompts import Prepared, check_logprobs, engine_request, logit_bias, text_prompts
 from service.http.reply import Reply, dump, openai_closing, so_far
-from service.http.sampling import OpenAIFields, _unsupported
+from service.http.sampling import OpenAIFields, OptInt, _unsupported
 from service.protocol import ChoiceDelta, Final
 
 SPEAKER_END = "\n\n"
@@ -51,18 +52,28 @@ class Message(BaseModel):
         return self.content or ""
 
 
+_NO_TOOLS = "tool calling is not supported: empty or left out"
+_NONE_OF_THEM: dict[str, Any] = {"maxItems": 0}
+_TOOL_CHOICE = {"anyOf": [{"type": "string", "enum": ["none", "auto"]}, {"type": "null"}]}
+_RESPONSE_FORMAT = {
+    "anyOf": [
+        {"type": "object", "properties": {"type": {"anyOf": [{"type": "string", "const": "text"}, {"type": "null"}]}}},
+        {"type": "null"},
+    ],
+    "description": "text only",
+}
+
+
 class ChatRequest(OpenAIFields):
     """POST /v1/chat/completions."""
 
     messages: list[Message] = Field(min_length=1)
     logprobs: bool | None = Field(False, description="the reply's logprobs, in the chat shape")
-    top_logprobs: int | None = Field(
-        None, ge=0, description="alternatives per token: 0-20 (OpenAI), up to the vocabulary"
-    )
-    tools: list[Any] | None = None
-    tool_choice: Any = None
-    functions: list[Any] | None = None
-    response_format: dict[str, Any] | None = None
+    top_logprobs: OptInt = Field(None, ge=0, description="alternatives per token: 0-20 (OpenAI), up to the vocabulary")
+    tools: list[Any] | None = Field(None, json_schema_extra=_NONE_OF_THEM, description=_NO_TOOLS)
+    tool_choice: Annotated[Any, WithJsonSchema(_TOOL_CHOICE)] = None
+    functions: list[Any] | None = Field(None, json_schema_extra=_NONE_OF_THEM, description=_NO_TOOLS)
+    response_format: Annotated[dict[str, Any] | None, WithJsonSchema(_RESPONSE_FORMAT)] = None
 
     @field_validator("tools", "functions")
     @classmethod
@@ -96,11 +107,16 @@ def render(manifest: Manifest, messages: list[Message]) -> tuple[str, tuple[str,
     """The prompt the messages make for this model, and the stop strings that end the reply."""
     if manifest.format == "lines":
         users = [(i, m) for i, m in enumerate(messages) if m.role == "user"]
-        if not users:
-            return "", ()
-        i, last = users[-1]
-        _check(manifest, last.text, f"messages[{i}].content")
-        return last.text, ()
+        for i, m in users:  # every user message could be a prompt: the document says so of each
+            problem = prompt_problem(manifest, m.text)
+            if problem:
+                raise APIError(
+                    400,
+                    problem.replace("prompt", f"messages[{i}].content", 1),
+                    param=f"messages[{i}].content",
+                    code="invalid_prompt",
+                )
+        return (users[-1][1].text if users else ""), ()
     blocks, speaker = [], DEFAULT_SPEAKER
     for i, m in enumerate(messages):
         name = (m.name or m.role).upper()
@@ -113,7 +129,8 @@ def render(manifest: Manifest, messages: list[Message]) -> tuple[str, tuple[str,
 
 
 def prepare_chat(body: ChatRequest, manifest: Manifest, rid: str, deadline: float) -> Prepared:
-    if (body.model_extra or {}).get("novel_only"):  # chat has no `novel` mark to show either
+    novel_only = (body.model_extra or {}).get("novel_only")
+    if novel_only is not None and novel_only is not False:  # chat has no `novel` mark to show either
         raise APIError(
             400, "novel_only is not supported on /v1/chat/completions", param="novel_only", code="invalid_value"
         )

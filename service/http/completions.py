@@ -15,7 +15,16 @@ from engine import FinishReason
 from service.http.bodies import CompletionLogprobs, CompletionUsage, Novel, Timing
 from service.http.prompts import Prepared, prepare
 from service.http.reply import Reply, dump, full_text, head, openai_closing, so_far
-from service.http.sampling import NOVEL_ONLY, TEXT_CHOICE, IdsList, OpenAIFields, PromptList, TokenIds, _unsupported
+from service.http.sampling import (
+    NOVEL_ONLY,
+    TEXT_CHOICE,
+    IdsList,
+    OpenAIFields,
+    OptInt,
+    PromptList,
+    TokenIds,
+    _unsupported,
+)
 from service.protocol import MAX_CHOICES, ChoiceDelta, Final
 
 
@@ -24,9 +33,9 @@ class CompletionRequest(OpenAIFields):
 
     prompt: str | PromptList | TokenIds | IdsList = Field("", description="text, texts, token ids, or lists of ids")
     echo: bool | None = Field(False, description="prepend the prompt (and its logprobs) to each choice")
-    logprobs: int | None = Field(None, ge=0, description="alternatives per token: 0-5 (OpenAI), up to the vocabulary")
-    best_of: int | None = Field(None, ge=1, le=MAX_CHOICES, description="samples per prompt; the n best are kept")
-    suffix: str | None = None
+    logprobs: OptInt = Field(None, ge=0, description="alternatives per token: 0-5 (OpenAI), up to the vocabulary")
+    best_of: OptInt = Field(None, ge=1, le=MAX_CHOICES, description="samples per prompt; the n best are kept")
+    suffix: str | None = Field(None, json_schema_extra={"maxLength": 0}, description="not supported: empty or null")
     novel_only: bool | None = Field(False, description=NOVEL_ONLY)
 
     @field_validator("prompt", mode="before")

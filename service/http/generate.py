@@ -15,7 +15,7 @@ from engine import MAX_NEW_TOKENS_CAP, FinishReason
 from service.http.bodies import CompletionLogprobs, Novel, Timing
 from service.http.prompts import Prepared, prepare
 from service.http.reply import Reply, dump, full_text, head
-from service.http.sampling import _STRICT, NOVEL_ONLY, TEXT_CHOICE, Sampling
+from service.http.sampling import _STRICT, NOVEL_ONLY, TEXT_CHOICE, Int, OptInt, Sampling
 from service.protocol import MAX_CHOICES, ChoiceDelta, Final
 
 
@@ -26,15 +26,15 @@ class GenerateRequest(Sampling):
 
     model: str = Field(min_length=1, description="a model id from GET /v1/models")
     prompt: str = Field("", description="text the sample starts with (names: the first letters)")
-    n: int = Field(1, ge=1, le=MAX_CHOICES, description="independent samples, run as one batch")
-    max_new_tokens: int | None = Field(
+    n: Int = Field(1, ge=1, le=MAX_CHOICES, description="independent samples, run as one batch")
+    max_new_tokens: OptInt = Field(
         None,
         ge=0,
         le=MAX_NEW_TOKENS_CAP,
         description="default: lines models run to their end marker (at most 64), stream models 256; "
         "0 with logprobs scores the prompt",
     )
-    logprobs: int | None = Field(None, ge=0, description="alternatives per character (0: the chosen one only)")
+    logprobs: OptInt = Field(None, ge=0, description="alternatives per character (0: the chosen one only)")
     stream: bool = Field(False, description="Server-Sent Events instead of one JSON body")
     novel_only: bool = Field(False, description=NOVEL_ONLY)
 

@@ -2,10 +2,12 @@
 
 FastAPI's generated document listed only 200 and 422 (a status this server never sends), no
 Server-Sent Events, no security scheme, and integer bounds as floats (a seed near 2**64 came out as
-1.8446744073709552e+19). `install_openapi` post-processes it once: every route gets the error statuses
-it can answer, with the error contract's schema (`Error`) instead of 422; the streaming routes add
-`text/event-stream` to their 200; the bearer API-key scheme is declared (optional: the server needs it
-only with --api-key; /health and /ready never do); integer bounds are integers.
+1.8446744073709552e+19). `install_openapi` post-processes it once per set of served models: every route
+gets the error statuses it can answer, with the error contract's schema (`Error`) instead of 422; the
+streaming routes add `text/event-stream` to their 200, each event's `data` a chunk (GenerateChunk, ...),
+an error or `[DONE]`; the bearer API-key scheme is declared (optional: the server needs it only with
+--api-key; /health and /ready never do); integer bounds are integers; the request bodies are told per
+served model (service.http.served_schemas).
 
 `install_docs` serves Swagger UI from the `swagger-ui-bundle` package's files under /docs/assets
 instead of FastAPI's CDN links, so /docs is not blank without internet.
@@ -20,11 +22,25 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
+
+from contract import Manifest
+from service.http.catalog import Catalog
+from service.http.chat import ChatChunk
+from service.http.completions import CompletionChunk
+from service.http.generate import GenerateChunk
+from service.http.served_schemas import per_model
 
 DOCS_PATH = "/docs"
 ASSETS = DOCS_PATH + "/assets"
 OPEN_PATHS = frozenset({"/health", "/ready"})
-STREAMING = frozenset({"/v1/generate", "/v1/completions", "/v1/chat/completions", "/models/{model_id}/v1/completions"})
+# The streaming routes and the chunk each of their events carries.
+STREAMING: dict[str, type[BaseModel]] = {
+    "/v1/generate": GenerateChunk,
+    "/v1/completions": CompletionChunk,
+    "/v1/chat/completions": ChatChunk,
+    "/models/{model_id}/v1/completions": CompletionChunk,
+}
 
 ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -65,6 +81,31 @@ SSE_DESCRIPTION = (
 )
 
 
+def _event_schema(chunk: str) -> dict[str, Any]:
+    """One Server-Sent Event (OpenAPI 3.1: the schema of a `text/event-stream` is that of each event):
+    its `data` is a chunk, an error, or `[DONE]`."""
+    json_data = {
+        "type": "string",
+        "contentMediaType": "application/json",
+        "contentSchema": {"anyOf": [{"$ref": f"#/components/schemas/{chunk}"}, {"$ref": "#/components/schemas/Error"}]},
+    }
+    return {
+        "type": "object",
+        "required": ["data"],
+        "properties": {"data": {"anyOf": [{"type": "string", "const": "[DONE]"}, json_data]}},
+        "description": SSE_DESCRIPTION,
+    }
+
+
+def _chunk_schemas(components: dict[str, Any]) -> None:
+    """The chunk models, which no route returns as JSON, into the document's schemas."""
+    for model in set(STREAMING.values()):
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}", mode="serialization")
+        for name, sub in schema.pop("$defs", {}).items():
+            components.setdefault(name, sub)
+        components[model.__name__] = schema
+
+
 def _error_response(description: str) -> dict[str, Any]:
     return {
         "description": description,
@@ -96,11 +137,13 @@ def _exact(value: float) -> int:
     return int(value)
 
 
-def document(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's document, post-processed (see the module's docstring)."""
+def document(app: FastAPI, models: dict[str, Manifest] | None = None, max_request_tokens: int = 0) -> dict[str, Any]:
+    """FastAPI's document, post-processed (see the module's docstring); with `models`, its request
+    bodies are told per served model (service.http.served_schemas)."""
     doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     components = doc.setdefault("components", {})
     components.setdefault("schemas", {})["Error"] = ERROR_SCHEMA
+    _chunk_schemas(components["schemas"])
     for unused in ("HTTPValidationError", "ValidationError"):
         components["schemas"].pop(unused, None)
     components["securitySchemes"] = {
@@ -119,19 +162,24 @@ def document(app: FastAPI) -> dict[str, Any]:
                 responses.setdefault(status, _error_response(description))
             if path in STREAMING and "200" in responses:
                 responses["200"].setdefault("content", {})["text/event-stream"] = {
-                    "schema": {"type": "string", "description": SSE_DESCRIPTION}
+                    "schema": _event_schema(STREAMING[path].__name__)
                 }
     _integer_bounds(doc)
+    if models:
+        per_model(doc, models, max_request_tokens)
     return doc
 
 
-def install_openapi(app: FastAPI) -> None:
-    cached: dict[str, Any] = {}
+def install_openapi(app: FastAPI, catalog: Catalog, max_request_tokens: int) -> None:
+    """/openapi.json, built once per set of served models (a model a worker could not load leaves it)."""
+    cached: dict[tuple[str, ...], dict[str, Any]] = {}
 
     def openapi() -> dict[str, Any]:
-        if "doc" not in cached:
-            cached["doc"] = document(app)
-        return cached["doc"]
+        key = tuple(sorted(catalog.models))
+        if key not in cached:
+            cached.clear()
+            cached[key] = document(app, dict(catalog.models), max_request_tokens)
+        return cached[key]
 
     app.openapi = openapi  # type: ignore[method-assign]
 

@@ -8,6 +8,7 @@ logprob. Everything refused here is a 400 naming the field.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,8 @@ from engine import SamplingParams, prompt_problem
 from service.errors import APIError
 from service.http.sampling import Sampling
 from service.protocol import MAX_CHOICES, MAX_REQUEST_TOKENS, EngineRequest
+
+TOKEN_KEY = re.compile(r"0|[1-9][0-9]*", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -62,12 +65,11 @@ def text_prompts(manifest: Manifest, prompts: list[str | list[int]]) -> tuple[tu
 def logit_bias(manifest: Manifest, body: Sampling) -> tuple[tuple[int, float], ...]:
     out = []
     for key, bias in (body.logit_bias or {}).items():
-        try:
-            token = int(key)
-        except ValueError:
+        if not TOKEN_KEY.fullmatch(key):  # a token id as OpenAI's clients write it (no sign, space or 0 lead)
             raise APIError(
                 400, f"logit_bias keys must be token ids, got {key!r}", param="logit_bias", code="invalid_value"
-            ) from None
+            )
+        token = int(key)
         if not 0 <= token < len(manifest.vocab):
             raise APIError(
                 400,

@@ -126,12 +126,13 @@ def install_routes(fastapi_app: FastAPI, app: App) -> None:
     post("/tokenize", tok.tokenize, summary="Text -> token ids (one per character)")
     post("/detokenize", tok.detokenize, summary="Token ids -> text")
     get("/tokenizer_info", tok.info, summary="The tokenizer's special tokens and vocabulary (vLLM's shape)")
-    post(PER_MODEL + "/tokenize", tok.tokenize, summary="/tokenize for one model")
-    post(PER_MODEL + "/detokenize", tok.detokenize, summary="/detokenize for one model")
+    post(PER_MODEL + "/tokenize", tok.model_tokenize, summary="/tokenize for one model")
+    post(PER_MODEL + "/detokenize", tok.model_detokenize, summary="/detokenize for one model")
     get(PER_MODEL + "/tokenizer_info", tok.model_info, summary="/tokenizer_info for one model")
 
     install_docs(fastapi_app)  # /docs from local assets
-    install_openapi(fastapi_app)  # the document says what the server does (errors, SSE, the key)
+    # the document says what the server does (errors, SSE, the key, what each served model takes)
+    install_openapi(fastapi_app, app.catalog, app.settings.max_request_tokens)
 
     playground.drop_litserve_root(fastapi_app)  # the web page takes / and /playground
     for path in playground.PAGE_PATHS:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, WithJsonSchema, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator
 from pydantic_core import PydanticCustomError
 
 from engine import MAX_NEW_TOKENS_CAP, SamplingParams
@@ -26,6 +26,17 @@ _STOP_ITEM = {"type": "string", "minLength": 1, "maxLength": 256}
 _STOP_SCHEMA = {"anyOf": [_STOP_ITEM, {"type": "array", "items": _STOP_ITEM, "maxItems": MAX_STOP}, {"type": "null"}]}
 Stop = Annotated[list[StopString] | None, Field(max_length=MAX_STOP), WithJsonSchema(_STOP_SCHEMA)]
 Bias = Annotated[float, Field(ge=-100, le=100, allow_inf_nan=False)]
+
+
+def _integral(value: object) -> object:
+    """JSON's integers include 3.0 (JSON Schema says so; some clients write every number as a float)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# An integer field: strict (no "3", no true), but 3.0 is 3. OptInt wraps the union, so that a field's
+# bounds stay on its integer in the JSON schema.
+Int = Annotated[int, BeforeValidator(_integral)]
+OptInt = Annotated[int | None, BeforeValidator(_integral)]
 
 # Fields of OpenAI's requests that cannot change the output: accepted and ignored without a log line.
 IGNORED = frozenset({"user", "metadata", "service_tier", "store", "parallel_tool_calls", "prediction", "modalities"})
@@ -60,11 +71,11 @@ class Sampling(BaseModel):
     """The sampling fields every generation route shares (OpenAI's ranges; extensions as in vLLM)."""
 
     temperature: float | None = Field(1.0, ge=0, allow_inf_nan=False, description="0 = greedy (argmax)")
-    top_k: int | None = Field(None, ge=1, description="sample among the k most likely characters (extension)")
+    top_k: OptInt = Field(None, ge=1, description="sample among the k most likely characters (extension)")
     top_p: float | None = Field(1.0, gt=0, le=1, allow_inf_nan=False, description="nucleus sampling mass")
-    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX, description="same seed, same text (alone or batched)")
+    seed: OptInt = Field(None, ge=SEED_MIN, le=SEED_MAX, description="same seed, same text (alone or batched)")
     stop: Stop = Field(None, description=f"a string or up to {MAX_STOP} strings that end a sample (left out)")
-    min_tokens: int | None = Field(0, ge=0, le=MAX_NEW_TOKENS_CAP, description="no end before this many tokens")
+    min_tokens: OptInt = Field(0, ge=0, le=MAX_NEW_TOKENS_CAP, description="no end before this many tokens")
     ignore_eos: bool | None = Field(False, description="a `lines` model writes its end marker and goes on")
     repetition_penalty: float | None = Field(1.0, gt=0, le=2, allow_inf_nan=False, description="vLLM's; 1 = off")
     presence_penalty: float | None = Field(0.0, ge=-2, le=2, allow_inf_nan=False)
@@ -94,7 +105,7 @@ class StreamOptions(BaseModel):
     continuous_usage_stats: bool | None = Field(None, description="usage so far on every chunk (vLLM)")
 
 
-TokenIds = Annotated[list[StrictInt], Field(min_length=1)]
+TokenIds = Annotated[list[Int], Field(min_length=1)]
 PromptList = Annotated[list[str], Field(min_length=1, max_length=MAX_CHOICES)]
 IdsList = Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_CHOICES)]
 
@@ -105,9 +116,9 @@ class OpenAIFields(Sampling):
     model_config = _OPENAI
 
     model: str = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=0, le=MAX_NEW_TOKENS_CAP, description="default as max_new_tokens")
-    max_completion_tokens: int | None = Field(None, ge=0, le=MAX_NEW_TOKENS_CAP, description="wins over max_tokens")
-    n: int | None = Field(1, ge=1, le=MAX_CHOICES)
+    max_tokens: OptInt = Field(None, ge=0, le=MAX_NEW_TOKENS_CAP, description="default as max_new_tokens")
+    max_completion_tokens: OptInt = Field(None, ge=0, le=MAX_NEW_TOKENS_CAP, description="wins over max_tokens")
+    n: OptInt = Field(1, ge=1, le=MAX_CHOICES)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
 

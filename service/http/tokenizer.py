@@ -12,20 +12,25 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Body
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field
 
 from contract import Manifest
 from engine import vocabulary_problem
 from service.errors import APIError
 from service.http.catalog import Catalog
 from service.http.prompts import decode_ids
+from service.http.sampling import Int
+
+# Bounds that keep any body the schema allows under the 64 KiB limit (a newline is 2 bytes in JSON, an id
+# up to 5 with its separator), so the limit's 413 never answers a valid request.
+MAX_TEXT, MAX_IDS = 32000, 12000
 
 
 class TokenizeRequest(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 
     model: str | None = Field(None, description="may be left out when one model is served")
-    prompt: str = Field(max_length=65536)
+    prompt: str = Field(max_length=MAX_TEXT, description=f"at most {MAX_TEXT} characters (a body fits in 64 KiB)")
     add_special_tokens: bool | None = Field(None, description="accepted; character models add none")
 
 
@@ -33,7 +38,7 @@ class DetokenizeRequest(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 
     model: str | None = None
-    tokens: list[StrictInt] = Field(max_length=65536)
+    tokens: list[Int] = Field(max_length=MAX_IDS, description=f"at most {MAX_IDS} ids (a body fits in 64 KiB)")
 
 
 def _pick(catalog: Catalog, model: str | None) -> Manifest:
@@ -85,14 +90,22 @@ class Tokenizer:
     def __init__(self, catalog: Catalog):
         self.catalog = catalog
 
-    async def tokenize(self, body: Annotated[TokenizeRequest, Body()], model_id: str | None = None) -> dict:
-        m = _pick(self.catalog, model_id or body.model)
+    async def tokenize(self, body: Annotated[TokenizeRequest, Body()]) -> dict:
+        return self._tokenize(_pick(self.catalog, body.model), body)
+
+    async def model_tokenize(self, model_id: str, body: Annotated[TokenizeRequest, Body()]) -> dict:
+        return self._tokenize(self.catalog.resolve(model_id), body)  # the path names the model
+
+    async def detokenize(self, body: Annotated[DetokenizeRequest, Body()]) -> dict:
+        return {"prompt": decode_ids(_pick(self.catalog, body.model), body.tokens, "tokens")}
+
+    async def model_detokenize(self, model_id: str, body: Annotated[DetokenizeRequest, Body()]) -> dict:
+        return {"prompt": decode_ids(self.catalog.resolve(model_id), body.tokens, "tokens")}
+
+    @staticmethod
+    def _tokenize(m: Manifest, body: TokenizeRequest) -> dict:
         tokens = encode(m, body.prompt)
         return {"count": len(tokens), "max_model_len": m.block_size, "tokens": tokens, "token_strs": list(body.prompt)}
-
-    async def detokenize(self, body: Annotated[DetokenizeRequest, Body()], model_id: str | None = None) -> dict:
-        m = _pick(self.catalog, model_id or body.model)
-        return {"prompt": decode_ids(m, body.tokens, "tokens")}
 
     async def info(self, model: str | None = None) -> dict:
         m = _pick(self.catalog, model)

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.serving import MODELS, ServerProcess, start_server
+from tests.support.serving import MODELS, ServerProcess, free_port, start_server
 
 REQUEST_ID = re.compile(r"req_[0-9a-f]{32}")
 GEN = "/v1/generate"
@@ -197,3 +197,27 @@ def test_port_in_use_is_one_json_object_too() -> None:
     (line,) = out.stderr.splitlines()
     record = json.loads(line)
     assert record["exit_code"] == 1 and port in record["message"]
+
+
+def _few_file_descriptors() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (12, 12))  # a container's limit set far too low
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_an_uncaught_start_up_exception_is_one_json_object(fmt: str) -> None:
+    """Too few file descriptors: an OSError nothing at start-up expects, raised deep in LitServe."""
+    cmd = [sys.executable, "-m", "service", "serve", "--log-format", fmt, "--port", str(free_port())]
+    cmd += ["--models", str(MODELS)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHARLM_")}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60, preexec_fn=_few_file_descriptors)
+    assert out.returncode == 1, out.stderr[-2000:]
+    if fmt == "text":
+        (line,) = [s for s in out.stderr.splitlines() if s.startswith("python -m service: error:")]
+        assert "unexpected OSError" in line and "Traceback (most recent call last)" in out.stderr
+        return
+    records = [json.loads(line) for line in out.stderr.splitlines()]  # every line: one JSON object
+    last = records[-1]
+    assert last["level"] == "CRITICAL" and last["exit_code"] == 1 and last["exc_type"] == "OSError"
+    assert "Too many open files" in last["message"] and last["exc"].startswith("Traceback (most recent call last)")
