@@ -16,6 +16,7 @@ from contract.graph import (
     value_shape,
 )
 from contract.manifest import (
+    DECODE_FILE,
     INT8_FILE,
     MANIFEST_FILE,
     SCHEMA_VERSION,
@@ -34,6 +35,7 @@ from contract.repository import ModelEntry, Repository, describe_unservable, log
 
 __all__ = [
     "ARCHS",
+    "DECODE_FILE",
     "FAMILIES",
     "GRAPH_VERSION",
     "IDX",

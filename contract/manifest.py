@@ -5,7 +5,9 @@ Schema 2 (graph contract v2, contract/graph.py) adds the trained weights (`weigh
 and the net's config (`net_config`), so a shipped model can be re-exported, sampled or fine-tuned
 without its run directory. A schema-1 folder is refused with the command that upgrades it.
 An optional `onnx_int8` (a dynamically quantized copy of the ONNX graph with its own test loss) needs no
-new schema version: manifests without it stay valid and mean "float32 only".
+new schema version: manifests without it stay valid and mean "float32 only". Likewise an optional
+`onnx_decode` (GPT: the step graph specialised to one new token per row, which the engine runs for decode
+steps): without it the step graph serves decode too.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ SCHEMA_VERSION = 2
 MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILE = "model.safetensors"
 INT8_FILE = "model.int8.onnx"
+DECODE_FILE = "model.decode.onnx"
 UPGRADE_HINT = "python -m training upgrade {folder}"
 
 Format = Literal["onnx", "torchscript"]
@@ -98,6 +101,7 @@ class Manifest(_Strict):
     data_hashes: FileEntry | None = Field(None, description="lines models: hashes of every data sample (novelty)")
     metrics: Metrics
     onnx_int8: QuantizedGraph | None = Field(None, description="an int8 ONNX graph beside the float one")
+    onnx_decode: FileEntry | None = Field(None, description="GPT: the ONNX step graph for one new token per row")
     data: DataInfo
     training: TrainingInfo
     created_at: datetime
@@ -145,7 +149,8 @@ class Manifest(_Strict):
     def verify_files(self, folder: Path) -> None:
         """Check every listed file's size and sha256; raise ManifestError on the first mismatch."""
         int8 = [("onnx int8", self.onnx_int8.file)] if self.onnx_int8 is not None else []
-        for fmt, entry in [*self.files.items(), ("weights", self.weights), *int8]:
+        decode = [("onnx decode", self.onnx_decode)] if self.onnx_decode is not None else []
+        for fmt, entry in [*self.files.items(), ("weights", self.weights), *int8, *decode]:
             path = Path(folder) / entry.path
             if not path.is_file():
                 raise ManifestError(f"{path}: {fmt} file is missing")

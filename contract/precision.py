@@ -19,8 +19,8 @@ def at_precision(entry: ModelEntry, precision: Precision) -> ModelEntry:
     manifest = entry.manifest
     if precision == "float32" or manifest.onnx_int8 is None:
         return entry
-    files = {**manifest.files, "onnx": manifest.onnx_int8.file}
-    return replace(entry, manifest=manifest.model_copy(update={"files": files}))
+    files = {**manifest.files, "onnx": manifest.onnx_int8.file}  # decode steps too: the float decode graph goes
+    return replace(entry, manifest=manifest.model_copy(update={"files": files, "onnx_decode": None}))
 
 
 def repository_at(repo: Repository, precision: Precision) -> Repository:

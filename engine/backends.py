@@ -64,6 +64,17 @@ class OnnxBackend:
             providers.insert(0, "CUDAExecutionProvider")
         elif device != "cpu":
             raise BackendUnavailable(f"unknown device {device!r} (cpu or cuda)")
+        self.device = device
+        self._inputs, self._outputs = graph_io(manifest)
+        self._vocab = manifest.vocab_size
+        self._local = threading.local()  # run_decode's binding, one per calling thread
+        self._session = self._open(ort, path, providers)
+        # GPT: the graph specialised to one new token per row (training/export/fused_decode.py) runs the
+        # decode steps, the step graph the rest; a folder without one decodes through the step graph.
+        decode = manifest.onnx_decode
+        self._decode = self._session if decode is None else self._open(ort, path.parent / decode.path, providers)
+
+    def _open(self, ort, path: Path, providers: list[str]):
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = INTRA_OP_THREADS
         opts.inter_op_num_threads = 1
@@ -71,24 +82,22 @@ class OnnxBackend:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3  # errors only: no per-session banner in the server log
         try:
-            self._session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+            session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         except Exception as exc:  # onnxruntime raises its own, unexported exception types
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise EngineError(f"{path}: onnxruntime cannot load it: {first}") from None
-        self.device = device
-        self._inputs, self._outputs = graph_io(manifest)
-        self._vocab = manifest.vocab_size
-        self._local = threading.local()  # run_decode's binding, one per calling thread
-        got_in = [i.name for i in self._session.get_inputs()]
-        got_out = [o.name for o in self._session.get_outputs()]
+        got_in = [i.name for i in session.get_inputs()]
+        got_out = [o.name for o in session.get_outputs()]
         if sorted(got_in) != sorted(self._inputs) or not set(self._outputs) <= set(got_out):
             raise EngineError(
                 f"{path}: graph inputs {got_in} / outputs {got_out} do not follow the contract "
                 f"(want {self._inputs} -> {self._outputs})"
             )
+        return session
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        return self._session.run(self._outputs, dict(zip(self._inputs, inputs, strict=True)))
+        session = self._decode if len(inputs) > 1 and inputs[0].shape[1] == 1 else self._session
+        return session.run(self._outputs, dict(zip(self._inputs, inputs, strict=True)))
 
     def run_decode(self, inputs: Sequence[np.ndarray], views: Hashable) -> list[np.ndarray]:
         """`run` for a GPT decode step (one new token per row, contract v2), through an IOBinding kept
@@ -110,11 +119,11 @@ class OnnxBackend:
         _, binding, ids, outputs = bound
         np.copyto(ids[0], inputs[0])
         np.copyto(ids[1], inputs[1])
-        self._session.run_with_iobinding(binding)
+        self._decode.run_with_iobinding(binding)
         return outputs
 
     def _bind(self, inputs: Sequence[np.ndarray]) -> tuple[object, list[np.ndarray], list[np.ndarray]]:
-        binding = self._session.io_binding()
+        binding = self._decode.io_binding()
         ids = [np.array(inputs[0]), np.array(inputs[1])]  # own buffers: copied into at every call
         past = inputs[2:]
         for name, a in zip(self._inputs, [*ids, *past], strict=True):

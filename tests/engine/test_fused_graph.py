@@ -1,4 +1,5 @@
-"""The hand-written fused GPT step graph (training/export/fused.py) and the engine's IOBinding decode path."""
+"""The hand-written fused GPT step and decode graphs (training/export/fused.py, fused_decode.py) and the
+engine's IOBinding decode path."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import pytest
 import torch
 
 from engine.backends import OnnxBackend
+from engine.types import EngineError
 from training.export.fused import fused_step_model
+from training.export.fused_decode import fused_decode_model
 from training.nets import build
 
 TOL = 1e-4
@@ -25,9 +28,9 @@ def _net(bias: bool):
     return net.eval()
 
 
-def _session(net) -> ort.InferenceSession:
+def _session(net, build=fused_step_model) -> ort.InferenceSession:
     weights = {k: v.numpy() for k, v in net.state_dict().items()}
-    model = fused_step_model(weights, net.cfg.n_layer, net.cfg.n_head, net.cfg.block_size)
+    model = build(weights, net.cfg.n_layer, net.cfg.n_head, net.cfg.block_size)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
@@ -62,6 +65,35 @@ def test_fused_graph_matches_the_eager_step(bias):
         for want, have in zip([logits, *new_kv], got, strict=True):
             assert have.shape == tuple(want.shape)
             assert np.abs(have - want.numpy()).max() < TOL
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_decode_graph_matches_the_eager_step(bias):
+    """One new token per row at spread positions (0 with an empty cache, the last position, past the
+    table), over a cache of garbage past each row's position: every output within 1e-4 of GPT.step."""
+    net, rng = _net(bias), np.random.default_rng(3)
+    session = _session(net, fused_decode_model)
+    c = net.cfg
+    for pos, past_len in ((np.zeros(4, np.int64), 0), (np.array([9, 3, 0, 15]), 16), (np.array([2, 5, 1, 20]), 16)):
+        idx = rng.integers(0, c.vocab_size, (len(pos), 1))
+        past = [
+            t.numpy() + 100.0 * rng.standard_normal(t.shape).astype(np.float32)
+            for t in net.empty_cache(len(pos), past_len)
+        ]
+        with torch.no_grad():
+            step = torch.from_numpy(np.minimum(pos, past_len))  # eager: no row past its cache
+            logits, new_kv = net.step(torch.from_numpy(idx), step, [torch.from_numpy(p) for p in past])
+        got = session.run(None, _feeds(net, idx, np.minimum(pos, past_len), past))
+        for want, have in zip([logits, *new_kv], got, strict=True):
+            assert have.shape == tuple(want.shape)
+            assert np.abs(have - want.numpy()).max() < TOL
+
+
+def test_decode_graph_has_no_layout_glue():
+    ops = [n.op_type for n in fused_decode_model(
+        {k: v.numpy() for k, v in _net(True).state_dict().items()}, 2, 4, 16).graph.node]  # fmt: skip
+    assert "Transpose" not in ops and "Trilu" not in ops and "Slice" not in ops
+    assert ops.count("SkipLayerNormalization") == 2 * 2 + 1 and ops.count("BiasGelu") == 2
 
 
 def test_fused_graph_uses_the_fused_kernels():
@@ -122,3 +154,22 @@ def test_iobinding_decode_from_two_threads(fixtures):
         t.join()
     for i in range(2):
         assert all(np.array_equal(w, g) for run in got[i] for w, g in zip(want[i], run, strict=True))
+
+
+def test_backend_decodes_with_the_decode_graph(fixtures, tmp_path):
+    """A folder listing `onnx_decode` gets its steps of one new token from that graph (its weights the
+    step graph's bytes): same outputs as the step graph (within 1e-4), and a listed file that is no
+    graph is refused at load, naming it."""
+    backend, m = _backend(fixtures)
+    assert m.onnx_decode is not None  # the exporter writes it for every GPT ...
+    entry = fixtures["names-gpt"][0]
+    assert m.onnx_decode.bytes * 10 < m.files["onnx"].bytes  # ... reading its weights out of model.onnx
+    step_only = OnnxBackend(entry.folder / m.files["onnx"].path, m.model_copy(update={"onnx_decode": None}))
+    inputs = _inputs(m, 4, 8, np.random.default_rng(4))
+    for want, got in zip(step_only.run(inputs), backend.run(inputs), strict=True):
+        assert got.shape == want.shape and np.abs(got - want).max() < TOL
+    for name in ("model.onnx", m.onnx_decode.path):
+        (tmp_path / name).write_bytes((entry.folder / name).read_bytes())
+    (tmp_path / m.onnx_decode.path).write_bytes(b"not a graph")
+    with pytest.raises(EngineError, match=r"model\.decode\.onnx: onnxruntime cannot load it"):
+        OnnxBackend(tmp_path / "model.onnx", m)

@@ -52,14 +52,12 @@ def test_manifest_validates_and_files_match(exported, arch):
         assert (loaded.n_layer, loaded.n_head, loaded.head_dim) == (2, 2, 8)
     else:
         assert loaded.n_layer is loaded.n_head is loaded.head_dim is None
-    # exactly these files, and nothing of the staging folder left behind
-    assert sorted(p.name for p in model_dir.iterdir()) == [
-        "README.md",
-        "manifest.json",
-        "model.onnx",
-        "model.safetensors",
-        "model.ts",
-    ]
+    # exactly these files (a GPT's decode graph too), and nothing of the staging folder left behind
+    decode = ["model.decode.onnx"] if arch == "gpt" else []
+    assert (loaded.onnx_decode is not None) == (arch == "gpt")
+    assert sorted(p.name for p in model_dir.iterdir()) == sorted(
+        ["README.md", "manifest.json", "model.onnx", "model.safetensors", "model.ts", *decode]
+    )
     assert sorted(p.name for p in model_dir.parent.iterdir()) == sorted(f"test-{a}" for a in ARCHS)
 
 

@@ -176,6 +176,13 @@ def _files(m: Manifest) -> str:
     rows = ["## Files", ""]
     for fmt, entry in m.files.items():
         rows.append(f"- `{entry.path}`: {FORMAT_NOTES[fmt]}; {entry.bytes:,} bytes, sha256 `{entry.sha256}`")
+    if m.onnx_decode is not None:
+        d = m.onnx_decode
+        rows.append(
+            f"- `{d.path}`: the ONNX step graph for one new token per row, which ONNX Runtime decodes with "
+            "(its weights are read from model.onnx); "
+            f"{d.bytes:,} bytes, sha256 `{d.sha256}`"
+        )
     w = m.weights
     rows.append(
         f"- `{w.path}`: the trained weights (safetensors), rebuilt with the manifest's `net_config` to "

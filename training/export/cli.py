@@ -67,7 +67,8 @@ def main_export(argv: list[str]) -> int:
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    files = ", ".join(f"{e.path} ({e.bytes:,} bytes)" for e in manifest.files.values())
+    decode = [manifest.onnx_decode] if manifest.onnx_decode is not None else []
+    files = ", ".join(f"{e.path} ({e.bytes:,} bytes)" for e in [*manifest.files.values(), *decode])
     print(f"exported {manifest.name} ({manifest.arch}, {manifest.n_params:,} params) to {args.out}: {files}")
     if args.int8:
         from training.export.quantize import add_int8

@@ -79,7 +79,10 @@ def _export(ckpt_dir: Path, out_dir: Path, formats: tuple[str, ...], name: str, 
         weights = staging / WEIGHTS_FILE  # the very file the net was loaded from
         shutil.copyfile(ckpt_dir / WEIGHTS_FILE, weights)
         meta, novelty, hashes = measure(net, meta, staging)  # lines data at hand: hash set, novelty rate
+        decode = onnx.decode_path(staged["onnx"]) if spec.is_step and "onnx" in staged else None
         manifest = build_manifest(name, meta, net, files, file_entry(weights), hashes)
+        if decode is not None:  # the GPT decode graph export_onnx wrote beside the step graph
+            manifest = manifest.model_copy(update={"onnx_decode": file_entry(decode)})
         manifest.save(staging)
         samples = draw_samples(net, meta.arch, meta.vocab, meta.boundary_token)
         command = command or _export_command(ckpt_dir, out_dir, formats, name)

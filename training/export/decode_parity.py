@@ -24,9 +24,10 @@ from pathlib import Path
 
 from torch import nn
 
-from contract import family
+from contract import DECODE_FILE, family
 from engine import Completion, Engine, EngineError, Generator, SamplingParams, TokenLogprob, load_backend
 from training.export.errors import ParityError
+from training.export.manifest import file_entry
 from training.export.samples import LINE_MAX_CHARS
 from training.sample import eager_generator
 
@@ -66,8 +67,11 @@ def check_decode_parity(
         stop = _stop_request(requests[1], want[1].text)
         if stop is not None:
             requests, want = [*requests, stop], [*want, *_decode(eager, [stop])]
-    spec = eager.manifest
     for fmt, path in files.items():
+        spec = eager.manifest
+        decode = path.with_name(DECODE_FILE)
+        if fmt == "onnx" and decode.is_file():  # a GPT's decode graph: the engine decodes through it
+            spec = spec.model_copy(update={"onnx_decode": file_entry(decode)})
         try:
             graph = Generator(Engine.from_backend(spec, load_backend(path, spec, fmt, "cpu"), slots=len(requests)))
             done = _decode(graph, requests)

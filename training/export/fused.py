@@ -25,7 +25,7 @@ MS = "com.microsoft"
 EPS = 1e-5  # torch.nn.LayerNorm's default, as GPT uses
 
 
-class _Builder:
+class Builder:
     def __init__(self, weights: dict[str, np.ndarray]):
         self.weights, self.nodes, self.inits = weights, [], []
 
@@ -48,65 +48,43 @@ class _Builder:
 def fused_step_model(weights: dict[str, np.ndarray], n_layer: int, n_head: int, block_size: int) -> onnx.ModelProto:
     """The step graph of a GPT with these weights: idx, pos, *past -> logits, *new_kv (contract v2). One
     function, written as the graph reads from input to output, like GPT.step it must match node for node."""
-    b = _Builder(weights)
+    b = Builder(weights)
     vocab, n_embd = weights["lm_head.weight"].shape
     _embed(b, block_size)
     _masks(b)
     x, h, h_bias = "x0", None, None
     for i in range(n_layer):
-        p = f"blocks.{i}."
-        g1, b1 = (
-            b.weight(f"{p}ln_1.g", weights[p + "ln_1.weight"]),
-            b.weight(f"{p}ln_1.b", b.bias(p + "ln_1.bias", n_embd)),
-        )
+        ln1 = f"ln1_{i}"
         if h is None:
-            b.node("LayerNormalization", [x, g1, b1], [f"ln1_{i}"], axis=-1, epsilon=EPS)
+            b.node("LayerNormalization", [x, *_ln_weights(b, f"blocks.{i}.ln_1")], [ln1], axis=-1, epsilon=EPS)
         else:  # the previous MLP's output + its bias + the residual, then this layer's ln_1
-            b.node("SkipLayerNormalization", [h, x, g1, b1, h_bias], [f"ln1_{i}", "", "", f"x1_{i}"], MS, epsilon=EPS)
-            x = f"x1_{i}"
-        a = _attention(b, i, f"ln1_{i}", n_head, n_embd)
-        g2, b2 = (
-            b.weight(f"{p}ln_2.g", weights[p + "ln_2.weight"]),
-            b.weight(f"{p}ln_2.b", b.bias(p + "ln_2.bias", n_embd)),
-        )
-        a_bias = b.weight(f"{p}attn.bo", b.bias(p + "attn.c_proj.bias", n_embd))
-        b.node("SkipLayerNormalization", [a, x, g2, b2, a_bias], [f"ln2_{i}", "", "", f"x2_{i}"], MS, epsilon=EPS)
-        x = f"x2_{i}"
-        fc = b.node("MatMul", [f"ln2_{i}", b.weight(f"{p}mlp.wfc", weights[p + "mlp.c_fc.weight"].T)], [f"fc_{i}"])
-        gelu = b.node(
-            "BiasGelu", [fc, b.weight(f"{p}mlp.bfc", b.bias(p + "mlp.c_fc.bias", 4 * n_embd))], [f"gelu_{i}"], MS
-        )
-        h = b.node("MatMul", [gelu, b.weight(f"{p}mlp.wproj", weights[p + "mlp.c_proj.weight"].T)], [f"h_{i}"])
-        h_bias = b.weight(f"{p}mlp.bproj", b.bias(p + "mlp.c_proj.bias", n_embd))
-    gf, bf = b.weight("ln_f.g", weights["ln_f.weight"]), b.weight("ln_f.b", b.bias("ln_f.bias", n_embd))
-    b.node("SkipLayerNormalization", [h, x, gf, bf, h_bias], ["ln_f"], MS, epsilon=EPS)
+            x = skip_ln(b, h, x, h_bias, f"blocks.{i}.ln_1", ln1, f"x1_{i}")
+        x, h, h_bias = mlp(b, i, _attention(b, i, ln1, n_head, n_embd), x)
+    skip_ln(b, h, x, h_bias, "ln_f", "ln_f")
     b.node("MatMul", ["ln_f", b.weight("lm_head.wT", weights["lm_head.weight"].T)], [LOGITS])
-    head_dim = n_embd // n_head
-    kv_in = [
-        helper.make_tensor_value_info(
-            name,
-            TensorProto.FLOAT,
-            ["batch", n_head, head_dim, "past"] if j % 2 == 0 else ["batch", n_head, "past", head_dim],
-        )
-        for j, name in enumerate(past_names(n_layer))
-    ]
-    kv_out = [
-        helper.make_tensor_value_info(
-            name,
-            TensorProto.FLOAT,
-            ["batch", n_head, head_dim, "new"] if j % 2 == 0 else ["batch", n_head, "new", head_dim],
-        )
-        for j, name in enumerate(new_kv_names(n_layer))
-    ]
+    return step_io(b, "charlm-gpt-step", n_layer, n_head, vocab, n_embd)
+
+
+def step_io(b: Builder, name: str, n_layer: int, n_head: int, vocab: int, n_embd: int) -> onnx.ModelProto:
+    """The model around b's nodes, with contract v2's inputs and outputs."""
+    d = n_embd // n_head
+
+    def kv(names: list[str], length: str) -> list[onnx.ValueInfoProto]:
+        shapes = (["batch", n_head, d, length], ["batch", n_head, length, d])  # keys, values
+        return [helper.make_tensor_value_info(n, TensorProto.FLOAT, shapes[j % 2]) for j, n in enumerate(names)]
+
     graph = helper.make_graph(
         b.nodes,
-        "charlm-gpt-step",
+        name,
         [
             helper.make_tensor_value_info(IDX, TensorProto.INT64, ["batch", "new"]),
             helper.make_tensor_value_info(POS, TensorProto.INT64, ["batch"]),
-            *kv_in,
+            *kv(past_names(n_layer), "past"),
         ],
-        [helper.make_tensor_value_info(LOGITS, TensorProto.FLOAT, ["batch", "new", vocab]), *kv_out],
+        [
+            helper.make_tensor_value_info(LOGITS, TensorProto.FLOAT, ["batch", "new", vocab]),
+            *kv(new_kv_names(n_layer), "new"),
+        ],
         b.inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(MS, 1)])
@@ -114,7 +92,45 @@ def fused_step_model(weights: dict[str, np.ndarray], n_layer: int, n_head: int, 
     return model
 
 
-def _embed(b: _Builder, block_size: int) -> None:
+def _ln_weights(b: Builder, prefix: str) -> list[str]:
+    n_embd = b.weights[prefix + ".weight"].shape[0]
+    return [
+        b.weight(prefix + ".g", b.weights[prefix + ".weight"]),
+        b.weight(prefix + ".b", b.bias(prefix + ".bias", n_embd)),
+    ]
+
+
+def skip_ln(b: Builder, h: str, x: str, h_bias: str, prefix: str, out: str, total: str = "") -> str:
+    """LayerNorm(h + h_bias + x) -> out, and the sum itself -> total (the next residual)."""
+    b.node("SkipLayerNormalization", [h, x, *_ln_weights(b, prefix), h_bias], [out, "", "", total], MS, epsilon=EPS)
+    return total
+
+
+def mlp(b: Builder, i: int, a: str, x: str) -> tuple[str, str, str]:
+    """Layer i after its attention output `a` (bias not added) and residual x: ln_2, then the MLP. Returns
+    the new residual, the MLP's output and its bias (both added by the next SkipLayerNormalization)."""
+    w, p = b.weights, f"blocks.{i}."
+    n_embd = w[p + "ln_2.weight"].shape[0]
+    a_bias = b.weight(f"{p}attn.bo", b.bias(p + "attn.c_proj.bias", n_embd))
+    x = skip_ln(b, a, x, a_bias, p + "ln_2", f"ln2_{i}", f"x2_{i}")
+    fc = b.node("MatMul", [f"ln2_{i}", b.weight(f"{p}mlp.wfc", w[p + "mlp.c_fc.weight"].T)], [f"fc_{i}"])
+    gelu = b.node("BiasGelu", [fc, b.weight(f"{p}mlp.bfc", b.bias(p + "mlp.c_fc.bias", 4 * n_embd))], [f"gelu_{i}"], MS)
+    h = b.node("MatMul", [gelu, b.weight(f"{p}mlp.wproj", w[p + "mlp.c_proj.weight"].T)], [f"h_{i}"])
+    return x, h, b.weight(f"{p}mlp.bproj", b.bias(p + "mlp.c_proj.bias", n_embd))
+
+
+def qkv_weights(b: Builder, i: int, n_head: int) -> tuple[str, str]:
+    """Layer i's fused q/k/v projection, the 1/sqrt(head_dim) scale folded into the query's columns."""
+    w, p = b.weights, f"blocks.{i}.attn."
+    n_embd = w[p + "c_proj.weight"].shape[0]
+    scale = np.ones(3 * n_embd, np.float32)
+    scale[:n_embd] = 1.0 / math.sqrt(n_embd // n_head)
+    wqkv = w[p + "c_attn.weight"].T * scale[None, :]
+    bqkv = b.bias(p + "c_attn.bias", 3 * n_embd) * scale
+    return b.weight(p + "wqkv", wqkv), b.weight(p + "bqkv", bqkv)
+
+
+def _embed(b: Builder, block_size: int) -> None:
     """x0 = wte[idx] + wpe[min(pos + arange(new), block_size - 1)] (padding past the table is clamped)."""
     w = b.weights
     b.const("i0", np.array(0, np.int64))
@@ -132,7 +148,7 @@ def _embed(b: _Builder, block_size: int) -> None:
     b.node("Add", ["tok_emb", "pos_emb"], ["x0"])
 
 
-def _masks(b: _Builder) -> None:
+def _masks(b: Builder) -> None:
     """Additive masks, once for all layers: past [B, 1, 1, past] (column j hidden iff j >= pos[b]) and
     new [new, new] (new token j hidden from i iff j > i)."""
     b.node("Shape", [past_names(1)[1]], ["pv_shape"])
@@ -152,17 +168,14 @@ def _masks(b: _Builder) -> None:
     b.node("Trilu", ["ninf_sq", "i1"], ["new_mask"], upper=1)
 
 
-def _attention(b: _Builder, i: int, x: str, n_head: int, n_embd: int) -> str:
+def _attention(b: Builder, i: int, x: str, n_head: int, n_embd: int) -> str:
     """Contract v2 attention of layer i; outputs new_key_i [B, H, D, new] and new_value_i [B, H, new, D].
     The 1/sqrt(head_dim) scale is folded into the query's weights and bias."""
     w, p = b.weights, f"blocks.{i}.attn."
     d = n_embd // n_head
-    scale = np.ones(3 * n_embd, np.float32)
-    scale[:n_embd] = 1.0 / math.sqrt(d)
-    wqkv = w[p + "c_attn.weight"].T * scale[None, :]
-    bqkv = b.bias(p + "c_attn.bias", 3 * n_embd) * scale
-    qkv = b.node("MatMul", [x, b.weight(p + "wqkv", wqkv)], [f"qkv0_{i}"])
-    qkv = b.node("Add", [qkv, b.weight(p + "bqkv", bqkv)], [f"qkv_{i}"])
+    wqkv, bqkv = qkv_weights(b, i, n_head)
+    qkv = b.node("MatMul", [x, wqkv], [f"qkv0_{i}"])
+    qkv = b.node("Add", [qkv, bqkv], [f"qkv_{i}"])
     shape = b.const(f"qkv_shape_{i}", np.array([0, 0, 3 * n_head, d], np.int64))
     qkv = b.node("Reshape", [qkv, shape], [f"qkv4_{i}"])
     qkv = b.node("Transpose", [qkv], [f"qkvT_{i}"], perm=[0, 2, 1, 3])  # [B, 3H, new, D]

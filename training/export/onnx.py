@@ -1,6 +1,7 @@
 """ONNX export of a GraphSpec (one self-contained .onnx file) and an ONNX Runtime runner for checks.
 
-GPT step graphs are written directly with fused kernels (training/export/fused.py). Window models are
+GPT step graphs are written directly with fused kernels (training/export/fused.py), each with a decode
+graph beside it (one new token per row: fused_decode.py, model.decode.onnx). Window models are
 traced; exporter choice: the torch.export-based exporter (dynamo=True). Both exporters give correct numbers
 for the GPT step graph at dynamic batch / new / past (past=0 included) in torch 2.13, but:
 - dynamo=True emits opset 18 natively (torchlib), keeps batch / new / past symbolic in the outputs,
@@ -23,8 +24,10 @@ import onnxruntime as ort
 import torch
 from torch.export import Dim
 
+from contract import DECODE_FILE
 from training.export.errors import ExportError
 from training.export.fused import fused_step_model
+from training.export.fused_decode import fused_decode_model, share_weights
 from training.export.graphs import GraphSpec, Runner
 
 OPSET = 18
@@ -37,9 +40,13 @@ def export_onnx(spec: GraphSpec, path: Path) -> None:
     from the net's weights; window models are traced."""
     if spec.is_step:
         weights = {k: v.detach().cpu().numpy() for k, v in spec.module.net.state_dict().items()}
-        model = fused_step_model(weights, spec.n_layer, spec.n_head, spec.block_size)
-        onnx.save_model(model, str(path), save_as_external_data=False)
+        step = fused_step_model(weights, spec.n_layer, spec.n_head, spec.block_size)
+        onnx.save_model(step, str(path), save_as_external_data=False)
         _check_file(spec, path)
+        decode = fused_decode_model(weights, spec.n_layer, spec.n_head, spec.block_size)
+        share_weights(decode, path)  # its weights are the step graph's bytes, not a second copy
+        onnx.save_model(decode, str(decode_path(path)))
+        _check_file(spec, decode_path(path), external=path.name)
         return
     shapes = {"idx": {0: Dim("batch", min=1)}}
     with _quiet():
@@ -59,8 +66,27 @@ def export_onnx(spec: GraphSpec, path: Path) -> None:
     _check_file(spec, path)
 
 
+def decode_path(path: Path) -> Path:
+    """Where a GPT's decode graph is written beside its step graph `path`."""
+    return path.with_name(DECODE_FILE)
+
+
 def load_runner(path: Path, spec: GraphSpec) -> Runner:
-    """An ONNX Runtime session on one thread, after checking its I/O names against the contract."""
+    """ONNX Runtime on one thread, after checking the I/O names against the contract. A GPT's calls with
+    one new token per row go to its decode graph, the rest to the step graph, as the engine routes them
+    (engine/backends.py), so the parity checks cover both."""
+    step = _session(path, spec)
+    decode = _session(decode_path(path), spec) if spec.is_step else step
+    inputs = spec.input_names
+
+    def run(arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        session = decode if spec.is_step and arrays[0].shape[1] == 1 else step
+        return session.run(None, dict(zip(inputs, arrays, strict=True)))
+
+    return run
+
+
+def _session(path: Path, spec: GraphSpec) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
@@ -69,11 +95,7 @@ def load_runner(path: Path, spec: GraphSpec) -> Runner:
     outputs = [o.name for o in session.get_outputs()]
     if inputs != spec.input_names or outputs != spec.output_names:
         raise ExportError(f"{path}: graph I/O {inputs} -> {outputs} does not match the contract")
-
-    def run(arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
-        return session.run(None, dict(zip(inputs, arrays, strict=True)))
-
-    return run
+    return session
 
 
 def _strip_debug_info(path: Path) -> None:
@@ -85,17 +107,23 @@ def _strip_debug_info(path: Path) -> None:
     onnx.save_model(model, str(path), save_as_external_data=False)
 
 
-def _check_file(spec: GraphSpec, path: Path) -> None:
-    """One file, opset >= 18, no external data: what every consumer of model.onnx relies on."""
+def _check_file(spec: GraphSpec, path: Path, external: str | None = None) -> None:
+    """One file, opset >= 18, no external data (what every consumer of model.onnx relies on); a GPT's
+    decode graph may read its weights from `external`, the step graph beside it, and from nothing else."""
     model = onnx.load(str(path), load_external_data=False)
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
     if opset < OPSET:
         raise ExportError(f"{path}: opset {opset} < {OPSET}")
-    if any(onnx.external_data_helper.uses_external_data(t) for t in model.graph.initializer):
-        raise ExportError(f"{path}: weights were written to an external file")
+    for t in model.graph.initializer:
+        if onnx.external_data_helper.uses_external_data(t) and _location(t) != external:
+            raise ExportError(f"{path}: weights were written to an external file")
     names = ([i.name for i in model.graph.input], [o.name for o in model.graph.output])
     if names != (spec.input_names, spec.output_names):
         raise ExportError(f"{path}: graph I/O {names[0]} -> {names[1]} does not match the contract")
+
+
+def _location(tensor: onnx.TensorProto) -> str | None:
+    return next((e.value for e in tensor.external_data if e.key == "location"), None)
 
 
 @contextlib.contextmanager
