@@ -70,11 +70,12 @@ def test_names_model_meets_its_bar(name: str) -> None:
 
 
 def test_model_repository_fits_its_size_budget() -> None:
-    """Each folder holds its weights three times (ONNX, TorchScript, safetensors): shakespeare-gpt's
-    1.2M parameters make 14.8 MB, so the per-folder budget is 16 MB (it was 12 MB before the weights
-    file); the whole repository stays within 25 MB."""
+    """Each folder holds its weights three times in float32 (ONNX, TorchScript, safetensors; the decode
+    graph shares model.onnx's) and once in int8 where it ships one: shakespeare-gpt's 1.2M parameters
+    make 14.8 MB + 1.3 MB, so the per-folder budget is 17 MB (16 MB before its int8 graph, 12 MB before
+    the weights file); the whole repository stays within 25 MB."""
     sizes = {d.name: sum(f.stat().st_size for f in d.iterdir()) for d in MODELS.iterdir() if d.is_dir()}
-    assert all(size <= 16_000_000 for size in sizes.values()), sizes
+    assert all(size <= 17_000_000 for size in sizes.values()), sizes
     assert sum(sizes.values()) <= 25_000_000
 
 

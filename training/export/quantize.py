@@ -51,14 +51,21 @@ class Int8Outcome:
 
 
 def quantize_graph(src: Path, dst: Path) -> None:
-    """Dynamic int8 quantization of an ONNX file (weights QInt8, per tensor)."""
+    """Dynamic int8 quantization of an ONNX file (weights QInt8, per tensor).
+
+    The quantizer learns each tensor's type from ONNX shape inference, which stops at com.microsoft
+    operators (the fused GPT graph's SkipLayerNormalization, BiasGelu): every tensor of these graphs is
+    float32, so that is the type it is told to assume where inference has none."""
+    from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # quantize_dynamic logs a "consider pre-processing" hint at WARNING
     try:
-        quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+        quantize_dynamic(
+            src, dst, weight_type=QuantType.QInt8, extra_options={"DefaultTensorType": TensorProto.FLOAT}
+        )
     finally:
         root.setLevel(level)
 
