@@ -63,9 +63,7 @@ def quantize_graph(src: Path, dst: Path) -> None:
     level = root.level
     root.setLevel(logging.ERROR)  # quantize_dynamic logs a "consider pre-processing" hint at WARNING
     try:
-        quantize_dynamic(
-            src, dst, weight_type=QuantType.QInt8, extra_options={"DefaultTensorType": TensorProto.FLOAT}
-        )
+        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, extra_options={"DefaultTensorType": TensorProto.FLOAT})
     finally:
         root.setLevel(level)
 
