@@ -90,12 +90,12 @@ class SchedulerLoop(LitLoop):
             sched.cancel(rid)
         sched.expire()
         sched.fill()
-        sched.step()
-        self.outbox.flush(
-            lambda rqid, payload: self.put_response(
-                transport, rqid, mailbox_id(rqid), payload, LitAPIStatus.OK, LoopResponseType.STREAMING
-            )
-        )
+
+        def send(rqid: int, payload: Any) -> None:
+            self.put_response(transport, rqid, mailbox_id(rqid), payload, LitAPIStatus.OK, LoopResponseType.STREAMING)
+
+        sched.step(stepped=lambda: self.outbox.flush(send))
+        self.outbox.flush(send)  # what the intake, cancellations and expiries emitted without a step
         shared.heartbeat(worker_id, sched.live())
         metrics.observe_slots(sched.occupancy)
         lit_api.publish_rates(sched.rates)

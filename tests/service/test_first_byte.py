@@ -50,6 +50,24 @@ def test_a_stream_gets_its_first_text_at_once_then_fewer_bigger_chunks() -> None
         assert all(sum(d.index == i for d in c.deltas) <= 1 for c in chunks)
 
 
+def test_a_lightly_loaded_models_answer_leaves_before_a_busy_models_step() -> None:
+    """A 1-token request beside 8 long rows of another model: its model steps first (fewest live rows) and
+    its events are sent right after that step, not after the busy model's step in the same iteration."""
+    busy, light = FakeEngine(manifest("busy", "stream"), slots=8), FakeEngine(manifest("light", "stream"), slots=8)
+    log: list[str] = []
+    sched = Scheduler(
+        {"busy": busy, "light": light}, lambda job, ev: log.append(f"{job.req.model}:{type(ev).__name__}")
+    )
+    long = EngineRequest("long", "busy", ("",), sampling=SamplingParams(seed=1, max_new_tokens=50), n=8)
+    short = EngineRequest("short", "light", ("",), sampling=SamplingParams(seed=1, max_new_tokens=1))
+    sched.admit(long, uid="long")
+    sched.admit(short, uid="short")
+    sched.fill()
+    sched.step(stepped=lambda: log.append(f"sent after {len(busy.steps)} busy step(s)"))
+    assert log.index("light:Final") < log.index("sent after 0 busy step(s)") < len(log) - 1, log
+    assert log[-1] == "sent after 1 busy step(s)" and busy.steps == [8] and light.steps == [1]
+
+
 def test_merge_keeps_what_cannot_be_joined() -> None:
     a, b = ChoiceDelta(0, "ab"), ChoiceDelta(1, "x")
     assert merge_deltas([a, b, ChoiceDelta(0, "c")]) == (ChoiceDelta(0, "abc"), b)
