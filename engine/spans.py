@@ -13,7 +13,7 @@ from typing import TypeVar
 import numpy as np
 
 # Rows per concurrent call: below this a second call costs more than it saves (measured: docs/engine.md).
-MIN_SPAN = 24
+MIN_SPAN = 16
 
 T = TypeVar("T")
 
