@@ -101,6 +101,10 @@ class Engine:
     def free(self) -> int:
         return self.slots - self._n
 
+    def prefills(self) -> bool:
+        """Whether the next step also prefills (or scores) a prompt: its time is not a decode step's."""
+        return self.runner.prefills(self._n)
+
     def has_capacity(self) -> bool:
         return self._n < self.slots
 

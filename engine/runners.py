@@ -96,6 +96,10 @@ class GPTRunner:
         logits[np.concatenate(calls)] = first
         return logits
 
+    def prefills(self, n: int) -> bool:
+        """Whether the next step prefills some row of [0, n): a step that costs more than its decode."""
+        return bool(self.fresh[:n].any())
+
     def waiting(self, n: int) -> np.ndarray | None:
         """Rows of [0, n) whose prefill was put off by the budget: no logits for them this step."""
         if self._ready:

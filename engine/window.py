@@ -47,6 +47,10 @@ class WindowRunner:
         self._to_score.clear()
         return np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
 
+    def prefills(self, n: int) -> bool:
+        """Whether the next step also scores a prompt (one more call)."""
+        return bool(self._to_score)
+
     def waiting(self, n: int) -> None:
         """Every row gets its logits at every step."""
         return None

@@ -107,8 +107,9 @@ class SchedulerLoop(LitLoop):
         """This iteration's step times, its overhead, and the load per model, for admission (speed.py)."""
         speed = lit_api.shared.speed
         stepped = 0.0
-        for model, size, seconds in sched.timings:
-            speed.record_step(worker_id, model, size, seconds)
+        for model, size, seconds, prefilled in sched.timings:
+            if not prefilled:  # a step that prefilled is no decode step's time at its batch
+                speed.record_step(worker_id, model, size, seconds)
             stepped += seconds
         if sched.timings:
             speed.record_overhead(worker_id, iteration_s - stepped)

@@ -52,7 +52,8 @@ class Scheduler:
         self.waiting: deque[tuple[Job, int, list[int], SamplingParams]] = deque()  # choices without a slot
         self.early_cancels: dict[str, float] = {}  # cancelled before they arrived here
         self.rates: dict[str, float] = {}  # best recent tokens/s per model
-        self.timings: list[tuple[str, int, float]] = []  # (model, batch, seconds) of each step, until read
+        # (model, batch, seconds, prefilled) of each step, until read
+        self.timings: list[tuple[str, int, float, bool]] = []
         self.emitted: dict[str, float] = {}  # when each stream last got a Chunk (see CHUNK_INTERVAL_S)
 
     def idle(self) -> bool:
@@ -153,6 +154,7 @@ class Scheduler:
         live = [(engine.active(), model) for model, engine in self.engines.items()]
         for size, model in sorted((n, m) for n, m in live if n):
             engine = self.engines[model]
+            prefilled = engine.prefills()
             t0 = self.clock()
             try:
                 deltas = engine.step()
@@ -164,7 +166,7 @@ class Scheduler:
             now = self.clock()
             self.on_batch(model, size)
             advanced += size
-            self.timings.append((model, size, now - t0))
+            self.timings.append((model, size, now - t0, prefilled))
             if now > t0:
                 self.rates[model] = max(size / (now - t0), self.rates.get(model, 0.0) * RATE_DECAY)
             self._apply(deltas, now)

@@ -13,6 +13,7 @@ import json
 import socket
 import statistics
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -151,8 +152,10 @@ def test_an_overload_burst_ends_with_no_admitted_request_timing_out() -> None:
         after = _steps(srv)
         outcomes = [(s, c) for s, c, _ in results]
         admitted = [round(t, 1) for s, _, t in results if s == 200]
-        # What the estimate was made with (start-up) against what the burst then measured, batch <= 32.
-        drift = max(after[b] / before[b] for b in before if int(b) <= 32)
+        # What the estimate was made with (start-up) against what the burst then measured, batch <= 32: the
+        # median over those batches, since one batch's reading can come from a single step that also
+        # prefilled (b=16: 4.0 -> 18.8 ms on a quiet machine) while the machine itself did not slow.
+        drift = statistics.median(after[b] / before[b] for b in before if int(b) <= 32)
         print("burst of 48:", {k: outcomes.count(k) for k in set(outcomes)}, "admitted took (s):", admitted)
         print(f"step times before {before}, after {after}: slowed {drift:.2f}x")
         assert all(s in (200, 503, 504) for s, _ in outcomes) and (200, None) in outcomes, outcomes
@@ -165,3 +168,24 @@ def test_an_overload_burst_ends_with_no_admitted_request_timing_out() -> None:
     finally:
         srv.stop(9)
     srv.remove_log()
+
+
+def test_a_step_that_prefills_is_not_taken_for_a_decode_steps_time() -> None:
+    """Admission estimates a request by the decode step time at the batch it joins; a step that also
+    prefilled rows costs more (one b=8 reading of 49 ms, against ~2 ms, made an idle server answer
+    n=8 x 256 with 400 exceeds_timeout). The scheduler says which steps prefilled, and the loop records
+    only the others (service/worker/loop.py)."""
+    from contract.repository import scan_repository
+    from engine import Engine, SamplingParams
+    from service.protocol import EngineRequest
+    from service.worker.scheduler import Scheduler
+
+    entry = scan_repository(Path(__file__).resolve().parents[2] / "models").models["names-gpt"]
+    sched = Scheduler({"names-gpt": Engine.load(entry, slots=4)}, lambda job, ev: None)
+    params = SamplingParams(seed=1, max_new_tokens=6)
+    for rid in ("a", "b"):
+        sched.admit(EngineRequest(rid, "names-gpt", ("em",), sampling=params), uid=rid)
+        sched.fill()
+        sched.step()
+    sched.step()
+    assert [(size, prefilled) for _, size, _, prefilled in sched.timings] == [(1, True), (2, True), (2, False)]

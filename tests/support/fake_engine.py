@@ -83,6 +83,9 @@ class FakeEngine:
             raise InvalidPrompt(problem or f"prompt has characters this worker refuses: {bad}", tuple(bad))
         return [self.manifest.vocab.index(ch) for ch in text]
 
+    def prefills(self) -> bool:
+        return False
+
     def active(self) -> int:
         return len(self.seqs)
 
