@@ -8,10 +8,11 @@ id, and the mailbox hands each request's events to its `MailboxStream`. Each mes
 one message after the other; one message per request and event made a burst of them at the end of a
 step queue up, and a stream's first text waited behind them.
 
-The mailbox is an entry of the LitServer's public `response_buffer` (what LitServe's own handlers use
-per request; CharLMSpec.stream makes LitServe keep every message there, in order), registered before the
-first request is put, so nothing can arrive for it unseen. The put
-runs in a thread: it is a manager round trip too, during which the event loop would stand still.
+Both ends are what LitServe gives a LitSpec, and what its own OpenAISpec uses: `spec.request_queue`,
+`spec.response_buffer` and `spec.response_queue_id` (set by the LitServer for each API server). The mailbox
+is an entry of the response buffer (CharLMSpec.stream makes LitServe keep every message there, in order),
+registered before the first request is put, so nothing can arrive for it unseen. The put runs in a
+thread: it is a manager round trip too, during which the event loop would stand still.
 """
 
 from __future__ import annotations
@@ -86,9 +87,8 @@ def _wake(waiter: asyncio.Future) -> None:
 class LitServeClient:
     """Requests onto LitServe's request queue; answers from this API server's mailbox (module docstring)."""
 
-    def __init__(self, lit_api: Any, server: Any, shared: SharedState):
-        self._server = server
-        self._path = lit_api.api_path
+    def __init__(self, spec: Any, shared: SharedState):
+        self._spec = spec  # a LitSpec: its queue, buffer and id are set by the LitServer before it serves
         self.shared = shared
         self._streams: dict[str, MailboxStream] = {}
         self._reader: asyncio.Task | None = None
@@ -96,11 +96,11 @@ class LitServeClient:
     async def open(self, req: EngineRequest) -> EventStream:
         if self._reader is None:
             self._reader = self._open_mailbox()
-        server, uid = self._server, req.rid
+        spec, uid = self._spec, req.rid
         stream = self._streams[uid] = MailboxStream(on_close=lambda: self._streams.pop(uid, None))
-        item = (server.app.response_queue_id, uid, time.monotonic(), req)
+        item = (spec.response_queue_id, uid, time.monotonic(), req)  # as LitServe's OpenAISpec puts one
         try:
-            await asyncio.get_running_loop().run_in_executor(None, server.litapi_request_queues[self._path].put, item)
+            await asyncio.get_running_loop().run_in_executor(None, spec.request_queue.put, item)
         except BaseException:
             self._streams.pop(uid, None)
             raise
@@ -113,8 +113,8 @@ class LitServeClient:
         from litserve.utils import ResponseBufferItem
 
         data_available, messages = asyncio.Event(), deque()
-        key = mailbox_id(self._server.app.response_queue_id)
-        self._server.response_buffer[key] = ResponseBufferItem(event=data_available, response_queue=messages)
+        key = mailbox_id(self._spec.response_queue_id)
+        self._spec.response_buffer[key] = ResponseBufferItem(event=data_available, response_queue=messages)
         return asyncio.get_running_loop().create_task(self._deliver(messages, data_available), name=key)
 
     async def _deliver(self, messages: deque, data_available: asyncio.Event) -> None:

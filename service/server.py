@@ -105,7 +105,7 @@ def build(settings: Settings, repo: Repository) -> App:
     )
     server.uvicorn_graceful_timeout = UVICORN_GRACE_S
     server.monitor_internal = 3600  # LitServe's own monitor would race ours at shutdown; ours is below
-    client = TracedClient(LitServeClient(api, server, shared))
+    client = TracedClient(LitServeClient(spec, shared))
     spec.gateway = Gateway(catalog, client, shared, settings.timeout, settings.max_queue, settings.max_request_tokens)
     app = App(server, spec, shared, catalog, settings)
     install_routes(server.app, app)

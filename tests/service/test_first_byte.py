@@ -109,14 +109,14 @@ def test_the_mailbox_hands_each_request_its_events_and_the_put_does_not_stall_th
     """The put is a round trip to LitServe's manager process: it runs in a thread, and the API server's
     mailbox exists before it (an answer may come back before the put returns)."""
     puts: list[bool] = []
-    server = SimpleNamespace(response_buffer={}, app=SimpleNamespace(response_queue_id=3), litapi_request_queues={})
+    spec = SimpleNamespace(response_buffer={}, response_queue_id=3)  # what the LitServer sets on a LitSpec
 
     def slow_put(item: tuple) -> None:
-        puts.append(mailbox_id(3) in server.response_buffer and item[0] == 3)
+        puts.append(mailbox_id(3) in spec.response_buffer and item[0] == 3)
         time.sleep(0.3)
 
-    server.litapi_request_queues["/predict"] = SimpleNamespace(put=slow_put)
-    client = LitServeClient(SimpleNamespace(api_path="/predict"), server, shared=None)  # type: ignore[arg-type]
+    spec.request_queue = SimpleNamespace(put=slow_put)
+    client = LitServeClient(spec, shared=None)  # type: ignore[arg-type]
     head, first, final = Accepted(0.0), Chunk((ChoiceDelta(0, "a"),), 1), Final(0.0, 0.0, 0.0, 1, (), 1)
 
     async def scenario() -> tuple[int, list[Any], Any]:
@@ -132,7 +132,7 @@ def test_the_mailbox_hands_each_request_its_events_and_the_put_does_not_stall_th
         a = await client.open(EngineRequest("a", "names", ("",), stream=True))
         b = await client.open(EngineRequest("b", "names", ("",), stream=True))
         task.cancel()
-        box = server.response_buffer[mailbox_id(3)]
+        box = spec.response_buffer[mailbox_id(3)]
         box.response_queue.append(((("b", (head,)), ("gone", (head,)), ("a", (head, first))), LitAPIStatus.OK))
         box.event.set()
         got = [await a.next(1.0), await a.next(1.0), await b.next(1.0), await a.next(0.05)]
@@ -150,3 +150,25 @@ def test_litserves_auth_dependency_is_a_coroutine() -> None:
     """LitServe adds `authorize` (its default: a plain function) as a dependency of every route it
     registers; FastAPI runs a plain function in a thread pool, a hop per request before the handler."""
     assert asyncio.iscoroutinefunction(CharLMAPI.authorize)
+
+
+def test_two_api_servers_each_get_their_own_answers() -> None:
+    """Each API server's mailbox is keyed by the id LitServe gives its spec; with two of them every
+    request, streamed or not, gets its own whole answer (a mix-up would hang one until its timeout)."""
+    import concurrent.futures
+
+    with running_server("--api-servers", "2") as srv:
+
+        def one(i: int) -> tuple[int, str]:
+            body = {"model": "names-gpt", "prompt": "", "max_tokens": 8, "seed": i, "stream": i % 2 == 0}
+            r = httpx.post(srv.url("/v1/completions"), json=body, timeout=30)
+            if body["stream"]:
+                assert r.text.rstrip().endswith("data: [DONE]"), r.text
+                return r.status_code, "".join(re.findall(r'"text":"([^"]*)"', r.text))
+            return r.status_code, r.json()["choices"][0]["text"]
+
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            got = list(pool.map(one, range(48)))
+        again = [one(i) for i in (0, 1)]  # seeded: the same text alone as in the crowd
+    assert all(status == 200 and text for status, text in got), got
+    assert again == got[:2]
