@@ -22,6 +22,18 @@ never copies the cache. `past` may be anything >= max(pos) (0 for a fresh prefil
 only the live prefix of its cache.
 
 TorchScript files take the same inputs positionally and return the same outputs as a tuple.
+
+GPT, optional decode graph (model.decode.onnx): one new token per row, the cache updated *in place*:
+  inputs  `idx` int64 [batch, 1], `pos` int64 [batch]      as above, new == 1
+          `cache_key_i`, `cache_value_i` float32 [batch, n_head, columns, head_dim]   keys and values laid
+                                    out alike (not transposed), columns > max(pos)
+  outputs `logits` float32 [batch, 1, vocab]
+          `present_key_i`, `present_value_i`   the same shape: the cache with row b's new key and value
+                                    at column pos[b]. The caller binds them to the input's buffers
+                                    (ONNX Runtime's GroupQueryAttention then shares past and present), so
+                                    the graph writes that one column and copies nothing else.
+Row b attends to columns 0..pos[b] (its new entry included) and reads no column past pos[b]: the cost
+follows each row's own length, not the longest row's.
 """
 
 GRAPH_VERSION = 2
@@ -39,6 +51,21 @@ def past_names(n_layer: int) -> list[str]:
 def new_kv_names(n_layer: int) -> list[str]:
     """What each step adds to the cache, in graph order matching `past_names`."""
     return [f"new_{kind}_{i}" for i in range(n_layer) for kind in ("key", "value")]
+
+
+def cache_names(n_layer: int) -> list[str]:
+    """The decode graph's cache inputs: cache_key_0, cache_value_0, cache_key_1, ..."""
+    return [f"cache_{kind}_{i}" for i in range(n_layer) for kind in ("key", "value")]
+
+
+def present_names(n_layer: int) -> list[str]:
+    """The decode graph's cache outputs (the inputs' buffers, written in place), matching `cache_names`."""
+    return [f"present_{kind}_{i}" for i in range(n_layer) for kind in ("key", "value")]
+
+
+def cache_shape(batch: int, n_head: int, head_dim: int, length: int) -> tuple[int, int, int, int]:
+    """Layout of the decode graph's key and value caches (both alike)."""
+    return (batch, n_head, length, head_dim)
 
 
 def key_shape(batch: int, n_head: int, head_dim: int, length: int) -> tuple[int, int, int, int]:

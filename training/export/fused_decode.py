@@ -1,18 +1,20 @@
-"""The GPT decode graph: the step graph (fused.py) specialised to one new token per row.
+"""The GPT decode graph: one new token per row over a cache it updates in place (contract/graph.py).
 
-Why a second graph: a decode step is most of serving, and at one new token per row the general graph's
-glue is pure cost. Here the activations are 2-D [batch, n_embd], so the q/k/v projection and its bias
-fuse into one Gemm and no Transpose is needed (with one token, [B, H, 1, D], [B, H, D, 1] and [B, C]
-are one layout, so heads are Reshapes); the new token's own score is an elementwise product summed
-over head_dim, and its share of the output a broadcast Mul, instead of the one-element MatMuls that
-cost most at large batch; the softmax's two parts come apart in one Split; and the new-token mask
-(a Trilu over new x new) is gone. Same inputs and outputs as the step graph (contract v2, with
-new == 1); the engine runs it for decode steps and the step graph for everything else
-(engine/backends.py), and export checks both against the eager net (training/export/parity.py).
+Why a second graph: a decode step is most of serving, and at one new token per row the step graph's
+attention is glue around tiny tensors that reads every row's cache up to the longest row. Here each
+layer's attention is ONNX Runtime's fused `GroupQueryAttention` (kv heads = heads, so plain multi-head
+attention) over a cache laid out [batch, heads, columns, head_dim]: it takes the packed q/k/v of the
+fused Gemm, reads each row only up to its own position (`seqlens_k` = pos), and, with its past and
+present bound to the same buffer, writes the row's new key and value at column pos[b] itself, so the
+engine copies nothing after the call. Activations stay 2-D [batch, n_embd] (the q/k/v MatMul and bias
+fuse into one Gemm); the kernel sees them as [batch, 1, 3 * n_embd]. The 1/sqrt(head_dim) scale is in
+the query's weights (fused.qkv_weights), so the kernel's own scale is 1. The engine runs this graph for
+decode steps and the step graph for prefills (engine/backends.py); export checks both against the eager
+net (training/export/parity.py).
 
 Its weights are not stored twice: `share_weights` turns every initializer it has in common with the
 step graph into ONNX external data pointing at that tensor's bytes inside model.onnx (the decode file is
-~35 KB of nodes, and any ONNX tool that loads it from its folder reads the step graph's bytes).
+~30 KB of nodes, and any ONNX tool that loads it from its folder reads the step graph's bytes).
 """
 
 from __future__ import annotations
@@ -21,72 +23,83 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto
+from onnx import TensorProto, helper
 
-from contract import IDX, LOGITS, POS, new_kv_names, past_names
-from training.export.fused import Builder, mlp, qkv_weights, skip_ln, step_io
+from contract import IDX, LOGITS, POS, cache_names, present_names
+from training.export.fused import MS, Builder, mlp, qkv_weights, skip_ln
 
 
 def fused_decode_model(weights: dict[str, np.ndarray], n_layer: int, n_head: int, block_size: int) -> onnx.ModelProto:
-    """The decode graph of a GPT with these weights: idx [B, 1], pos, *past -> logits, *new_kv."""
+    """The decode graph of a GPT with these weights: idx [B, 1], pos, *cache -> logits, *present."""
     b = Builder(weights)
     vocab, n_embd = weights["lm_head.weight"].shape
     _embed(b, block_size)
-    _mask(b)
     x, h, h_bias = "pos_emb", "tok_emb", b.const("zeros", np.zeros(n_embd, np.float32))
     for i in range(n_layer):
         x = skip_ln(b, h, x, h_bias, f"blocks.{i}.ln_1", f"ln1_{i}", f"x1_{i}")  # layer 0: wte + wpe
-        x, h, h_bias = mlp(b, i, _attention(b, i, f"ln1_{i}", n_head, n_embd), x)
+        x, h, h_bias = mlp(b, i, _attention(b, i, f"ln1_{i}", n_head), x)
     skip_ln(b, h, x, h_bias, "ln_f", "ln_f")
-    b.node("Reshape", ["ln_f", b.const("logits_shape", np.array([0, 1, n_embd], np.int64))], ["ln_f3"])
-    b.node("MatMul", ["ln_f3", b.weight("lm_head.wT", weights["lm_head.weight"].T)], [LOGITS])
-    return step_io(b, "charlm-gpt-decode", n_layer, n_head, vocab, n_embd)
+    b.node("MatMul", ["ln_f", b.weight("lm_head.wT", weights["lm_head.weight"].T)], ["logits2"])
+    b.node("Unsqueeze", ["logits2", "ax1"], [LOGITS])
+    return _io(b, n_layer, n_head, vocab, n_embd)
 
 
 def _embed(b: Builder, block_size: int) -> None:
-    """tok_emb = wte[idx[:, 0]], pos_emb = wpe[min(pos, block_size - 1)], both [B, n_embd]; summed by
-    the first layer's SkipLayerNormalization."""
+    """tok_emb = wte[idx[:, 0]], pos_emb = wpe[min(pos, block_size - 1)], both [B, n_embd] (summed by
+    the first layer's SkipLayerNormalization); and the kernel's lengths, once for all layers: seqlens
+    int32 [B] = pos (a row's length after this token, minus one) and total int32 = max(pos) + 1."""
     b.node("Squeeze", [IDX, b.const("ax1", np.array([1], np.int64))], ["tokens"])
     b.node("Min", [POS, b.const("last_pos", np.array(block_size - 1, np.int64))], ["positions"])
     b.node("Gather", [b.weight("wte", b.weights["lm_head.weight"]), "tokens"], ["tok_emb"])
     b.node("Gather", [b.weight("wpe", b.weights["wpe.weight"]), "positions"], ["pos_emb"])
+    b.node("Cast", [POS], ["seqlens"], to=TensorProto.INT32)
+    b.node("ReduceMax", ["seqlens"], ["max_pos"], keepdims=0)
+    b.node("Add", ["max_pos", b.const("one_i32", np.array(1, np.int32))], ["total"])
 
 
-def _mask(b: Builder) -> None:
-    """past_mask [B, 1, 1, past]: column j hidden (-inf) iff j >= pos[b]; and the sizes [past, 1] that
-    split the softmax back into its cache and new-token parts. Once for all layers."""
-    b.node("Shape", [past_names(1)[1]], ["pv_shape"])
-    b.node("Gather", ["pv_shape", b.const("i2", np.array(2, np.int64))], ["past_len"])
-    b.node("Range", [b.const("i0", np.array(0, np.int64)), "past_len", b.const("i1", np.array(1, np.int64))], ["cols"])
-    b.node("Reshape", [POS, b.const("pos_shape", np.array([-1, 1, 1, 1], np.int64))], ["pos4"])
-    b.node("GreaterOrEqual", ["cols", "pos4"], ["hidden"])
-    ninf, zero = b.const("ninf", np.array(-np.inf, np.float32)), b.const("zero", np.array(0.0, np.float32))
-    b.node("Where", ["hidden", ninf, zero], ["past_mask"])
-    b.node("Unsqueeze", ["past_len", b.const("ax0", np.array([0], np.int64))], ["past_len_1"])
-    b.node("Concat", ["past_len_1", b.const("one_1", np.array([1], np.int64))], ["parts"], axis=0)
-
-
-def _attention(b: Builder, i: int, x: str, n_head: int, n_embd: int) -> str:
-    """Layer i's attention for one new token per row; writes new_key_i [B, H, D, 1] and new_value_i
-    [B, H, 1, D], returns the output projection's product (its bias goes to the next SkipLayerNorm)."""
+def _attention(b: Builder, i: int, x: str, n_head: int) -> str:
+    """Layer i's attention for one new token per row, its cache written in place; returns the output
+    projection's product (its bias goes to the next SkipLayerNorm)."""
     w, p = b.weights, f"blocks.{i}.attn."
-    d = n_embd // n_head
     wqkv, bqkv = qkv_weights(b, i, n_head)
     qkv = b.node("Add", [b.node("MatMul", [x, wqkv], [f"qkv0_{i}"]), bqkv], [f"qkv_{i}"])  # ORT: one Gemm
-    qkv = b.node("Reshape", [qkv, b.const(f"qkv_shape_{i}", np.array([0, 3 * n_head, 1, d], np.int64))], [f"qkv4_{i}"])
-    q, k, v = f"q_{i}", f"k_{i}", new_kv_names(i + 1)[-1]
-    b.node("Split", [qkv], [q, k, v], axis=1, num_outputs=3)  # [B, H, 1, D] each
-    b.node("Reshape", [k, b.const(f"key_shape_{i}", np.array([0, n_head, d, 1], np.int64))], [new_kv_names(i + 1)[-2]])
-    past_k, past_v = past_names(i + 1)[-2:]
-    s_past = b.node("Add", [b.node("MatMul", [q, past_k], [f"s_past0_{i}"]), "past_mask"], [f"s_past_{i}"])
-    qk = b.node("Mul", [q, k], [f"qk_{i}"])
-    s_new = b.node("ReduceSum", [qk, b.const(f"last_{i}", np.array([-1], np.int64))], [f"s_new_{i}"], keepdims=1)
-    prob = b.node("Softmax", [b.node("Concat", [s_past, s_new], [f"s_{i}"], axis=-1)], [f"p_{i}"], axis=-1)
-    b.node("Split", [prob, "parts"], [f"p_past_{i}", f"p_new_{i}"], axis=-1)
-    y_past = b.node("MatMul", [f"p_past_{i}", past_v], [f"y_past_{i}"])
-    y = b.node("Add", [y_past, b.node("Mul", [f"p_new_{i}", v], [f"y_new_{i}"])], [f"y_{i}"])
-    y = b.node("Reshape", [y, b.const(f"y_shape_{i}", np.array([0, n_embd], np.int64))], [f"y2_{i}"])
+    qkv = b.node("Unsqueeze", [qkv, "ax1"], [f"qkv3_{i}"])  # [B, 1, 3C]: q, k, v heads packed, in order
+    cache_k, cache_v = cache_names(i + 1)[-2:]
+    present_k, present_v = present_names(i + 1)[-2:]
+    y = b.node(
+        "GroupQueryAttention",
+        [qkv, "", "", cache_k, cache_v, "seqlens", "total"],
+        [f"y3_{i}", present_k, present_v],
+        MS,
+        num_heads=n_head,
+        kv_num_heads=n_head,
+        scale=1.0,  # folded into the query's weights
+    )
+    y = b.node("Squeeze", [y, "ax1"], [f"y_{i}"])
     return b.node("MatMul", [y, b.weight(p + "wo", w[p + "c_proj.weight"].T)], [f"attn_{i}"])
+
+
+def _io(b: Builder, n_layer: int, n_head: int, vocab: int, n_embd: int) -> onnx.ModelProto:
+    """The model around b's nodes, with the decode graph's inputs and outputs (contract/graph.py)."""
+    d = n_embd // n_head
+
+    def cache(names: list[str]) -> list[onnx.ValueInfoProto]:
+        return [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", n_head, "columns", d]) for n in names]
+
+    graph = helper.make_graph(
+        b.nodes,
+        "charlm-gpt-decode",
+        [
+            helper.make_tensor_value_info(IDX, TensorProto.INT64, ["batch", 1]),
+            helper.make_tensor_value_info(POS, TensorProto.INT64, ["batch"]),
+            *cache(cache_names(n_layer)),
+        ],
+        [helper.make_tensor_value_info(LOGITS, TensorProto.FLOAT, ["batch", 1, vocab]), *cache(present_names(n_layer))],
+        b.inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(MS, 1)])
+    model.ir_version = 9
+    return model
 
 
 SHARED_MIN_BYTES = 1024  # smaller constants stay inline: sharing them saves nothing worth a lookup
