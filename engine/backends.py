@@ -17,7 +17,7 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-from contract import IDX, LOGITS, POS, Manifest, family, new_kv_names, past_names
+from contract import IDX, LOGITS, POS, Manifest, cache_names, family, new_kv_names, past_names, present_names
 from engine.types import BackendUnavailable, EngineError
 
 BackendName = Literal["onnx", "torchscript"]
@@ -68,13 +68,21 @@ class OnnxBackend:
         self._inputs, self._outputs = graph_io(manifest)
         self._vocab = manifest.vocab_size
         self._local = threading.local()  # run_decode's binding, one per calling thread
-        self._session = self._open(ort, path, providers)
-        # GPT: the graph specialised to one new token per row (training/export/fused_decode.py) runs the
-        # decode steps, the step graph the rest; a folder without one decodes through the step graph.
-        decode = manifest.onnx_decode
-        self._decode = self._session if decode is None else self._open(ort, path.parent / decode.path, providers)
+        self._session = self._open(ort, path, providers, self._inputs, self._outputs)
+        # GPT: the decode graph (training/export/fused_decode.py) runs the decode steps over a cache it
+        # updates in place, the step graph the rest; without one (or on CUDA, where its kernel wants
+        # half precision) the step graph decodes too, IOBinding kept.
+        decode = manifest.onnx_decode if device == "cpu" else None
+        self.decode_in_place = decode is not None
+        self._decode = self._session
+        if decode is not None:
+            n_layer = manifest.n_layer or 0
+            io = [IDX, POS, *cache_names(n_layer)], [LOGITS, *present_names(n_layer)]
+            self._decode = self._open(ort, path.parent / decode.path, providers, *io, old=manifest.name)
 
-    def _open(self, ort, path: Path, providers: list[str]):
+    def _open(self, ort, path: Path, providers: list[str], inputs: list[str], outputs: list[str], old: str = ""):
+        """A session of the graph at `path`, its I/O names checked against the contract's (`old`: the
+        model's name when this is its decode graph, whose earlier contract gets its own message)."""
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = INTRA_OP_THREADS
         opts.inter_op_num_threads = 1
@@ -88,31 +96,40 @@ class OnnxBackend:
             raise EngineError(f"{path}: onnxruntime cannot load it: {first}") from None
         got_in = [i.name for i in session.get_inputs()]
         got_out = [o.name for o in session.get_outputs()]
-        if sorted(got_in) != sorted(self._inputs) or not set(self._outputs) <= set(got_out):
+        if old and sorted(got_in) == sorted(self._inputs):
+            raise EngineError(
+                f"{path}: a decode graph of the step graph's contract (an earlier export); rewrite it from "
+                f"the folder's weights: python -m training upgrade {path.parent}"
+            )
+        if sorted(got_in) != sorted(inputs) or not set(outputs) <= set(got_out):
             raise EngineError(
                 f"{path}: graph inputs {got_in} / outputs {got_out} do not follow the contract "
-                f"(want {self._inputs} -> {self._outputs})"
+                f"(want {inputs} -> {outputs})"
             )
         return session
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        session = self._decode if len(inputs) > 1 and inputs[0].shape[1] == 1 else self._session
-        return session.run(self._outputs, dict(zip(self._inputs, inputs, strict=True)))
+        """The step graph (contract v2), any number of new tokens."""
+        return self._session.run(self._outputs, dict(zip(self._inputs, inputs, strict=True)))
 
     def run_decode(self, inputs: Sequence[np.ndarray], views: Hashable) -> list[np.ndarray]:
-        """`run` for a GPT decode step (one new token per row, contract v2), through an IOBinding kept
-        per thread. `views` names the cache views the caller passes: equal names promise the same
-        arrays (addresses and shapes), so the views are bound by address once, the outputs written into
-        arrays bound once, and idx and pos copied into buffers bound once, for as long as the thread's
-        batch stays the same (lockstep decoding: every step between two rows joining or leaving). A
-        bind costs about a plain call's overhead, so a batch is bound the second time in a row it is
-        seen and runs plain until then. The outputs are valid until this thread's next run_decode."""
+        """A GPT decode step (one new token per row) through an IOBinding kept per thread. `views` names
+        the cache views the caller passes: equal names promise the same arrays (addresses and shapes),
+        so they are bound by address once, the outputs written into arrays bound once, and idx and pos
+        copied into buffers bound once, for as long as the thread's batch stays the same.
+
+        `decode_in_place`: the caches are [B, H, columns, D] views (contract/graph.py, decode graph),
+        bound as both input and output, so the graph writes each row's new key and value into them;
+        returns [logits]. Otherwise the step graph's contract: returns [logits, *new_kv] for the caller
+        to store; there a bind costs about a plain call's overhead, so a batch is bound the second time
+        in a row it is seen and runs plain until then. The outputs are valid until this thread's next
+        run_decode."""
         if self.device != "cpu":
             return self.run(inputs)
         local = self._local
         bound = getattr(local, "bound", None)
         if bound is None or bound[0] != views:
-            if getattr(local, "seen", None) != views:
+            if not self.decode_in_place and getattr(local, "seen", None) != views:
                 local.seen = views
                 return self.run(inputs)
             bound = local.bound = (views, *self._bind(inputs))
@@ -126,15 +143,21 @@ class OnnxBackend:
         binding = self._decode.io_binding()
         ids = [np.array(inputs[0]), np.array(inputs[1])]  # own buffers: copied into at every call
         past = inputs[2:]
-        for name, a in zip(self._inputs, [*ids, *past], strict=True):
+        names = [IDX, POS, *cache_names(len(past) // 2)] if self.decode_in_place else self._inputs
+        for name, a in zip(names, [*ids, *past], strict=True):
             binding.bind_input(name, "cpu", 0, a.dtype, list(a.shape), a.__array_interface__["data"][0])
         batch, n_head = past[0].shape[:2]
-        head_dim = past[1].shape[3]
-        shapes = [(batch, 1, self._vocab)] + [
-            (batch, n_head, head_dim, 1) if j % 2 == 0 else (batch, n_head, 1, head_dim) for j in range(len(past))
-        ]
-        outputs = [np.empty(shape, np.float32) for shape in shapes]
-        for name, a in zip(self._outputs, outputs, strict=True):
+        outputs = [np.empty((batch, 1, self._vocab), np.float32)]
+        if self.decode_in_place:  # present_i is cache_i itself
+            out_names, targets = [LOGITS, *present_names(len(past) // 2)], [*outputs, *past]
+        else:
+            head_dim = past[1].shape[3]
+            outputs += [
+                np.empty((batch, n_head, head_dim, 1) if j % 2 == 0 else (batch, n_head, 1, head_dim), np.float32)
+                for j in range(len(past))
+            ]
+            out_names, targets = self._outputs, outputs
+        for name, a in zip(out_names, targets, strict=True):
             binding.bind_output(name, "cpu", 0, np.float32, list(a.shape), a.__array_interface__["data"][0])
         return binding, ids, outputs
 

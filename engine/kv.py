@@ -1,7 +1,11 @@
 """The engine-owned KV cache of a GPT: one preallocated block per slot, read in place by the graph.
 
-Layout (contract/graph.py): keys [slots, n_head, head_dim, columns], values [slots, n_head, columns,
-head_dim]. Live sequences always sit in rows 0..n-1 (the engine compacts on exit), so the rows a call
+Layout (contract/graph.py): values [slots, n_head, columns, head_dim]; keys transposed, [slots, n_head,
+head_dim, columns], for the step graph's decode (contract v2), or laid out like the values for a decode
+graph that updates the cache in place (`in_place`: the graph writes each step's new column itself, and
+`write` only stores what the step graph's prefills add).
+
+Live sequences always sit in rows 0..n-1 (the engine compacts on exit), so the rows a call
 reads, `[lo:hi]`, are one contiguous block that ONNX Runtime and torch take without a copy.
 
 `columns` is the live prefix, not block_size: attention reads every column it is given, and on this
@@ -15,16 +19,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from contract import key_shape, value_shape
+from contract import cache_shape, key_shape, value_shape
 
 BUCKET = 32
 FEW_ROWS = 4  # decode writes of up to this many rows go row by row
 
 
 class KVCache:
-    def __init__(self, slots: int, n_layer: int, n_head: int, head_dim: int, block_size: int):
+    def __init__(self, slots: int, n_layer: int, n_head: int, head_dim: int, block_size: int, in_place: bool = False):
         self.slots, self.n_layer, self.n_head, self.head_dim = slots, n_layer, n_head, head_dim
-        self.block_size = block_size
+        self.block_size, self.in_place = block_size, in_place
         self._flat = [np.zeros(slots * n_head * head_dim * block_size, np.float32) for _ in range(2 * n_layer)]
         self.columns = min(BUCKET, block_size)
         self.layers = self._views(self.columns)
@@ -57,32 +61,33 @@ class KVCache:
         """Store what a step added: row rows[b] gets its new entries at columns start[b] .. start[b]+new-1.
 
         A prefill (start 0 for all) writes its whole width, padding included: columns past a row's
-        length are masked by the graph and overwritten as the row grows. In a decode step the keys'
-        transposed layout makes every new key a scattered write (1.4 ms of a batch-128 step against
-        0.2 ms for the values); the graph's attention gains more than that from it (kT: 14.6 ms a step
-        against 15.8 ms with keys [B, H, L, D], ONNX Runtime, batch 128, 64 columns).
+        length are masked by the graph and overwritten as the row grows. `new_kv` is in the step graph's
+        layout (keys transposed), which an in-place cache turns back. In a step-graph decode, the keys'
+        transposed layout makes every new key a scattered write, one reason the in-place decode graph
+        wins (docs/benchmarks.md).
         """
+        kt = not self.in_place  # keys transposed (the step graph's layout; its new_kv always is)
         if isinstance(start, int):
             new = new_kv[1].shape[2]
             for j, t in enumerate(new_kv):
-                if j % 2 == 0:
+                if j % 2 == 0 and kt:
                     self.layers[j][rows, :, :, start : start + new] = t
                 else:
-                    self.layers[j][rows, :, start : start + new, :] = t
+                    self.layers[j][rows, :, start : start + new, :] = t if j % 2 else t.transpose(0, 1, 3, 2)
             return
         if len(rows) <= FEW_ROWS:  # plain slices: numpy's fancy indexing costs more per call than per row
             for b, (r, p) in enumerate(zip(rows.tolist(), start.tolist(), strict=True)):
                 for j, t in enumerate(new_kv):
-                    if j % 2 == 0:
+                    if j % 2 == 0 and kt:
                         self.layers[j][r, :, :, p] = t[b, :, :, 0]
                     else:
-                        self.layers[j][r, :, p, :] = t[b, :, 0, :]
+                        self.layers[j][r, :, p, :] = t[b, :, 0, :] if j % 2 else t[b, :, :, 0]
             return
         for j, t in enumerate(new_kv):
-            if j % 2 == 0:
+            if j % 2 == 0 and kt:
                 self.layers[j][rows, :, :, start] = t[:, :, :, 0]
             else:
-                self.layers[j][rows, :, start, :] = t[:, :, 0, :]
+                self.layers[j][rows, :, start, :] = t[:, :, 0, :] if j % 2 else t[:, :, :, 0]
 
     def move(self, src: int, dst: int) -> None:
         for a in self.layers:
@@ -91,10 +96,9 @@ class KVCache:
     def _views(self, columns: int) -> list[np.ndarray]:
         h, d, s = self.n_head, self.head_dim, self.slots
         size = s * h * d * columns
-        return [
-            f[:size].reshape(key_shape(s, h, d, columns) if j % 2 == 0 else value_shape(s, h, d, columns))
-            for j, f in enumerate(self._flat)
-        ]
+        keys = cache_shape(s, h, d, columns) if self.in_place else key_shape(s, h, d, columns)
+        values = value_shape(s, h, d, columns)
+        return [f[:size].reshape(keys if j % 2 == 0 else values) for j, f in enumerate(self._flat)]
 
     def _relayout(self, columns: int, rows: int) -> None:
         """Re-lay rows [0, rows) out at `columns` wide, in the same memory. Widening moves each row to a
@@ -105,7 +109,7 @@ class KVCache:
         order = range(rows - 1, -1, -1) if columns > self.columns else range(rows)
         for j in range(2 * self.n_layer):
             for r in order:
-                if j % 2 == 0:
+                if j % 2 == 0 and not self.in_place:
                     new[j][r, :, :, :keep] = old[j][r, :, :, :keep]
                 else:
                     new[j][r, :, :keep, :] = old[j][r, :, :keep, :]

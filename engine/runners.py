@@ -53,7 +53,10 @@ class GPTRunner:
         self.backend, self.pad = backend, pad
         self.block_size, self.vocab_size = manifest.block_size, manifest.vocab_size
         self.keep = max(1, manifest.block_size // 2)
-        self.kv = KVCache(slots, manifest.n_layer or 0, manifest.n_head or 0, manifest.head_dim or 0, self.block_size)
+        # a decode graph that writes the cache itself reads keys laid out like values (contract/graph.py)
+        self.in_place = bool(getattr(backend, "decode_in_place", False))
+        shape = (manifest.n_layer or 0, manifest.n_head or 0, manifest.head_dim or 0, self.block_size)
+        self.kv = KVCache(slots, *shape, in_place=self.in_place)
         self.n_embd = (manifest.n_head or 0) * (manifest.head_dim or 0)
         self.length = np.zeros(slots, dtype=np.int64)  # cached positions per row
         self.pending = np.zeros(slots, dtype=np.int64)  # sampled, not yet fed
@@ -175,7 +178,7 @@ class GPTRunner:
         if m:
             self.kv.fit(self._widest, rows=n)
         bound = getattr(self.backend, "run_decode", None)  # IOBinding where the backend has it
-        columns, kv, rows, cached = self.kv.columns, self.kv, self._rows, self._inputs
+        columns, kv, rows, cached, in_place = self.kv.columns, self.kv, self._rows, self._inputs, self.in_place
 
         def call(lo: int, hi: int) -> list[np.ndarray]:
             views = (lo, hi, columns)
@@ -185,7 +188,8 @@ class GPTRunner:
                 inputs = [idx[lo:hi], pos[lo:hi], *kv.past(lo, hi)]
             # the cache views of rows [lo, hi) at a width are always the same arrays (kv.py)
             out = bound(inputs, views) if bound else self.backend.run(inputs)
-            kv.write(rows[lo:hi], inputs[1], out[1:])  # each span writes its own rows
+            if not in_place:  # the graph wrote its rows' new column itself
+                kv.write(rows[lo:hi], inputs[1], out[1:])  # each span writes its own rows
             return out[:1]
 
         if not calls:
