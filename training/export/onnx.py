@@ -43,10 +43,7 @@ def export_onnx(spec: GraphSpec, path: Path) -> None:
         step = fused_step_model(weights, spec.n_layer, spec.n_head, spec.block_size)
         onnx.save_model(step, str(path), save_as_external_data=False)
         _check_file(path, spec.input_names, spec.output_names)
-        decode = fused_decode_model(weights, spec.n_layer, spec.n_head, spec.block_size)
-        share_weights(decode, path)  # its weights are the step graph's bytes, not a second copy
-        onnx.save_model(decode, str(decode_path(path)))
-        _check_file(decode_path(path), *spec.decode_io, external=path.name)
+        export_decode(spec, path)
         return
     shapes = {"idx": {0: Dim("batch", min=1)}}
     with _quiet():
@@ -64,6 +61,17 @@ def export_onnx(spec: GraphSpec, path: Path) -> None:
         )
     _strip_debug_info(path)
     _check_file(path, spec.input_names, spec.output_names)
+
+
+def export_decode(spec: GraphSpec, path: Path) -> Path:
+    """Write a GPT's decode graph beside its saved step graph `path`, its weights read from that file's
+    bytes (not a second copy); returns where. Also what `training upgrade` rewrites an old one with."""
+    weights = {k: v.detach().cpu().numpy() for k, v in spec.module.net.state_dict().items()}
+    decode = fused_decode_model(weights, spec.n_layer, spec.n_head, spec.block_size)
+    share_weights(decode, path)
+    onnx.save_model(decode, str(decode_path(path)))
+    _check_file(decode_path(path), *spec.decode_io, external=path.name)
+    return decode_path(path)
 
 
 def decode_path(path: Path) -> Path:
