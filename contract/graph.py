@@ -32,6 +32,8 @@ GPT, optional decode graph (model.decode.onnx): one new token per row, the cache
                                     at column pos[b]. The caller binds them to the input's buffers
                                     (ONNX Runtime's GroupQueryAttention then shares past and present), so
                                     the graph writes that one column and copies nothing else.
+                                    Unbound, ONNX Runtime returns fresh arrays whose columns past
+                                    pos[b] are not the cache's (zeros): read only columns <= pos[b].
 Row b attends to columns 0..pos[b] (its new entry included) and reads no column past pos[b]: the cost
 follows each row's own length, not the longest row's.
 """

@@ -6,8 +6,8 @@ and the net's config (`net_config`), so a shipped model can be re-exported, samp
 without its run directory. A schema-1 folder is refused with the command that upgrades it.
 An optional `onnx_int8` (a dynamically quantized copy of the ONNX graph with its own test loss) needs no
 new schema version: manifests without it stay valid and mean "float32 only". Likewise an optional
-`onnx_decode` (GPT: the step graph specialised to one new token per row, which the engine runs for decode
-steps): without it the step graph serves decode too.
+`onnx_decode` (GPT: the graph for one new token per row over a cache it updates in place, contract/graph.py,
+which the engine runs for decode steps): without it the step graph serves decode too.
 """
 
 from __future__ import annotations
@@ -101,7 +101,9 @@ class Manifest(_Strict):
     data_hashes: FileEntry | None = Field(None, description="lines models: hashes of every data sample (novelty)")
     metrics: Metrics
     onnx_int8: QuantizedGraph | None = Field(None, description="an int8 ONNX graph beside the float one")
-    onnx_decode: FileEntry | None = Field(None, description="GPT: the ONNX step graph for one new token per row")
+    onnx_decode: FileEntry | None = Field(
+        None, description="GPT: the ONNX decode graph (one new token per row, cache updated in place)"
+    )
     data: DataInfo
     training: TrainingInfo
     created_at: datetime

@@ -87,7 +87,10 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("export", help="export a checkpoint to models/<name> (python -m training export -h)")
     sub.add_parser("launch", help="train on N processes (torchrun); Ctrl+C exits 130 (python -m training launch -h)")
     sub.add_parser("verify", help="re-measure shipped models' test loss with ONNX Runtime alone")
-    sub.add_parser("upgrade", help="upgrade v1 model folders to graph contract v2 (python -m training upgrade -h)")
+    sub.add_parser(
+        "upgrade",
+        help="upgrade v1 model folders to graph contract v2, a GPT's old decode graph to the current one (-h)",
+    )
     return p
 
 

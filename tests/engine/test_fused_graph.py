@@ -1,5 +1,5 @@
-"""The hand-written fused GPT step and decode graphs (training/export/fused.py, fused_decode.py) and the
-engine's IOBinding decode path."""
+"""The hand-written fused GPT step and decode graphs (training/export/fused.py, fused_decode.py; the decode
+graph's in-place cache contract, contract/graph.py) and the engine's IOBinding decode path."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from contract import cache_names, cache_shape, present_names
 from engine.backends import OnnxBackend
 from engine.types import EngineError
 from training.export.fused import fused_step_model
@@ -67,32 +68,82 @@ def test_fused_graph_matches_the_eager_step(bias):
             assert np.abs(have - want.numpy()).max() < TOL
 
 
+def _decode_feeds(net, idx: np.ndarray, pos: np.ndarray, cache: list[np.ndarray]) -> dict:
+    return {"idx": idx, "pos": pos, **dict(zip(cache_names(net.cfg.n_layer), cache, strict=True))}
+
+
+def _decode_cache(net, pos: np.ndarray, columns: int, rng, garbage: float) -> list[np.ndarray]:
+    """A cache [B, H, columns, D] of random entries before each row's pos and `garbage`-sized ones from it on."""
+    c = net.cfg
+    shape = cache_shape(len(pos), c.n_head, c.head_dim, columns)
+    stale = np.arange(columns)[None, None, :, None] >= pos[:, None, None, None]
+    return [
+        (rng.standard_normal(shape) * np.where(stale, garbage, 1.0)).astype(np.float32) for _ in range(2 * c.n_layer)
+    ]
+
+
 @pytest.mark.parametrize("bias", [True, False])
 def test_decode_graph_matches_the_eager_step(bias):
-    """One new token per row at spread positions (0 with an empty cache, the last position, past the
-    table), over a cache of garbage past each row's position: every output within 1e-4 of GPT.step."""
+    """One new token per row at spread positions (0 with a one-column cache, a row at the last column, one
+    past the position table) over caches whose columns from each row's pos on hold huge values: logits and
+    the new column within 1e-4 of GPT.step, the columns before it equal to the cache's, and other
+    garbage past pos changes nothing. (Without a binding, ONNX Runtime's present holds zeros past pos.)"""
     net, rng = _net(bias), np.random.default_rng(3)
     session = _session(net, fused_decode_model)
     c = net.cfg
-    for pos, past_len in ((np.zeros(4, np.int64), 0), (np.array([9, 3, 0, 15]), 16), (np.array([2, 5, 1, 20]), 16)):
+    for pos, columns in ((np.zeros(4, np.int64), 1), (np.array([9, 3, 0, 15]), 16), (np.array([2, 5, 1, 16]), 17)):
         idx = rng.integers(0, c.vocab_size, (len(pos), 1))
-        past = [
-            t.numpy() + 100.0 * rng.standard_normal(t.shape).astype(np.float32)
-            for t in net.empty_cache(len(pos), past_len)
-        ]
+        cache = _decode_cache(net, pos, columns, rng, garbage=1e4)
+        past = [torch.from_numpy(t.swapaxes(2, 3).copy() if j % 2 == 0 else t) for j, t in enumerate(cache)]
         with torch.no_grad():
-            step = torch.from_numpy(np.minimum(pos, past_len))  # eager: no row past its cache
-            logits, new_kv = net.step(torch.from_numpy(idx), step, [torch.from_numpy(p) for p in past])
-        got = session.run(None, _feeds(net, idx, np.minimum(pos, past_len), past))
-        for want, have in zip([logits, *new_kv], got, strict=True):
-            assert have.shape == tuple(want.shape)
-            assert np.abs(have - want.numpy()).max() < TOL
+            logits, new_kv = net.step(torch.from_numpy(idx), torch.from_numpy(pos), past)  # v2: keys transposed
+        got = session.run(None, _decode_feeds(net, idx, pos, cache))
+        assert got[0].shape == tuple(logits.shape) and np.abs(got[0] - logits.numpy()).max() < TOL
+        rows = np.arange(len(pos))
+        for j, (before, present, new) in enumerate(zip(cache, got[1:], new_kv, strict=True)):
+            assert present.shape == before.shape
+            new = new.numpy()[..., 0] if j % 2 == 0 else new.numpy()[:, :, 0]  # [B, H, D]
+            assert np.abs(present[rows, :, pos] - new).max() < TOL
+            for r, p in enumerate(pos):  # the columns before pos as they were; those past it unspecified
+                assert np.array_equal(present[r, :, :p], before[r, :, :p])
+        live = np.arange(columns)[None, None, :, None] < pos[:, None, None, None]
+        other = [np.where(live, t, u) for t, u in zip(cache, _decode_cache(net, pos, columns, rng, 1e4), strict=True)]
+        again = session.run(None, _decode_feeds(net, idx, pos, other))
+        assert np.array_equal(again[0], got[0])
+
+
+def test_decode_graph_writes_the_bound_cache_in_place():
+    """With each present output bound to its cache input's buffer (IOBinding), the graph writes row b's
+    new key and value into the caller's arrays at column pos[b], and changes nothing else in them."""
+    net, rng = _net(True), np.random.default_rng(5)
+    session = _session(net, fused_decode_model)
+    pos, idx = np.array([0, 7, 3, 11]), rng.integers(0, net.cfg.vocab_size, (4, 1))
+    cache = _decode_cache(net, pos, 12, rng, garbage=1e4)
+    before = [t.copy() for t in cache]
+    want = session.run(None, _decode_feeds(net, idx, pos, before))  # the plain call: fresh present arrays
+    binding = session.io_binding()
+    binding.bind_cpu_input("idx", idx)
+    binding.bind_cpu_input("pos", pos)
+    binding.bind_output("logits")
+    for name, out, t in zip(cache_names(net.cfg.n_layer), present_names(net.cfg.n_layer), cache, strict=True):
+        value = ort.OrtValue.ortvalue_from_numpy(t)  # wraps t's memory, no copy
+        binding.bind_ortvalue_input(name, value)
+        binding.bind_ortvalue_output(out, value)
+    session.run_with_iobinding(binding)
+    assert np.array_equal(binding.copy_outputs_to_cpu()[0], want[0])
+    rows = np.arange(len(pos))
+    for t, old, present in zip(cache, before, want[1:], strict=True):
+        assert np.array_equal(t[rows, :, pos], present[rows, :, pos])  # the new column, in the caller's array
+        assert not np.array_equal(t[rows, :, pos], old[rows, :, pos])
+        t[rows, :, pos] = old[rows, :, pos]
+        assert np.array_equal(t, old)  # nothing else written
 
 
 def test_decode_graph_has_no_layout_glue():
     ops = [n.op_type for n in fused_decode_model(
         {k: v.numpy() for k, v in _net(True).state_dict().items()}, 2, 4, 16).graph.node]  # fmt: skip
-    assert "Transpose" not in ops and "Trilu" not in ops and "Slice" not in ops
+    assert not {"Transpose", "Trilu", "Slice", "Concat", "ScatterND", "Softmax", "Where"} & set(ops)
+    assert ops.count("GroupQueryAttention") == 2  # attention and the in-place cache write, one kernel a layer
     assert ops.count("SkipLayerNormalization") == 2 * 2 + 1 and ops.count("BiasGelu") == 2
 
 

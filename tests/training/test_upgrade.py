@@ -8,6 +8,7 @@ a tiny net with the real names data record, so that re-verification measures a r
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -209,3 +210,29 @@ def test_export_from_model(upgraded, tmp_path, capsys):
     capsys.readouterr()
     _one_line_error(capsys, main_export(["--from-model", str(src), "--out", str(out)]), "already exists")
     _one_line_error(capsys, main_export(["ckpt", "--from-model", str(src), "--out", str(out)]), "either CKPT_DIR")
+
+
+def test_upgrade_rewrites_an_old_decode_graph(upgraded, tmp_path, capsys):
+    """A v2 GPT folder listing a decode graph of the old contract (the step graph's I/O, as a copy of
+    model.onnx has) gets the in-place one; every other file stays byte for byte, the card's line follows."""
+    from training.export.decode_rewrite import stale_decode
+    from training.export.manifest import file_entry
+
+    folder = tmp_path / "models" / "old-decode"
+    shutil.copytree(upgraded["gpt"][0], folder)
+    shutil.copyfile(folder / "model.onnx", folder / "model.decode.onnx")
+    manifest = Manifest.load(folder)
+    manifest.model_copy(update={"onnx_decode": file_entry(folder / "model.decode.onnx")}).save(folder)
+    kept = {p.name: p.read_bytes() for p in folder.iterdir() if p.name not in ("manifest.json", "README.md")}
+    del kept["model.decode.onnx"]
+    assert stale_decode(folder) and not stale_decode(upgraded["gpt"][0])
+    assert main_upgrade([str(folder)]) == 0
+    assert "rewrote" in capsys.readouterr().out and not stale_decode(folder)
+    new = Manifest.load(folder)
+    new.verify_files(folder)
+    assert new.model_copy(update={"onnx_decode": None}) == manifest.model_copy(update={"onnx_decode": None})
+    assert all((folder / name).read_bytes() == data for name, data in kept.items())
+    assert (folder / "model.decode.onnx").read_bytes() == (upgraded["gpt"][0] / "model.decode.onnx").read_bytes()
+    assert f"{new.onnx_decode.bytes:,} bytes, sha256 `{new.onnx_decode.sha256}`" in (folder / "README.md").read_text()
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["old-decode"]  # no staging folder left
+    assert main_upgrade([str(folder)]) == 0 and "already schema_version 2" in capsys.readouterr().out

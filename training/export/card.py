@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from contract import Manifest, family
+from contract import FileEntry, Manifest, family
 from training.export.onnx import OPSET
 
 FORMAT_NOTES = {
@@ -172,17 +172,21 @@ def _novelty(m: Manifest, novelty) -> str:
     )
 
 
+def decode_line(d: FileEntry) -> str:
+    """The files list's line for a GPT's decode graph (also rewritten alone by `training upgrade`)."""
+    return (
+        f"- `{d.path}`: the ONNX graph for decode steps (one new token per row), which writes each row's new "
+        "key and value into the caller's KV cache in place (its weights are read from model.onnx); "
+        f"{d.bytes:,} bytes, sha256 `{d.sha256}`"
+    )
+
+
 def _files(m: Manifest) -> str:
     rows = ["## Files", ""]
     for fmt, entry in m.files.items():
         rows.append(f"- `{entry.path}`: {FORMAT_NOTES[fmt]}; {entry.bytes:,} bytes, sha256 `{entry.sha256}`")
     if m.onnx_decode is not None:
-        d = m.onnx_decode
-        rows.append(
-            f"- `{d.path}`: the ONNX step graph for one new token per row, which ONNX Runtime decodes with "
-            "(its weights are read from model.onnx); "
-            f"{d.bytes:,} bytes, sha256 `{d.sha256}`"
-        )
+        rows.append(decode_line(m.onnx_decode))
     w = m.weights
     rows.append(
         f"- `{w.path}`: the trained weights (safetensors), rebuilt with the manifest's `net_config` to "

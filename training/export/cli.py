@@ -96,7 +96,8 @@ def main_upgrade(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m training upgrade",
         description="Upgrade schema-1 model folders to graph contract v2 from the weights in their model.ts, "
-        "re-verify their test loss with ONNX Runtime and swap them in atomically.",
+        "re-verify their test loss with ONNX Runtime and swap them in atomically; in a v2 GPT folder, rewrite "
+        "a decode graph of the old contract (the step graph's I/O) from its weights, keeping every other file.",
     )
     parser.add_argument("folders", nargs="+", metavar="MODEL_DIR")
     parser.add_argument("--data", help="the data file, for a model trained on a user's file (re-verification)")
@@ -104,10 +105,17 @@ def main_upgrade(argv: list[str]) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 2
+    from training.export.decode_rewrite import rewrite_decode, stale_decode
     from training.export.upgrade import AlreadyCurrent, upgrade_folder
 
     for folder in args.folders:
         try:
+            if stale_decode(Path(folder)):
+                d = rewrite_decode(Path(folder)).onnx_decode
+                print(
+                    f"rewrote {folder}/{d.path} to the in-place decode contract ({d.bytes:,} bytes); other files kept"
+                )
+                continue
             manifest = upgrade_folder(Path(folder), data_path=args.data)
         except AlreadyCurrent as exc:
             print(exc)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from contract import IDX, LOGITS, POS, family, new_kv_names, past_names
+from contract import IDX, LOGITS, POS, cache_names, family, new_kv_names, past_names, present_names
 from training.export.errors import ExportError
 
 # A loaded graph, whatever its format: positional inputs -> flat list of outputs, numpy in and out.
@@ -59,6 +59,11 @@ class GraphSpec:
     n_layer: int = 0
     n_head: int = 0
     head_dim: int = 0
+
+    @property
+    def decode_io(self) -> tuple[list[str], list[str]]:
+        """GPT: the decode graph's input and output names (contract/graph.py), in graph order."""
+        return [IDX, POS, *cache_names(self.n_layer)], [LOGITS, *present_names(self.n_layer)]
 
 
 def graph_spec(arch: str, net: nn.Module) -> GraphSpec:

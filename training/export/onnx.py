@@ -42,11 +42,8 @@ def export_onnx(spec: GraphSpec, path: Path) -> None:
         weights = {k: v.detach().cpu().numpy() for k, v in spec.module.net.state_dict().items()}
         step = fused_step_model(weights, spec.n_layer, spec.n_head, spec.block_size)
         onnx.save_model(step, str(path), save_as_external_data=False)
-        _check_file(spec, path)
-        decode = fused_decode_model(weights, spec.n_layer, spec.n_head, spec.block_size)
-        share_weights(decode, path)  # its weights are the step graph's bytes, not a second copy
-        onnx.save_model(decode, str(decode_path(path)))
-        _check_file(spec, decode_path(path), external=path.name)
+        _check_file(path, spec.input_names, spec.output_names)
+        export_decode(spec, path)
         return
     shapes = {"idx": {0: Dim("batch", min=1)}}
     with _quiet():
@@ -63,7 +60,18 @@ def export_onnx(spec: GraphSpec, path: Path) -> None:
             verbose=False,
         )
     _strip_debug_info(path)
-    _check_file(spec, path)
+    _check_file(path, spec.input_names, spec.output_names)
+
+
+def export_decode(spec: GraphSpec, path: Path) -> Path:
+    """Write a GPT's decode graph beside its saved step graph `path`, its weights read from that file's
+    bytes (not a second copy); returns where. Also what `training upgrade` rewrites an old one with."""
+    weights = {k: v.detach().cpu().numpy() for k, v in spec.module.net.state_dict().items()}
+    decode = fused_decode_model(weights, spec.n_layer, spec.n_head, spec.block_size)
+    share_weights(decode, path)
+    onnx.save_model(decode, str(decode_path(path)))
+    _check_file(decode_path(path), *spec.decode_io, external=path.name)
+    return decode_path(path)
 
 
 def decode_path(path: Path) -> Path:
@@ -75,26 +83,57 @@ def load_runner(path: Path, spec: GraphSpec) -> Runner:
     """ONNX Runtime on one thread, after checking the I/O names against the contract. A GPT's calls with
     one new token per row go to its decode graph, the rest to the step graph, as the engine routes them
     (engine/backends.py), so the parity checks cover both."""
-    step = _session(path, spec)
-    decode = _session(decode_path(path), spec) if spec.is_step else step
+    step = _session(path, spec.input_names, spec.output_names)
     inputs = spec.input_names
 
+    def run_step(arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return step.run(None, dict(zip(inputs, arrays, strict=True)))
+
+    if not spec.is_step:
+        return run_step
+    run_decode = _v2_over_decode(_session(decode_path(path), *spec.decode_io), spec)
+
     def run(arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
-        session = decode if spec.is_step and arrays[0].shape[1] == 1 else step
-        return session.run(None, dict(zip(inputs, arrays, strict=True)))
+        return run_decode(arrays) if arrays[0].shape[1] == 1 else run_step(arrays)
 
     return run
 
 
-def _session(path: Path, spec: GraphSpec) -> ort.InferenceSession:
+def _v2_over_decode(session: ort.InferenceSession, spec: GraphSpec) -> Runner:
+    """The decode graph behind the step graph's I/O (contract v2), so that one parity check covers both.
+
+    The decode graph takes whole caches [B, H, columns, D] (keys not transposed) and returns them with
+    row b's new key and value at column pos[b]; the step graph takes past keys [B, H, D, past] and values
+    [B, H, past, D] and returns only the new entries. So: lay the past out as caches of
+    max(past, max(pos) + 1) columns (zeros past `past`: the graph writes column pos[b] before reading it),
+    run, and hand back column pos[b] of each row's present as new_key [B, H, D, 1] / new_value [B, H, 1, D]."""
+    names = spec.decode_io[0]
+
+    def run(arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        idx, pos, past = arrays[0], arrays[1], arrays[2:]
+        columns = max(past[1].shape[2], int(pos.max()) + 1)
+        caches = []
+        for j, kv in enumerate(past):
+            kv = kv.swapaxes(2, 3) if j % 2 == 0 else kv  # keys: [B, H, D, past] -> [B, H, past, D]
+            grown = np.zeros((*kv.shape[:2], columns, kv.shape[3]), np.float32)
+            grown[:, :, : kv.shape[2]] = kv
+            caches.append(grown)
+        logits, *present = session.run(None, dict(zip(names, [idx, pos, *caches], strict=True)))
+        rows = np.arange(len(idx))
+        new = [p[rows, :, pos] for p in present]  # [B, H, D]: row b's column pos[b]
+        return [logits, *(n[..., None] if j % 2 == 0 else n[:, :, None] for j, n in enumerate(new))]
+
+    return run
+
+
+def _session(path: Path, inputs: list[str], outputs: list[str]) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    inputs = [i.name for i in session.get_inputs()]
-    outputs = [o.name for o in session.get_outputs()]
-    if inputs != spec.input_names or outputs != spec.output_names:
-        raise ExportError(f"{path}: graph I/O {inputs} -> {outputs} does not match the contract")
+    got = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
+    if got != (inputs, outputs):
+        raise ExportError(f"{path}: graph I/O {got[0]} -> {got[1]} does not match the contract")
     return session
 
 
@@ -107,7 +146,7 @@ def _strip_debug_info(path: Path) -> None:
     onnx.save_model(model, str(path), save_as_external_data=False)
 
 
-def _check_file(spec: GraphSpec, path: Path, external: str | None = None) -> None:
+def _check_file(path: Path, inputs: list[str], outputs: list[str], external: str | None = None) -> None:
     """One file, opset >= 18, no external data (what every consumer of model.onnx relies on); a GPT's
     decode graph may read its weights from `external`, the step graph beside it, and from nothing else."""
     model = onnx.load(str(path), load_external_data=False)
@@ -118,7 +157,7 @@ def _check_file(spec: GraphSpec, path: Path, external: str | None = None) -> Non
         if onnx.external_data_helper.uses_external_data(t) and _location(t) != external:
             raise ExportError(f"{path}: weights were written to an external file")
     names = ([i.name for i in model.graph.input], [o.name for o in model.graph.output])
-    if names != (spec.input_names, spec.output_names):
+    if names != (inputs, outputs):
         raise ExportError(f"{path}: graph I/O {names[0]} -> {names[1]} does not match the contract")
 
 

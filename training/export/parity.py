@@ -9,6 +9,8 @@ graph given only the live prefix of the cache); a right-padded prefill of rows o
 and a batch whose rows sit at different positions, row by row against each row run alone. For every
 format, eager included, a batch-1 run must match the same row of a batch-7 run (catches a model left
 in training mode). Any miss raises ParityError naming the format, the shapes and the max difference.
+An ONNX GPT's runner sends the one-new-token calls to its in-place decode graph (onnx.load_runner), so
+the decode steps here check that graph.
 """
 
 from __future__ import annotations
