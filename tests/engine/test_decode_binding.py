@@ -22,7 +22,8 @@ def _backends(fixtures, name: str = "names-gpt"):
     """(in-place backend, step-graph-only backend, manifest) of an exported GPT fixture."""
     entry = fixtures[name][0]
     m, path = entry.manifest, entry.folder / entry.manifest.files["onnx"].path
-    assert m.onnx_decode is not None  # the exporter writes a decode graph for every GPT
+    assert m.onnx_decode is not None  # the exporter writes a decode graph for every GPT ...
+    assert m.onnx_decode.bytes * 10 < m.files["onnx"].bytes  # ... reading its weights out of model.onnx
     return OnnxBackend(path, m), OnnxBackend(path, m.model_copy(update={"onnx_decode": None})), m
 
 
@@ -31,7 +32,7 @@ def _case(m, batch: int, columns: int, rng) -> tuple[np.ndarray, np.ndarray, lis
     that reached a result would show)."""
     h, d = m.n_head, m.head_dim
     cache = [
-        100.0 * rng.standard_normal(cache_shape(batch, h, columns, d)).astype(np.float32) for _ in range(2 * m.n_layer)
+        100.0 * rng.standard_normal(cache_shape(batch, h, d, columns)).astype(np.float32) for _ in range(2 * m.n_layer)
     ]
     return rng.integers(1, m.vocab_size, (batch, 1)), rng.integers(0, columns, batch), cache
 

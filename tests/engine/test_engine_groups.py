@@ -11,6 +11,7 @@ import pytest
 from contract.repository import scan_repository
 from engine import Engine, SamplingParams
 from engine.prefill import PAD_SLACK, PREFILL_SCRATCH_BYTES, prefill_calls
+from tests.support.engine_fixtures import BackendSpy
 
 REPO = Path(__file__).resolve().parents[2]
 TEXT = (
@@ -19,16 +20,16 @@ TEXT = (
 )
 
 
-class _Recording:
+class _Recording(BackendSpy):
     """The backend, recording each call's (rows, new tokens) and thread."""
 
     def __init__(self, backend):
-        self.backend, self.calls, self.threads = backend, [], set()
+        super().__init__(backend)
+        self.calls, self.threads = [], set()
 
-    def run(self, inputs):
+    def note(self, inputs):
         self.calls.append(inputs[0].shape)
         self.threads.add(threading.current_thread().name)
-        return self.backend.run(inputs)
 
 
 def _prompts(n: int) -> list[str]:

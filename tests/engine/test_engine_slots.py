@@ -14,18 +14,18 @@ from engine import (
     InvalidPrompt,
     SamplingParams,
 )
-from tests.support.engine_fixtures import STREAM_VOCAB
+from tests.support.engine_fixtures import STREAM_VOCAB, BackendSpy
 
 
-class _Recording:
+class _Recording(BackendSpy):
     """The real backend, with the batch size of every call written down."""
 
     def __init__(self, backend, widths: bool = False):
-        self.backend, self.batches, self.widths = backend, [], widths
+        super().__init__(backend)
+        self.batches, self.widths = [], widths
 
-    def run(self, inputs):
+    def note(self, inputs):
         self.batches.append(inputs[0].shape if self.widths else len(inputs[0]))
-        return self.backend.run(inputs)
 
 
 def _drive(engine: Engine, schedule: dict[int, list[tuple[str, str, SamplingParams]]], aborts=None) -> dict:

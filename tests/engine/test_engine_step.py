@@ -7,20 +7,21 @@ import threading
 
 from engine import Engine, SamplingParams
 from engine.spans import Spans
+from tests.support.engine_fixtures import BackendSpy
 
 
-class _Meeting:
+class _Meeting(BackendSpy):
     """The real backend; while `barrier` is set, every call waits there for another call to arrive, so a
     step whose calls run one after another breaks it (BrokenBarrierError) instead of passing."""
 
     def __init__(self, backend):
-        self.backend, self.barrier, self.kinds = backend, None, []
+        super().__init__(backend)
+        self.barrier, self.kinds = None, []
 
-    def run(self, inputs):
-        if self.barrier is not None:
-            self.kinds.append("prefill" if inputs[2].shape[-1] == 0 else "decode")
+    def note(self, inputs):
+        if self.barrier is not None:  # a prefill starts from an empty cache, a decode reads one
+            self.kinds.append("prefill" if 0 in inputs[2].shape else "decode")
             self.barrier.wait()
-        return self.backend.run(inputs)
 
 
 def _texts(engine: Engine, schedule: dict[int, list[tuple[int, str, SamplingParams]]]) -> dict[int, tuple]:

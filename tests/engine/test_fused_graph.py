@@ -3,16 +3,12 @@ graph's in-place cache contract, contract/graph.py) and the engine's IOBinding d
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
 
 from contract import cache_names, cache_shape, present_names
-from engine.backends import OnnxBackend
-from engine.types import EngineError
 from training.export.fused import fused_step_model
 from training.export.fused_decode import fused_decode_model
 from training.nets import build
@@ -152,75 +148,3 @@ def test_fused_graph_uses_the_fused_kernels():
         {k: v.numpy() for k, v in _net(True).state_dict().items()}, 2, 4, 16).graph.node]  # fmt: skip
     assert ops.count("SkipLayerNormalization") == 2 * 2 and ops.count("BiasGelu") == 2
     assert "Erf" not in ops and "Div" not in ops  # GELU and the attention scale are not spelled out
-
-
-def _backend(fixtures):
-    entry = fixtures["names-gpt"][0]
-    return OnnxBackend(entry.folder / entry.manifest.files["onnx"].path, entry.manifest), entry.manifest
-
-
-def _inputs(m, batch: int, columns: int, rng) -> list[np.ndarray]:
-    shapes = [(batch, m.n_head, m.head_dim, columns), (batch, m.n_head, columns, m.head_dim)]
-    past = [rng.standard_normal(shapes[j % 2]).astype(np.float32) for j in range(2 * m.n_layer)]
-    return [rng.integers(1, m.vocab_size, (batch, 1)), rng.integers(0, columns + 1, batch), *past]
-
-
-def test_iobinding_decode_equals_the_plain_call(fixtures):
-    """run_decode keeps its binding while the caller names the same cache views: it must see their new
-    contents (and new idx / pos), rebind when the views change, and give what `run` gives."""
-    backend, m = _backend(fixtures)
-    rng = np.random.default_rng(1)
-    inputs = _inputs(m, 3, 8, rng)
-    for step in range(4):
-        want = backend.run(inputs)
-        got = [a.copy() for a in backend.run_decode(inputs, "views")]
-        assert all(np.array_equal(w, g) for w, g in zip(want, got, strict=True)), step
-        for a in inputs[2:]:  # the cache changes in place, as the engine writes it
-            a += rng.standard_normal(a.shape).astype(np.float32)
-        inputs[0] = rng.integers(1, m.vocab_size, (3, 1))
-    for batch, columns in ((5, 8), (5, 4), (1, 8)):  # rows join, the cache narrows, rows leave
-        inputs = _inputs(m, batch, columns, rng)
-        want = backend.run(inputs)
-        for _ in range(3):  # plain the first time a batch is seen, bound from the second
-            got = backend.run_decode(inputs, (batch, columns))
-            assert all(np.array_equal(w, g) for w, g in zip(want, got, strict=True))
-    assert backend.run_decode(inputs, (1, 8)) is backend.run_decode(inputs, (1, 8))  # bound outputs, in place
-
-
-def test_iobinding_decode_from_two_threads(fixtures):
-    """Each thread keeps its own binding and outputs (the engine runs spans of rows concurrently)."""
-    backend, m = _backend(fixtures)
-    rng = np.random.default_rng(2)
-    work = [_inputs(m, b, 8, rng) for b in (2, 3)]
-    want = [backend.run(x) for x in work]
-    got: dict[int, list] = {}
-
-    def loop(i: int) -> None:
-        got[i] = [[a.copy() for a in backend.run_decode(work[i], i)] for _ in range(20)]
-
-    threads = [threading.Thread(target=loop, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for i in range(2):
-        assert all(np.array_equal(w, g) for run in got[i] for w, g in zip(want[i], run, strict=True))
-
-
-def test_backend_decodes_with_the_decode_graph(fixtures, tmp_path):
-    """A folder listing `onnx_decode` gets its steps of one new token from that graph (its weights the
-    step graph's bytes): same outputs as the step graph (within 1e-4), and a listed file that is no
-    graph is refused at load, naming it."""
-    backend, m = _backend(fixtures)
-    assert m.onnx_decode is not None  # the exporter writes it for every GPT ...
-    entry = fixtures["names-gpt"][0]
-    assert m.onnx_decode.bytes * 10 < m.files["onnx"].bytes  # ... reading its weights out of model.onnx
-    step_only = OnnxBackend(entry.folder / m.files["onnx"].path, m.model_copy(update={"onnx_decode": None}))
-    inputs = _inputs(m, 4, 8, np.random.default_rng(4))
-    for want, got in zip(step_only.run(inputs), backend.run(inputs), strict=True):
-        assert got.shape == want.shape and np.abs(got - want).max() < TOL
-    for name in ("model.onnx", m.onnx_decode.path):
-        (tmp_path / name).write_bytes((entry.folder / name).read_bytes())
-    (tmp_path / m.onnx_decode.path).write_bytes(b"not a graph")
-    with pytest.raises(EngineError, match=r"model\.decode\.onnx: onnxruntime cannot load it"):
-        OnnxBackend(tmp_path / "model.onnx", m)

@@ -89,3 +89,27 @@ def build_fixtures(tmp_path_factory) -> dict[str, tuple[ModelEntry, torch.nn.Mod
 
 def texts_of(completions) -> list[tuple[str, str]]:
     return [(c.text, c.finish_reason) for c in completions]
+
+
+class BackendSpy:
+    """A real backend put in place of an engine runner's own (`engine.runner.backend = Spy(...)`), seeing
+    every graph call the runner makes, plain (`run`) and bound (`run_decode`, which the decode steps
+    of an ONNX GPT take); subclasses note what they look at in `note`."""
+
+    def __init__(self, backend):
+        self.backend = backend
+
+    @property
+    def decode_in_place(self) -> bool:
+        return getattr(self.backend, "decode_in_place", False)
+
+    def note(self, inputs) -> None:
+        """Called before each graph call with its inputs."""
+
+    def run(self, inputs):
+        self.note(inputs)
+        return self.backend.run(inputs)
+
+    def run_decode(self, inputs, views):
+        self.note(inputs)
+        return self.backend.run_decode(inputs, views)
