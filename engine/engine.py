@@ -237,6 +237,7 @@ class Engine:
             self._adjusting -= bool(self._penalties.active[row])
             self._scoring -= bool(self._top[row] >= 0)
             self._drawing -= not self._sampler.greedy[row]
+            self._sampler.release(row)
             last = self._n - 1
             if row != last:
                 self._seqs[row] = self._seqs[last]

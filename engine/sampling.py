@@ -50,6 +50,9 @@ class Sampler:
         self.top_k = np.full(slots, vocab_size, dtype=np.int64)
         self.top_p = np.full(slots, np.inf, dtype=np.float64)
         self.rngs: list[np.random.Generator | None] = [None] * slots
+        # live slots (set and not released) that cut the distribution (top-k / top-p): a batch with
+        # none skips those checks, which cost as much as the draw itself at batch 1 (numpy per call)
+        self._cutting = 0
 
     def set(self, row: int, params: SamplingParams) -> None:
         """Slot `row` now samples with `params` and a fresh RNG from its seed."""
@@ -59,6 +62,14 @@ class Sampler:
         # top_p 1 -> inf: no float round-off in the cumulative sum can ever cut a token.
         self.top_p[row] = params.top_p if params.top_p < 1 else np.inf
         self.rngs[row] = None if params.greedy else make_rng(params.seed)
+        self._cutting += self._cuts(row)
+
+    def release(self, row: int) -> None:
+        """Slot `row`'s sequence is gone (before the engine moves another into it)."""
+        self._cutting -= self._cuts(row)
+
+    def _cuts(self, row: int) -> bool:
+        return not self.greedy[row] and (self.top_k[row] < self.vocab_size or bool(np.isfinite(self.top_p[row])))
 
     def move(self, src: int, dst: int) -> None:
         """Slot `src`'s settings and RNG state now live in slot `dst` (the engine compacts its rows)."""
@@ -69,39 +80,53 @@ class Sampler:
     def sample(self, rows: np.ndarray, logits: np.ndarray) -> np.ndarray:
         """Next token ids [n] for slots `rows` given their logits [n, vocab]."""
         greedy = self.greedy[rows]
+        if not greedy.any():
+            return self._draw(rows, logits)
         if greedy.all():
             return logits.argmax(axis=1)
         out = np.empty(len(rows), dtype=np.int64)
-        if greedy.any():
-            out[greedy] = logits[greedy].argmax(axis=1)
-            sampled = ~greedy
-            out[sampled] = self._draw(rows[sampled], logits[sampled])
-        else:
-            out[:] = self._draw(rows, logits)
+        out[greedy] = logits[greedy].argmax(axis=1)
+        sampled = ~greedy
+        out[sampled] = self._draw(rows[sampled], logits[sampled])
         return out
 
     def _draw(self, rows: np.ndarray, logits: np.ndarray) -> np.ndarray:
         n, vocab = logits.shape
-        x = logits.astype(np.float64) * self.inv_temperature[rows, None]
-        top_k = self.top_k[rows]
-        if (top_k < vocab).any():
-            # Keep the k largest (ties with the k-th kept too); rows with k = vocab keep everything.
-            kth = -np.sort(-x, axis=1)[np.arange(n), top_k - 1]
-            x = np.where(x >= kth[:, None], x, -np.inf)
+        x = logits.astype(np.float64)
+        x *= self.inv_temperature[rows, None]
+        if self._cutting:
+            x = self._cut_top_k(rows, x)
         x -= x.max(axis=1, keepdims=True)
-        p = np.exp(x)
-        top_p = self.top_p[rows]
-        if np.isfinite(top_p).any():
-            # Nucleus: the smallest most-likely set whose mass reaches top_p (always at least one token).
-            p /= p.sum(axis=1, keepdims=True)
-            order = np.argsort(-p, axis=1, kind="stable")
-            p_sorted = np.take_along_axis(p, order, axis=1)
-            keep_sorted = (np.cumsum(p_sorted, axis=1) - p_sorted) < top_p[:, None]
-            keep = np.empty_like(keep_sorted)
-            np.put_along_axis(keep, order, keep_sorted, axis=1)
-            p = np.where(keep, p, 0.0)
+        p = np.exp(x, out=x)
+        if self._cutting:
+            p = self._cut_top_p(rows, p)
         cdf = np.cumsum(p, axis=1)
-        u = np.fromiter((self.rngs[r].random() for r in rows.tolist()), dtype=np.float64, count=n)
         # Inverse CDF: the first token whose cumulative mass exceeds u * total (never a zero-mass one).
+        if n == 1:  # the same count as below (cdf never decreases), in fewer numpy calls
+            token = int(np.searchsorted(cdf[0], self.rngs[int(rows[0])].random() * cdf[0, -1], side="right"))
+            return np.array([min(token, vocab - 1)], dtype=np.int64)
+        u = np.fromiter((self.rngs[r].random() for r in rows.tolist()), dtype=np.float64, count=n)
         tokens = (cdf <= (u * cdf[:, -1])[:, None]).sum(axis=1)
         return np.minimum(tokens, vocab - 1)
+
+    def _cut_top_k(self, rows: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """Keep each row's k largest (ties with the k-th kept too); rows with k = vocab keep everything."""
+        n, vocab = x.shape
+        top_k = self.top_k[rows]
+        if not (top_k < vocab).any():
+            return x
+        kth = -np.sort(-x, axis=1)[np.arange(n), top_k - 1]
+        return np.where(x >= kth[:, None], x, -np.inf)
+
+    def _cut_top_p(self, rows: np.ndarray, p: np.ndarray) -> np.ndarray:
+        """Nucleus: the smallest most-likely set whose mass reaches top_p (always at least one token)."""
+        top_p = self.top_p[rows]
+        if not np.isfinite(top_p).any():
+            return p
+        p /= p.sum(axis=1, keepdims=True)
+        order = np.argsort(-p, axis=1, kind="stable")
+        p_sorted = np.take_along_axis(p, order, axis=1)
+        keep_sorted = (np.cumsum(p_sorted, axis=1) - p_sorted) < top_p[:, None]
+        keep = np.empty_like(keep_sorted)
+        np.put_along_axis(keep, order, keep_sorted, axis=1)
+        return np.where(keep, p, 0.0)

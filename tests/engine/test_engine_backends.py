@@ -179,6 +179,22 @@ def test_sampler_rows_are_independent():
     assert set(np.flatnonzero(counts)) <= set(np.argsort(-logits[0])[:3].tolist())
 
 
+def test_the_sampler_cuts_while_a_live_row_asks_for_it():
+    """A batch skips top-k / top-p only while no live row asks for them: a top-k row keeps its cut
+    when a plain row leaves beside it, and a plain row that takes a released top-k slot draws freely."""
+    from engine.sampling import Sampler
+
+    logits = np.random.default_rng(1).normal(size=(1, 40)).astype(np.float32)
+    sampler = Sampler(2, 40)
+    sampler.set(0, SamplingParams(seed=1, top_k=1))
+    sampler.set(1, SamplingParams(seed=2))
+    sampler.release(1)
+    assert {int(sampler.sample(np.arange(1), logits)[0]) for _ in range(50)} == {int(logits.argmax())}
+    sampler.release(0)
+    sampler.set(0, SamplingParams(seed=3))
+    assert len({int(sampler.sample(np.arange(1), logits)[0]) for _ in range(200)}) > 3
+
+
 SHIPPED = REPO / "models"
 
 
