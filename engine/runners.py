@@ -31,7 +31,7 @@ from engine.spans import MIN_SPAN, Spans  # noqa: F401 - MIN_SPAN: the span rule
 # Prefill tokens (rows x padded width) one step may take per thread, vLLM's token budget: the oldest waiting
 # rows go first, one row always goes, the rest wait, so a burst of prompts (or rows sliding past block_size
 # together) never makes one long step that every other request waits behind (docs/engine.md).
-PREFILL_TOKENS = 256
+PREFILL_TOKENS = 128
 
 
 class GPTRunner:
