@@ -60,7 +60,7 @@ def served_prompts(text: str, batch: int, max_prompt: int) -> list[str]:
     return out
 
 
-def _shakespeare() -> str:
+def shakespeare_text() -> str:
     from training.datasets import DataError, resolve_builtin
 
     try:
@@ -171,7 +171,7 @@ def run_served(models_dir: Path, settings: ServedSettings, log: Callable[[str], 
     block = entry.manifest.block_size
     if settings.max_prompt + settings.new_tokens > block:
         raise BenchError(f"prompts up to {settings.max_prompt} + {settings.new_tokens} new tokens exceed {block}")
-    text = "".join(ch for ch in _shakespeare() if ch in set(vocab))
+    text = "".join(ch for ch in shakespeare_text() if ch in set(vocab))
     net = load_eager(entry.folder)
     hf = to_hf(net)
     info: dict[str, Any] = {"hf_parity": check_hf_parity(net, hf), "ctranslate2": ct2.__version__}
