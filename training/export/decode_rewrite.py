@@ -50,6 +50,7 @@ def rewrite_decode(folder: Path) -> Manifest:
     from training.export.graphs import graph_spec
     from training.export.manifest import file_entry
     from training.export.parity import check_parity
+    from training.export.upgrade import swap_in
 
     try:
         net, meta = load_checkpoint(folder)  # checks every file against the manifest first
@@ -69,10 +70,7 @@ def rewrite_decode(folder: Path) -> Manifest:
         new.save(staging)
         _update_card(staging / CARD, manifest, new)
         Manifest.load(staging).verify_files(staging)
-        old = folder.with_name(f".{folder.name}.{os.getpid()}.old")
-        folder.rename(old)
-        staging.rename(folder)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_in(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return new

@@ -179,13 +179,18 @@ def _replace(
         manifest = export_checkpoint(ckpt, staging, formats=formats, name=name, command=command)
         if verify:
             _verify(staging, manifest, data_path)
-        old = folder.with_name(f".{folder.name}.{os.getpid()}.old")
-        folder.rename(old)
-        staging.rename(folder)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_in(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return manifest
+
+
+def swap_in(staging: Path, folder: Path) -> None:
+    """`staging` takes `folder`'s place; the old folder is kept aside until then, and removed after."""
+    old = folder.with_name(f".{folder.name}.{os.getpid()}.old")
+    folder.rename(old)
+    staging.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _verify(folder: Path, manifest: Manifest, data_path: str | None) -> None:
