@@ -70,8 +70,9 @@ class OnnxBackend:
         self._local = threading.local()  # run_decode's binding, one per calling thread
         self._session = self._open(ort, path, providers, self._inputs, self._outputs)
         # GPT: the decode graph (training/export/fused_decode.py) runs the decode steps over a cache it
-        # updates in place, the step graph the rest; without one (or on CUDA, where its kernel wants
-        # half precision) the step graph decodes too, IOBinding kept.
+        # updates in place, the step graph the rest; without one, or on CUDA (ORT registers its CUDA
+        # GroupQueryAttention for half precision only, and no GPU has run this path), the step graph
+        # decodes too, IOBinding kept.
         decode = manifest.onnx_decode if device == "cpu" else None
         self.decode_in_place = decode is not None
         self._decode = self._session
