@@ -49,11 +49,11 @@ def converted():
 
 
 def test_ct2_float32_greedy_equals_charlm_in_both_shapes(converted):
-    from benchmarks.served_shape import _shakespeare, greedy_parity
+    from benchmarks.served_shape import greedy_parity, shakespeare_text
 
     entry, gen, models = converted
     vocab = list(entry.manifest.vocab)
-    text = "".join(ch for ch in _shakespeare() if ch in set(vocab))
+    text = "".join(ch for ch in shakespeare_text() if ch in set(vocab))
     # a 1-character row among longer ones, and a batch whose shortest prompt is longer: CT2 treats them apart
     for prompts in (["\n", *served_prompts(text, 6, 67)], served_prompts(text, 6, 67)):
         parity = greedy_parity(gen, models, prompts, 60, vocab)
