@@ -79,11 +79,11 @@ class OnnxBackend:
         if decode is not None:
             n_layer = manifest.n_layer or 0
             io = [IDX, POS, *cache_names(n_layer)], [LOGITS, *present_names(n_layer)]
-            self._decode = self._open(ort, path.parent / decode.path, providers, *io, old=manifest.name)
+            self._decode = self._open(ort, path.parent / decode.path, providers, *io, decode=True)
 
-    def _open(self, ort, path: Path, providers: list[str], inputs: list[str], outputs: list[str], old: str = ""):
-        """A session of the graph at `path`, its I/O names checked against the contract's (`old`: the
-        model's name when this is its decode graph, whose earlier contract gets its own message)."""
+    def _open(self, ort, path: Path, providers: list[str], inputs: list[str], outputs: list[str], decode: bool = False):
+        """A session of the graph at `path`, its I/O names checked against the contract's (`decode`: the
+        decode graph, whose earlier contract, the step graph's, gets its own message)."""
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = INTRA_OP_THREADS
         opts.inter_op_num_threads = 1
@@ -97,7 +97,7 @@ class OnnxBackend:
             raise EngineError(f"{path}: onnxruntime cannot load it: {first}") from None
         got_in = [i.name for i in session.get_inputs()]
         got_out = [o.name for o in session.get_outputs()]
-        if old and sorted(got_in) == sorted(self._inputs):
+        if decode and sorted(got_in) == sorted(self._inputs):
             raise EngineError(
                 f"{path}: a decode graph of the step graph's contract (an earlier export); rewrite it from "
                 f"the folder's weights: python -m training upgrade {path.parent}"

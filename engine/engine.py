@@ -51,7 +51,7 @@ class Engine:
         self._vocab_list = list(manifest.vocab)
         # live rows that adjust their logits / ask for logprobs: a step whose rows asked for neither skips
         # that work without looking at any row (kept up to date by add and _release)
-        self._adjusting = self._scoring = self._drawing = 0  # _drawing: live rows that are not greedy
+        self._adjusting = self._scoring = 0
         self._seqs: list[Seq | None] = [None] * slots
         self._row: dict[Hashable, int] = {}
         self._n = 0
@@ -161,7 +161,6 @@ class Engine:
         self._top[row] = -1 if sampling.logprobs is None else sampling.logprobs
         self._adjusting += bool(self._penalties.active[row])
         self._scoring += sampling.logprobs is not None
-        self._drawing += not sampling.greedy
         self.runner.start(row, context, score=sampling.prompt_logprobs)
         return True
 
@@ -186,7 +185,7 @@ class Engine:
             rows = np.flatnonzero(~waiting)
             logits = logits[rows]
         adjusted = self._penalties.apply(rows, logits) if self._adjusting else logits
-        tokens = self._sampler.sample(rows, adjusted) if self._drawing else adjusted.argmax(axis=1)
+        tokens = self._sampler.sample(rows, adjusted) if self._sampler.drawing else adjusted.argmax(axis=1)
         if self._adjusting:
             self._penalties.record(rows, tokens)
         self.runner.feed(rows, tokens)
@@ -236,7 +235,6 @@ class Engine:
             del self._row[self._seqs[row].request_id]
             self._adjusting -= bool(self._penalties.active[row])
             self._scoring -= bool(self._top[row] >= 0)
-            self._drawing -= not self._sampler.greedy[row]
             self._sampler.release(row)
             last = self._n - 1
             if row != last:

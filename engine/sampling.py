@@ -50,8 +50,10 @@ class Sampler:
         self.top_k = np.full(slots, vocab_size, dtype=np.int64)
         self.top_p = np.full(slots, np.inf, dtype=np.float64)
         self.rngs: list[np.random.Generator | None] = [None] * slots
-        # live slots (set and not released) that cut the distribution (top-k / top-p): a batch with
-        # none skips those checks, which cost as much as the draw itself at batch 1 (numpy per call)
+        # live slots (set and not released) that draw (not greedy), and that cut the distribution
+        # (top-k / top-p): a batch with none skips that work, which costs as much as the draw itself at
+        # batch 1 (numpy per call)
+        self.drawing = 0
         self._cutting = 0
 
     def set(self, row: int, params: SamplingParams) -> None:
@@ -62,10 +64,12 @@ class Sampler:
         # top_p 1 -> inf: no float round-off in the cumulative sum can ever cut a token.
         self.top_p[row] = params.top_p if params.top_p < 1 else np.inf
         self.rngs[row] = None if params.greedy else make_rng(params.seed)
+        self.drawing += not params.greedy
         self._cutting += self._cuts(row)
 
     def release(self, row: int) -> None:
         """Slot `row`'s sequence is gone (before the engine moves another into it)."""
+        self.drawing -= not self.greedy[row]
         self._cutting -= self._cuts(row)
 
     def _cuts(self, row: int) -> bool:
