@@ -1,36 +1,48 @@
 """How the Gateway reaches the workers: an `EngineClient` opens an `EventStream` of a request's events.
 
-`LitServeClient` puts requests on LitServe's own request queue and gets the answers through its response
-transport, into one mailbox per API server: a worker sends, per loop iteration, one message to each API
+`LitServeClient` talks to the workers through the spec's `WorkerQueues` (service.http.routes.CharLMSpec,
+a LitSpec): `submit` puts a request on LitServe's request queue, `mailbox` is this API server's one entry
+in LitServe's response buffer, read through LitServe's own `data_streamer`, the way LitServe's OpenAISpec
+puts its requests and reads its answers. A worker sends, per loop iteration, one message to each API
 server with the events of all its requests (service/worker/outbox.py), addressed to the mailbox's fixed
-id, and the mailbox hands each request's events to its `MailboxStream`. Each message through LitServe's
+id, and the client hands each request's events to its `MailboxStream`. Each message through LitServe's
 (manager-queue) transport is a round trip to its manager process and a thread hop into the event loop,
 one message after the other; one message per request and event made a burst of them at the end of a
 step queue up, and a stream's first text waited behind them.
 
-Both ends are what LitServe gives a LitSpec, and what its own OpenAISpec uses: `spec.request_queue`,
-`spec.response_buffer` and `spec.response_queue_id` (set by the LitServer for each API server). The mailbox
-is an entry of the response buffer (CharLMSpec.stream makes LitServe keep every message there, in order),
-registered before the first request is put, so nothing can arrive for it unseen. The put runs in a
-thread: it is a manager round trip too, during which the event loop would stand still.
+The mailbox is registered before the first request is put, so nothing can arrive for it unseen. The
+put runs in a thread: it is a manager round trip too, during which the event loop would stand still.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
+import logging
 from collections import deque
+from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from service.protocol import EngineRequest, WorkerEvent
 from service.shared import SharedState
+
+log = logging.getLogger("charlm.client")
 
 MAILBOX = "charlm-mailbox-{}"  # the response-buffer id of API server number {} (its response queue id)
 
 
 def mailbox_id(response_queue_id: int) -> str:
     return MAILBOX.format(response_queue_id)
+
+
+class WorkerQueues(Protocol):
+    """LitServe's two queues as a LitSpec reaches them (CharLMSpec implements it)."""
+
+    def submit(self, req: EngineRequest) -> None:
+        """Put a request on the workers' queue (blocking: a round trip to LitServe's manager)."""
+
+    def mailbox(self) -> AsyncIterator[tuple[Any, Any]]:
+        """Register this API server's mailbox at once; then every (message, status) sent to it, in order."""
 
 
 class EventStream(Protocol):
@@ -87,20 +99,20 @@ def _wake(waiter: asyncio.Future) -> None:
 class LitServeClient:
     """Requests onto LitServe's request queue; answers from this API server's mailbox (module docstring)."""
 
-    def __init__(self, spec: Any, shared: SharedState):
-        self._spec = spec  # a LitSpec: its queue, buffer and id are set by the LitServer before it serves
+    def __init__(self, queues: WorkerQueues, shared: SharedState):
+        self._queues = queues
         self.shared = shared
         self._streams: dict[str, MailboxStream] = {}
         self._reader: asyncio.Task | None = None
 
     async def open(self, req: EngineRequest) -> EventStream:
+        loop = asyncio.get_running_loop()
         if self._reader is None:
-            self._reader = self._open_mailbox()
-        spec, uid = self._spec, req.rid
+            self._reader = loop.create_task(self._deliver(self._queues.mailbox()), name="charlm-mailbox")
+        uid = req.rid
         stream = self._streams[uid] = MailboxStream(on_close=lambda: self._streams.pop(uid, None))
-        item = (spec.response_queue_id, uid, time.monotonic(), req)  # as LitServe's OpenAISpec puts one
         try:
-            await asyncio.get_running_loop().run_in_executor(None, spec.request_queue.put, item)
+            await loop.run_in_executor(None, self._queues.submit, req)
         except BaseException:
             self._streams.pop(uid, None)
             raise
@@ -109,23 +121,14 @@ class LitServeClient:
     def cancel(self, rid: str) -> None:
         self.shared.cancel(rid)
 
-    def _open_mailbox(self) -> asyncio.Task:
-        from litserve.utils import ResponseBufferItem
-
-        data_available, messages = asyncio.Event(), deque()
-        key = mailbox_id(self._spec.response_queue_id)
-        self._spec.response_buffer[key] = ResponseBufferItem(event=data_available, response_queue=messages)
-        return asyncio.get_running_loop().create_task(self._deliver(messages, data_available), name=key)
-
-    async def _deliver(self, messages: deque, data_available: asyncio.Event) -> None:
+    async def _deliver(self, messages: AsyncIterator[tuple[Any, Any]]) -> None:
         """Forever: each message is ((uid, events), ...) from one worker iteration."""
         while True:
-            await data_available.wait()
-            data_available.clear()
-            while messages:
-                payload, _status = messages.popleft()
+            async for payload, _status in messages:
                 with contextlib.suppress(Exception):
                     for uid, events in payload:
                         stream = self._streams.get(uid)
                         if stream is not None:  # else its request is over (client gone, deadline)
                             stream.push(events)
+            log.error("the mailbox ended (an error status from LitServe): opening it again")
+            messages = self._queues.mailbox()

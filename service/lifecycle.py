@@ -32,6 +32,8 @@ log = logging.getLogger("charlm.lifecycle")
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 GRACE_S = 10.0  # LitServe's own shutdown (after the drain) must end within this
 CUT_GRACE_S = 3.0
+LITSERVE_SERVER_LOGGER = "litserve.server"
+LITSERVE_MONITOR_NOTES = ("[monitoring]", "Monitoring worker crashed")
 
 
 def die_with_parent() -> None:
@@ -98,6 +100,13 @@ class ShutdownSignals:
         signal.signal(signal.SIGTERM, self._handle)
         signal.signal(signal.SIGINT, self._handle)
         os.register_at_fork(after_in_child=_after_fork_in_child)
+        logging.getLogger(LITSERVE_SERVER_LOGGER).addFilter(self._monitor_news)
+
+    def _monitor_news(self, record: logging.LogRecord) -> bool:
+        """LitServe's worker monitor (restart_workers) takes the workers its own shutdown terminates for
+        dead ones: while the server stops, its restart notes, and its failure once the manager is gone,
+        are not news (an error out of its monitor at any other time still is)."""
+        return self.state != "stopping" or not record.getMessage().startswith(LITSERVE_MONITOR_NOTES)
 
     def stop_now(self, reason: str) -> None:
         """From any thread: skip the drain (a process died, a worker could not start)."""

@@ -44,9 +44,6 @@ __all__ = ["App", "StartupError", "build", "check_port", "install_routes", "read
 
 log = logging.getLogger("charlm.server")
 
-UVICORN_GRACE_S = 5  # after the drain nothing is in flight; this only bounds uvicorn's own stop
-WATCH_S = 0.25
-
 
 class StartupError(RuntimeError):
     """The server could not start, with a one-line reason; exit code 2 when it is the configuration's
@@ -102,9 +99,8 @@ def build(settings: Settings, repo: Repository) -> App:
         timeout=settings.timeout,
         max_payload_size=MAX_BODY_BYTES,  # LitServe's middleware: an int, its strings are not parsed
         middlewares=middlewares(settings, shared, repo.models),
+        restart_workers=True,  # LitServe's monitor starts a dead worker's replacement (service.watcher)
     )
-    server.uvicorn_graceful_timeout = UVICORN_GRACE_S
-    server.monitor_internal = 3600  # LitServe's own monitor would race ours at shutdown; ours is below
     client = TracedClient(LitServeClient(spec, shared))
     spec.gateway = Gateway(catalog, client, shared, settings.timeout, settings.max_queue, settings.max_request_tokens)
     app = App(server, spec, shared, catalog, settings)
@@ -137,7 +133,7 @@ def serve(settings: Settings, repo: Repository) -> int:
         serving=lambda: any(shared.state[w] == READY for w in range(shared.workers)),
         close_listener=lambda: stop_accepting(settings.port),
     )
-    watcher = Watcher(app, signals, app.server.lit_api)
+    watcher = Watcher(app, signals)
     metrics.set_build_info()
     for name, entry in repo.models.items():
         m = entry.manifest

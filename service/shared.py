@@ -23,6 +23,7 @@ from service.speed import NO_LIMIT, SpeedBoard
 
 _CTX = multiprocessing.get_context("spawn")  # LitServe spawns workers: create locks in the same context
 INFO_BYTES = 4096
+RELEASE_WAIT_S = 10.0
 SAFETY = 1.5  # admit only what the estimate finishes within timeout / SAFETY (steps vary under load)
 STARTING, READY, FATAL, CRASHED = 0, 1, 2, 3  # CRASHED: died after start-up, being replaced
 
@@ -52,6 +53,7 @@ class SharedState:
         self.beat = _CTX.RawArray("d", workers)  # monotonic time of each worker's last step (or idle wake)
         self.live = _CTX.RawArray("i", workers)  # sequences running or waiting for a slot
         self.state = _CTX.RawArray("i", workers)
+        self.pids = _CTX.RawArray("q", workers)  # each worker's process id, posted first thing at start-up
         self.rates = _CTX.RawArray("d", workers * max(1, len(self.models)))  # tokens/s per worker, model
         self.info = [_CTX.RawArray("c", INFO_BYTES) for _ in range(workers)]
         self.cancels = [_CTX.Queue() for _ in range(workers)]
@@ -63,6 +65,14 @@ class SharedState:
     def post_info(self, worker: int, info: dict[str, Any]) -> None:
         data = json.dumps(info).encode()[: INFO_BYTES - 1]
         self.info[worker].value = data
+
+    def wait_for_release(self, worker: int, timeout: float = RELEASE_WAIT_S) -> None:
+        """A replacement worker waits while its place is CRASHED: the main process frees the dead worker's
+        row of held requests once every API server has answered them (service/watcher.py); only then may
+        this one hold any. (The bound is for a main process that stopped watching: it is shutting down.)"""
+        deadline = time.monotonic() + timeout
+        while self.state[worker] == CRASHED and time.monotonic() < deadline:
+            time.sleep(0.02)
 
     def heartbeat(self, worker: int, live: int) -> None:
         self.beat[worker] = time.monotonic()

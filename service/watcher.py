@@ -1,12 +1,14 @@
 """The main process's watch over its children: a worker that cannot start stops the server (exit 2), a
 worker that dies is replaced while the server keeps serving, any other process that dies stops it (1).
 
-A worker's death (kill -9, a segfault, the OOM killer): at once it is marked CRASHED, so /health and
-/ready answer 503 and each API server answers every request the dead worker held within its next poll
-(service/held.py); LOST_GRACE_S later, its row of held requests is wiped and a new worker is spawned
-through LitServer's public `launch_single_inference_worker`. It loads the models and turns READY like
-the first one did. Other workers serve throughout. More than MAX_RESTARTS deaths in RESTART_WINDOW_S
-is a crash loop: the server stops (exit 1) rather than flap. During the drain nothing is restarted.
+A worker's death (kill -9, a segfault, the OOM killer), told by the pid each worker posts first thing
+(SharedState.pids): at once it is marked CRASHED, so /health and /ready answer 503 and each API server
+answers every request the dead worker held within its next poll (service/held.py); LOST_GRACE_S later,
+its row of held requests is wiped and its place marked STARTING. The new process is LitServe's: with
+`restart_workers=True` its monitor starts one in the dead worker's place; the replacement loads the
+models, waits until its place is no longer CRASHED (SharedState.wait_for_release), and turns READY like
+the first one did. Other workers serve throughout. More than MAX_RESTARTS deaths in RESTART_WINDOW_S is a
+crash loop: the server stops (exit 1) rather than flap.
 """
 
 from __future__ import annotations
@@ -30,20 +32,22 @@ log = logging.getLogger("charlm.server")
 WATCH_S = 0.1
 MAX_RESTARTS = 5
 RESTART_WINDOW_S = 60.0
+LITSERVE_WORKER_NAME = "inference-worker"  # the name LitServe gives its worker processes
 
 
 class Watcher:
     """Stops the server when a worker cannot start (exit 2, its one-line reason) or a process other than
     a worker dies (1); replaces a worker that dies."""
 
-    def __init__(self, app: App, signals: ShutdownSignals, lit_api: Any):
-        self.app, self.signals, self.lit_api = app, signals, lit_api
+    def __init__(self, app: App, signals: ShutdownSignals):
+        self.app, self.signals = app, signals
         self.fatal: str | None = None
         self.died: str | None = None
         self.restarts: collections.deque[float] = collections.deque()
-        self.replace_at: dict[int, float] = {}  # worker index -> when to spawn its replacement
+        self.release_at: dict[int, float] = {}  # worker index -> when to free its row of held requests
         self.worker_pids: set[int] = set()  # every worker process ever (their deaths are handled apart)
         self.ready_once: set[int] = set()  # workers that were READY (a death after that is a crash)
+        self.dead: set[int] = set()  # pids whose death was handled
 
     def start(self) -> None:
         threading.Thread(target=self._run, name="charlm-watcher", daemon=True).start()
@@ -58,11 +62,11 @@ class Watcher:
                     return
             if self._nothing_loaded():
                 return
-            if not self._watch_workers():
-                return
             children = {p.pid: p for p in multiprocessing.active_children()}
+            if not self._watch_workers(children):
+                return
             if any(shared.state[w] in (READY, CRASHED) for w in range(shared.workers)):
-                gone = [p for pid, p in known.items() if pid not in children and pid not in self.worker_pids]
+                gone = [p for pid, p in known.items() if pid not in children and not self._is_worker(p)]
                 if gone and self.signals.state in ("running", "draining"):
                     self.died = f"process {gone[0].name} (pid {gone[0].pid}) died"
                     log.error("%s: shutting down", self.died)
@@ -71,21 +75,27 @@ class Watcher:
                 known = {**known, **children}
             time.sleep(WATCH_S)
 
-    def _watch_workers(self) -> bool:
-        """Mark dead workers CRASHED and replace them in time; False once the server must stop."""
-        server, shared, now = self.app.server, self.app.shared, time.monotonic()
-        procs = list(getattr(server, "inference_workers", []))
-        self.worker_pids.update(p.pid for p in procs if p.pid)
-        self.ready_once.update(w for w in range(shared.workers) if shared.state[w] == READY)
-        for w, proc in enumerate(procs):
-            if proc.is_alive() or shared.state[w] not in (READY, STARTING) or w in self.replace_at:
+    def _is_worker(self, proc: Any) -> bool:
+        """A worker posts its pid first thing; one that dies before that is known by LitServe's name."""
+        return proc.pid in self.worker_pids or proc.name == LITSERVE_WORKER_NAME
+
+    def _watch_workers(self, children: dict[int, Any]) -> bool:
+        """Mark dead workers CRASHED, free their rows in time; False once the server must stop."""
+        shared, now = self.app.shared, time.monotonic()
+        for w in range(shared.workers):
+            pid = shared.pids[w]
+            self.worker_pids.add(pid)
+            if shared.state[w] == READY:
+                self.ready_once.add(w)
+            if not pid or pid in children or pid in self.dead or shared.state[w] not in (READY, STARTING):
                 continue
             if w not in self.ready_once:
                 continue  # the first start-up: LitServe's own checks and the FATAL state cover it
+            self.dead.add(pid)
             shared.state[w] = CRASHED
             shared.live[w] = 0
-            log.error("worker %d (pid %s) died (exit code %s): answering its requests", w, proc.pid, proc.exitcode)
-            _forget_metrics(proc.pid)
+            log.error("worker %d (pid %s) died: answering its requests", w, pid)
+            _forget_metrics(pid)
             self.restarts.append(now)
             while self.restarts and now - self.restarts[0] > RESTART_WINDOW_S:
                 self.restarts.popleft()
@@ -95,14 +105,13 @@ class Watcher:
                 time.sleep(LOST_GRACE_S)  # the API servers answer the requests it held first
                 self.signals.stop_now(self.died)
                 return False
-            self.replace_at[w] = now + LOST_GRACE_S
-        for w, when in list(self.replace_at.items()):
-            if now >= when and self.signals.state == "running":
-                del self.replace_at[w]
+            self.release_at[w] = now + LOST_GRACE_S
+        for w, when in list(self.release_at.items()):
+            if now >= when:
+                del self.release_at[w]
                 shared.held.wipe(w)
                 shared.state[w] = STARTING
-                server.inference_workers[w] = server.launch_single_inference_worker(self.lit_api, w)
-                log.info("worker %d replaced (pid %s)", w, server.inference_workers[w].pid)
+                log.info("worker %d: its requests are answered; its replacement takes its place once loaded", w)
         return True
 
     def _nothing_loaded(self) -> bool:

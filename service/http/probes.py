@@ -35,8 +35,7 @@ class Probes:
 
     async def metrics(self) -> Response:
         app = self.app
-        workers = (app.shared.worker_info(i).get("pid") for i in range(app.settings.workers))
-        data, content_type = metrics.render(server_processes(pid for pid in workers if pid))
+        data, content_type = metrics.render(server_processes(pid for pid in app.shared.pids if pid))
         return Response(data, media_type=content_type)
 
     async def models(self) -> JSONResponse:

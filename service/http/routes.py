@@ -8,15 +8,21 @@ routes LitServe does not have: probes and the model list, the tokenizer, the pla
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections import deque
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import Body, FastAPI, Request
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from litserve.specs.base import LitSpec
+from litserve.utils import LitAPIStatus, ResponseBufferItem
 
 import service
 from service import errors
+from service.client import mailbox_id
 from service.errors import APIError
 from service.http import playground
 from service.http.app import App
@@ -30,6 +36,7 @@ from service.http.openapi import install_docs, install_openapi
 from service.http.probes import Probes
 from service.http.reply import Route
 from service.http.tokenizer import Tokenizer
+from service.protocol import EngineRequest
 
 GENERATION: tuple[Route, ...] = (GenerateRoute, CompletionsRoute, ChatRoute)  # type: ignore[assignment]
 # lm-evaluation-harness finds its tokenizer next to the completions URL: one base URL per model
@@ -58,6 +65,18 @@ class CharLMSpec(LitSpec):
         state = super().__getstate__()
         state["gateway"] = None  # the HTTP side stays in the API servers
         return state
+
+    # service.client.WorkerQueues: the two queues LitSpec.setup gives a spec, used as OpenAISpec uses them
+    def submit(self, req: EngineRequest) -> None:
+        self.request_queue.put((self.response_queue_id, req.rid, time.monotonic(), req))
+
+    def mailbox(self) -> AsyncIterator[tuple[Any, LitAPIStatus]]:
+        """This API server's entry in LitServe's response buffer, registered now; its messages, in order."""
+        messages, data_available = deque(), asyncio.Event()
+        self.response_buffer[mailbox_id(self.response_queue_id)] = ResponseBufferItem(
+            event=data_available, response_queue=messages
+        )
+        return self.data_streamer(messages, data_available, send_status=True)
 
     def decode_request(self, request: Any, context_kwargs: Any = None) -> Any:
         return request

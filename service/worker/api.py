@@ -69,6 +69,7 @@ class CharLMAPI(ls.LitAPI):
         from engine import BackendUnavailable, Engine, EngineError
 
         self.worker = int(os.environ.get("LITSERVE_WORKER_ID", "0"))
+        self.shared.pids[self.worker] = os.getpid()  # the main process watches this process by it
         kind = "cuda" if str(device).startswith("cuda") else "cpu"
         failed: dict[str, str] = {}
         for name, entry in self.entries.items():
@@ -88,6 +89,7 @@ class CharLMAPI(ls.LitAPI):
         self._post(failed)
         calibrate(self.engines, self.shared.speed, self.worker)  # step times before READY (admission)
         self.shared.heartbeat(self.worker, 0)
+        self.shared.wait_for_release(self.worker)  # a replacement: the dead worker's requests are answered
         self.shared.state[self.worker] = READY
 
     def _post(self, failed: dict[str, str], fatal: str | None = None) -> None:
@@ -95,7 +97,7 @@ class CharLMAPI(ls.LitAPI):
             self.shared.state[self.worker] = FATAL
         self.shared.post_info(
             self.worker,
-            {"pid": os.getpid(), "failed": failed, "fatal": fatal, "torch_imported": "torch" in sys.modules},
+            {"failed": failed, "fatal": fatal, "torch_imported": "torch" in sys.modules},
         )
 
     def make_scheduler(self, emit: Any) -> Scheduler:

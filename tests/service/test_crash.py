@@ -2,12 +2,14 @@
 
 Every request the dead worker held gets a JSON 503 `worker_crashed` (or an SSE error event) within 1 s,
 /health and /ready turn 503 at once, the worker is replaced while the server keeps running, and with
---workers 2 the other worker serves throughout (service/watcher.py, service/held.py).
+--workers 2 the other worker serves throughout (service/watcher.py, service/held.py); a crash loop stops it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import signal
 import threading
@@ -15,6 +17,7 @@ import time
 
 import httpx
 
+from service.lifecycle import ShutdownSignals
 from tests.support.serving import ServerProcess, start_server
 
 LONG = {"model": "shakespeare-gpt", "max_new_tokens": 2048, "n": 4}
@@ -130,3 +133,40 @@ def test_with_two_workers_the_other_serves_throughout() -> None:
     finally:
         srv.stop(signal.SIGKILL)
     srv.remove_log()
+
+
+def test_a_crash_loop_stops_the_server() -> None:
+    """LitServe's monitor starts each replacement (restart_workers); the main process counts the deaths,
+    and the sixth within a minute stops the server (exit 1) instead of flapping for ever."""
+    srv = start_server()
+    try:
+        killed: list[int] = []
+        t0 = time.monotonic()
+        while srv.proc.poll() is None and time.monotonic() - t0 < 90:
+            pids = srv.worker_pids()  # a dead one is left out at once; /ready says so within a watch
+            with contextlib.suppress(httpx.HTTPError):  # the server stops
+                if pids and pids[0] not in killed and _ready(srv).status_code == 200:
+                    killed.append(pids[0])
+                    os.kill(pids[0], signal.SIGKILL)
+            time.sleep(0.05)
+        print("workers killed:", len(killed), "in", round(time.monotonic() - t0, 1), "s")
+        assert srv.proc.wait(30) == 1, srv.log()[-3000:]
+        assert len(killed) == 6 and "workers died 6 times within 60 s: shutting down" in srv.log(), srv.log()[-3000:]
+        assert "Traceback" not in srv.log(), srv.log()[-3000:]
+    finally:
+        srv.stop(signal.SIGKILL)
+    srv.remove_log()
+
+
+def test_litserves_monitor_notes_are_dropped_only_while_the_server_stops() -> None:
+    """LitServe's monitor can tick between its own shutdown's termination of the workers and the end of
+    its manager: it would then restart them, or fail on the closed manager with a traceback."""
+    signals = ShutdownSignals(shared=None, drain_timeout=1.0, serving=lambda: True)
+
+    def passes(message: str) -> bool:
+        return signals._monitor_news(logging.LogRecord("litserve.server", logging.ERROR, "", 0, message, None, None))
+
+    notes = ("Monitoring worker crashed", "[monitoring] Worker 0 is dead. Restarting it")
+    assert all(passes(n) for n in notes)  # a worker that dies while serving is news
+    signals.state = "stopping"
+    assert not any(passes(n) for n in notes) and passes("Shutting down LitServe...")

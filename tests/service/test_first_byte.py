@@ -14,10 +14,12 @@ from types import SimpleNamespace
 from typing import Any
 
 import httpx
+from litserve.server import LitServer
 from litserve.utils import LitAPIStatus
 
 from engine import SamplingParams
 from service.client import LitServeClient, mailbox_id
+from service.http.routes import CharLMSpec
 from service.protocol import Accepted, ChoiceDelta, Chunk, EngineRequest, Final, WorkerEvent
 from service.worker.api import CharLMAPI
 from service.worker.chunks import CHUNK_INTERVAL_S, merge_deltas
@@ -107,12 +109,14 @@ def test_an_iterations_events_are_one_message_per_api_server_new_streams_first()
 
 def test_the_mailbox_hands_each_request_its_events_and_the_put_does_not_stall_the_loop() -> None:
     """The put is a round trip to LitServe's manager process: it runs in a thread, and the API server's
-    mailbox exists before it (an answer may come back before the put returns)."""
+    mailbox exists before it (an answer may come back before the put returns). The spec is the real one,
+    given what LitSpec.setup gives it: LitServe's response buffer, request queue and data streamer."""
     puts: list[bool] = []
-    spec = SimpleNamespace(response_buffer={}, response_queue_id=3)  # what the LitServer sets on a LitSpec
+    spec = CharLMSpec()
+    spec.response_buffer, spec.response_queue_id, spec.data_streamer = {}, 3, LitServer.data_streamer
 
     def slow_put(item: tuple) -> None:
-        puts.append(mailbox_id(3) in spec.response_buffer and item[0] == 3)
+        puts.append(mailbox_id(3) in spec.response_buffer and item[0] == 3 and isinstance(item[3], EngineRequest))
         time.sleep(0.3)
 
     spec.request_queue = SimpleNamespace(put=slow_put)
@@ -144,6 +148,33 @@ def test_the_mailbox_hands_each_request_its_events_and_the_put_does_not_stall_th
     ticks, got, last = asyncio.run(scenario())
     assert puts == [True, True] and ticks >= 20, ticks  # the loop ran on while each put took 0.3 s
     assert got == [head, first, head, None] and last == final  # in order, each to its own request
+
+
+def test_the_mailbox_opens_again_after_an_error_status() -> None:
+    """LitServe's data streamer ends on an ERROR status; the client registers the mailbox again, so the
+    answers that follow still reach their requests."""
+    spec = CharLMSpec()
+    spec.response_buffer, spec.response_queue_id, spec.data_streamer = {}, 0, LitServer.data_streamer
+    spec.request_queue = SimpleNamespace(put=lambda item: None)
+    client = LitServeClient(spec, shared=None)  # type: ignore[arg-type]
+    head = Accepted(0.0)
+
+    async def scenario() -> Any:
+        a = await client.open(EngineRequest("a", "names", ("",), stream=True))
+        first = spec.response_buffer[mailbox_id(0)]
+        first.response_queue.append((None, LitAPIStatus.ERROR))
+        first.event.set()
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if spec.response_buffer[mailbox_id(0)] is not first:
+                break
+        again = spec.response_buffer[mailbox_id(0)]
+        assert again is not first, "the mailbox was not opened again"
+        again.response_queue.append(((("a", (head,)),), LitAPIStatus.OK))
+        again.event.set()
+        return await a.next(1.0)
+
+    assert asyncio.run(scenario()) == head
 
 
 def test_litserves_auth_dependency_is_a_coroutine() -> None:

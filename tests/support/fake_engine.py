@@ -228,7 +228,7 @@ def make_app(
     shared = SharedState(1, list(engines))
     shared.state[0] = READY
     shared.heartbeat(0, 0)
-    shared.post_info(0, {"pid": 1, "failed": {}, "fatal": None, "torch_imported": False})
+    shared.post_info(0, {"failed": {}, "fatal": None, "torch_imported": False})
     catalog = Catalog({name: e.manifest for name, e in engines.items()}, {"broken": "no manifest.json"}, "onnx")
     client = LocalClient(engines, shared, step_s)
     spec = CharLMSpec()
