@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections import deque
 from typing import Any
 
 from litserve.loops.base import LitLoop
@@ -16,6 +17,7 @@ from service.protocol import EngineRequest, Failed, Final, WorkerEvent
 from service.speed import NO_LIMIT
 from service.worker.outbox import Outbox
 from service.worker.scheduler import Job, Orphan, Scheduler
+from service.worker.sender import Sender
 
 log = logging.getLogger("charlm.worker")
 
@@ -37,7 +39,9 @@ class SchedulerLoop(LitLoop):
         self.scheduler: Scheduler | None = None
         self.last_intake = 0.0
         self.held: dict[str, int | None] = {}  # request id -> its place in shared.held (service/held.py)
+        self.leaving: deque[tuple[int, int | None]] = deque()  # (messages queued then, place): see sender.py
         self.outbox = Outbox()  # this iteration's events, sent after the step (outbox.py)
+        self.sender: Sender | None = None
 
     def run(
         self,
@@ -68,6 +72,14 @@ class SchedulerLoop(LitLoop):
                 self.outbox.add(job, event)
 
             sched = self.scheduler = lit_api.make_scheduler(emit)
+
+            def put(rqid: int, payload: Any) -> None:
+                ok, streaming = LitAPIStatus.OK, LoopResponseType.STREAMING
+                self.put_response(transport, rqid, mailbox_id(rqid), payload, ok, streaming)
+
+            self.sender = Sender(put)
+        sender = self.sender
+        assert sender is not None
         shared = lit_api.shared
         if sched.idle():
             metrics.observe_slots(sched.occupancy, force=True)
@@ -91,15 +103,12 @@ class SchedulerLoop(LitLoop):
         sched.expire()
         sched.fill()
 
-        def send(rqid: int, payload: Any) -> None:
-            self.put_response(transport, rqid, mailbox_id(rqid), payload, LitAPIStatus.OK, LoopResponseType.STREAMING)
-
-        sched.step(stepped=lambda: self.outbox.flush(send))
-        self.outbox.flush(send)  # what the intake, cancellations and expiries emitted without a step
+        sched.step(stepped=lambda: self.outbox.flush(sender.send))
+        self.outbox.flush(sender.send)  # what the intake, cancellations and expiries emitted without a step
         shared.heartbeat(worker_id, sched.live())
         metrics.observe_slots(sched.occupancy)
         lit_api.publish_rates(sched.rates)
-        self._release_held(sched, shared)
+        self._release_held(sched, shared, sender)
         self._post_speed(sched, lit_api, worker_id, time.monotonic() - t_start)
 
     @staticmethod
@@ -134,9 +143,12 @@ class SchedulerLoop(LitLoop):
                 bearable = min(bearable, max(0.0, req.deadline - now) / longest)
         speed.post_load(worker_id, load, bearable)
 
-    def _release_held(self, sched: Scheduler, shared: Any) -> None:
+    def _release_held(self, sched: Scheduler, shared: Any, sender: Sender) -> None:
+        """A finished request's place is freed once the message with its last events has left."""
         for rid in [rid for rid in self.held if rid not in sched.jobs]:
-            place = self.held.pop(rid)
+            self.leaving.append((sender.queued, self.held.pop(rid)))
+        while self.leaving and self.leaving[0][0] <= sender.sent:
+            place = self.leaving.popleft()[1]
             if place is not None:
                 shared.held.free(place)
 
