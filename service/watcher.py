@@ -83,11 +83,13 @@ class Watcher:
         """Mark dead workers CRASHED, free their rows in time; False once the server must stop."""
         shared, now = self.app.shared, time.monotonic()
         for w in range(shared.workers):
-            pid = shared.pids[w]
-            self.worker_pids.add(pid)
             if shared.state[w] == READY:
                 self.ready_once.add(w)
-            if not pid or pid in children or pid in self.dead or shared.state[w] not in (READY, STARTING):
+            pid = shared.pids[w]
+            if not pid:
+                continue  # not posted yet
+            self.worker_pids.add(pid)
+            if pid in children or pid in self.dead or shared.state[w] not in (READY, STARTING):
                 continue
             if w not in self.ready_once:
                 continue  # the first start-up: LitServe's own checks and the FATAL state cover it

@@ -68,7 +68,7 @@ class CharLMAPI(ls.LitAPI):
         _configure_logging(self.log_level, self.log_format)
         from engine import BackendUnavailable, Engine, EngineError
 
-        self.worker = int(os.environ.get("LITSERVE_WORKER_ID", "0"))
+        self.worker = self.loop.worker_id or 0  # LitLoop's public worker_id (LitServe sets it per process)
         self.shared.pids[self.worker] = os.getpid()  # the main process watches this process by it
         kind = "cuda" if str(device).startswith("cuda") else "cpu"
         failed: dict[str, str] = {}
