@@ -1,10 +1,12 @@
 """Run one exported graph: ONNX Runtime (no torch anywhere) or TorchScript (torch, imported lazily), or
 the eager net itself (`TorchEagerBackend`: training's sampling and model cards decode through the engine).
 
-All take the graph's inputs positionally as numpy arrays (idx[, pos, past_key_0, past_value_0, ...])
-and return numpy arrays (logits[, new_key_0, new_value_0, ...]), see contract/graph.py. Each call runs
-on the calling thread alone (one intra-op thread); `run` may be called from several threads at once,
-which is how the engine uses more than one core (rows split across calls, see engine.py).
+All take the graph's inputs positionally (idx[, pos, past_key_0, past_value_0, ...]) and return its
+outputs (logits[, new_key_0, new_value_0, ...]), see contract/graph.py: idx, pos and logits are numpy
+arrays; the cache's arrays are the backend's `arrays` (engine/arrays.py: numpy on the host, torch
+tensors on a device), in and out, so a GPU's cache stays on the GPU. Each call runs on the calling
+thread alone (one intra-op thread); `run` may be called from several threads at once, which is how the
+engine uses more than one core (rows split across calls, see engine.py).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 from contract import IDX, LOGITS, POS, Manifest, cache_names, family, new_kv_names, past_names, present_names
+from engine.arrays import HOST, HostArrays, TorchArrays
 from engine.types import BackendUnavailable, EngineError
 
 BackendName = Literal["onnx", "torchscript"]
@@ -31,6 +34,7 @@ INTRA_OP_THREADS = 1
 class Backend(Protocol):
     name: str
     device: str
+    arrays: HostArrays | TorchArrays  # where the engine keeps the cache this backend reads
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Inputs in graph order -> outputs in graph order, all numpy."""
@@ -46,11 +50,17 @@ def graph_io(manifest: Manifest) -> tuple[list[str], list[str]]:
 
 
 class OnnxBackend:
-    """An ONNX Runtime session: explicit thread counts, sequential execution, all graph optimisations."""
+    """An ONNX Runtime session: explicit thread counts, sequential execution, all graph optimisations.
+
+    The cache lives in host memory on the CPU and in torch CUDA tensors on CUDA (bound by address, so a
+    decode step copies only idx and pos in and the logits out); `arrays` overrides that choice (tests
+    run the device path's code over torch CPU tensors)."""
 
     name = "onnx"
 
-    def __init__(self, path: Path, manifest: Manifest, device: Device = "cpu"):
+    def __init__(
+        self, path: Path, manifest: Manifest, device: Device = "cpu", arrays: HostArrays | TorchArrays | None = None
+    ):
         try:
             import onnxruntime as ort
         except ImportError:
@@ -65,6 +75,7 @@ class OnnxBackend:
         elif device != "cpu":
             raise BackendUnavailable(f"unknown device {device!r} (cpu or cuda)")
         self.device = device
+        self.arrays = arrays or (HOST if device == "cpu" else TorchArrays(device))
         self._inputs, self._outputs = graph_io(manifest)
         self._vocab = manifest.vocab_size
         self._local = threading.local()  # run_decode's binding, one per calling thread
@@ -125,41 +136,47 @@ class OnnxBackend:
         to store; there a bind costs about a plain call's overhead, so a batch is bound the second time
         in a row it is seen and runs plain until then. The outputs are valid until this thread's next
         run_decode."""
-        if self.device != "cpu":
-            return self.run(inputs)
-        local = self._local
+        local, arrays = self._local, self.arrays
         bound = getattr(local, "bound", None)
         if bound is None or bound[0] != views:
-            if not self.decode_in_place and getattr(local, "seen", None) != views:
+            if not self.decode_in_place and arrays is HOST and getattr(local, "seen", None) != views:
                 local.seen = views
                 return self.run(inputs)
             bound = local.bound = (views, *self._bind(inputs))
         _, binding, ids, outputs = bound
-        np.copyto(ids[0], inputs[0])
-        np.copyto(ids[1], inputs[1])
+        arrays.fill(ids[0], inputs[0])
+        arrays.fill(ids[1], inputs[1])
+        arrays.sync()  # the cache's writes and these copies are done before ONNX Runtime's stream reads them
         self._decode.run_with_iobinding(binding)
-        return outputs
+        if arrays is HOST:
+            return outputs
+        binding.synchronize_outputs()
+        return [arrays.host(outputs[0]), *outputs[1:]]
 
-    def _bind(self, inputs: Sequence[np.ndarray]) -> tuple[object, list[np.ndarray], list[np.ndarray]]:
-        binding = self._decode.io_binding()
-        ids = [np.array(inputs[0]), np.array(inputs[1])]  # own buffers: copied into at every call
+    def _bind(self, inputs: Sequence[np.ndarray]) -> tuple[object, list, list]:
+        """A binding of these inputs' arrays, with buffers of the bound arrays' kind (engine/arrays.py)
+        for idx and pos (filled at every call: a host buffer bound to a device is copied only once,
+        when bound) and for the outputs."""
+        arrays, binding = self.arrays, self._decode.io_binding()
+        ids = [arrays.take(np.array(inputs[0])), arrays.take(np.array(inputs[1]))]  # own buffers
         past = inputs[2:]
         names = [IDX, POS, *cache_names(len(past) // 2)] if self.decode_in_place else self._inputs
-        for name, a in zip(names, [*ids, *past], strict=True):
-            binding.bind_input(name, "cpu", 0, a.dtype, list(a.shape), a.__array_interface__["data"][0])
+        where = (arrays.device_type, arrays.device_id)
+        for i, (name, a) in enumerate(zip(names, [*ids, *past], strict=True)):
+            binding.bind_input(name, *where, np.int64 if i < 2 else np.float32, list(a.shape), arrays.address(a))
         batch, n_head = past[0].shape[:2]
-        outputs = [np.empty((batch, 1, self._vocab), np.float32)]
+        outputs = [arrays.empty((batch, 1, self._vocab))]
         if self.decode_in_place:  # present_i is cache_i itself
             out_names, targets = [LOGITS, *present_names(len(past) // 2)], [*outputs, *past]
         else:
             head_dim = past[1].shape[3]
             outputs += [
-                np.empty((batch, n_head, head_dim, 1) if j % 2 == 0 else (batch, n_head, 1, head_dim), np.float32)
+                arrays.empty((batch, n_head, head_dim, 1) if j % 2 == 0 else (batch, n_head, 1, head_dim))
                 for j in range(len(past))
             ]
             out_names, targets = self._outputs, outputs
         for name, a in zip(out_names, targets, strict=True):
-            binding.bind_output(name, "cpu", 0, np.float32, list(a.shape), a.__array_interface__["data"][0])
+            binding.bind_output(name, *where, np.float32, list(a.shape), arrays.address(a))
         return binding, ids, outputs
 
 
@@ -188,18 +205,20 @@ class TorchScriptBackend:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise EngineError(f"{path}: torch.jit cannot load it: {first}") from None
         self.device = device
+        self.arrays = TorchArrays(device)  # the cache in torch tensors on the module's device
         self._n_outputs = len(graph_io(manifest)[1])
 
-    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        torch = self._torch
+    def run(self, inputs: Sequence) -> list:
+        """Host inputs go to the device; the cache's tensors are read where they are, and the new keys
+        and values stay there (only the logits come to the host)."""
+        torch, arrays = self._torch, self.arrays
         with torch.inference_mode():
-            args = [torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in inputs]
-            out = self._module(*args)
+            out = self._module(*[arrays.take(a) for a in inputs])
         if isinstance(out, torch.Tensor):
             out = (out,)
         if len(out) != self._n_outputs:
             raise EngineError(f"torchscript module returned {len(out)} outputs, the contract says {self._n_outputs}")
-        return [t.detach().cpu().numpy() for t in out]
+        return [arrays.host(out[0]), *out[1:]]
 
 
 class TorchEagerBackend:
@@ -217,6 +236,7 @@ class TorchEagerBackend:
             raise BackendUnavailable("the torch backend needs torch: pip install charlm[torch]") from None
         self._torch = torch
         self.device = device
+        self.arrays = HOST  # training's sampling: the cache in host memory, handed to the net as it is
         self._net = net.to(device).eval()
         self._step = family(manifest.arch).kv_cache
         self._n_outputs = len(graph_io(manifest)[1])

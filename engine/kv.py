@@ -13,6 +13,9 @@ CPU it is memory-bound (one layer at batch 128 read 16 MB of keys and values at 
 cache is kept only as wide as the longest live sequence, rounded up to `BUCKET` columns. The memory
 for block_size columns is allocated (and touched) once at load; changing `columns` re-lays the live
 rows out in place, once per bucket crossed.
+
+The arrays live where the backend computes (engine/arrays.py): numpy in host memory, or torch tensors
+on a device, so a GPU's cache never crosses the bus; a graph's outputs are brought to them by `take`.
 """
 
 from __future__ import annotations
@@ -20,16 +23,26 @@ from __future__ import annotations
 import numpy as np
 
 from contract import cache_shape, key_shape, value_shape
+from engine.arrays import HOST, HostArrays, TorchArrays
 
 BUCKET = 32
 FEW_ROWS = 4  # decode writes of up to this many rows go row by row
 
 
 class KVCache:
-    def __init__(self, slots: int, n_layer: int, n_head: int, head_dim: int, block_size: int, in_place: bool = False):
+    def __init__(
+        self,
+        slots: int,
+        n_layer: int,
+        n_head: int,
+        head_dim: int,
+        block_size: int,
+        in_place: bool = False,
+        arrays: HostArrays | TorchArrays = HOST,
+    ):
         self.slots, self.n_layer, self.n_head, self.head_dim = slots, n_layer, n_head, head_dim
-        self.block_size, self.in_place = block_size, in_place
-        self._flat = [np.zeros(slots * n_head * head_dim * block_size, np.float32) for _ in range(2 * n_layer)]
+        self.block_size, self.in_place, self.arrays = block_size, in_place, arrays
+        self._flat = [arrays.zeros(slots * n_head * head_dim * block_size) for _ in range(2 * n_layer)]
         self.columns = min(BUCKET, block_size)
         self.layers = self._views(self.columns)
 
@@ -52,7 +65,7 @@ class KVCache:
         return [a[lo:hi] for a in self.layers]
 
     def empty(self, rows: int) -> list[np.ndarray]:
-        """A zero-column cache for a prefill from position 0."""
+        """A zero-column cache for a prefill from position 0 (host arrays: there is nothing in them)."""
         h, d = self.n_head, self.head_dim
         k, v = np.empty(key_shape(rows, h, d, 0), np.float32), np.empty(value_shape(rows, h, d, 0), np.float32)
         return [k, v] * self.n_layer
@@ -67,13 +80,14 @@ class KVCache:
         wins (docs/benchmarks.md).
         """
         kt = not self.in_place  # keys transposed (the step graph's layout; its new_kv always is)
+        new_kv = [self.arrays.take(t) for t in new_kv]
         if isinstance(start, int):
-            new = new_kv[1].shape[2]
+            new, rows = new_kv[1].shape[2], self.arrays.index(rows)
             for j, t in enumerate(new_kv):
                 if j % 2 == 0 and kt:
                     self.layers[j][rows, :, :, start : start + new] = t
                 else:
-                    self.layers[j][rows, :, start : start + new, :] = t if j % 2 else t.transpose(0, 1, 3, 2)
+                    self.layers[j][rows, :, start : start + new, :] = t if j % 2 else t.swapaxes(2, 3)
             return
         if len(rows) <= FEW_ROWS:  # plain slices: numpy's fancy indexing costs more per call than per row
             for b, (r, p) in enumerate(zip(rows.tolist(), start.tolist(), strict=True)):
@@ -83,6 +97,7 @@ class KVCache:
                     else:
                         self.layers[j][r, :, p, :] = t[b, :, 0, :] if j % 2 else t[b, :, :, 0]
             return
+        rows, start = self.arrays.index(rows), self.arrays.index(start)
         for j, t in enumerate(new_kv):
             if j % 2 == 0 and kt:
                 self.layers[j][rows, :, :, start] = t[:, :, :, 0]
@@ -102,15 +117,15 @@ class KVCache:
 
     def _relayout(self, columns: int, rows: int) -> None:
         """Re-lay rows [0, rows) out at `columns` wide, in the same memory. Widening moves each row to a
-        higher offset, so rows go last to first; narrowing, first to last; numpy buffers the overlap
-        inside a row."""
+        higher offset, so rows go last to first; narrowing, first to last; the overlap inside a row is
+        copied out first (torch refuses a copy between overlapping views)."""
         keep = min(columns, self.columns)
         old, new = self.layers, self._views(columns)
         order = range(rows - 1, -1, -1) if columns > self.columns else range(rows)
         for j in range(2 * self.n_layer):
             for r in order:
                 if j % 2 == 0 and not self.in_place:
-                    new[j][r, :, :, :keep] = old[j][r, :, :, :keep]
+                    new[j][r, :, :, :keep] = self.arrays.copy(old[j][r, :, :, :keep])
                 else:
-                    new[j][r, :, :keep, :] = old[j][r, :, :keep, :]
+                    new[j][r, :, :keep, :] = self.arrays.copy(old[j][r, :, :keep, :])
         self.layers, self.columns = new, columns
