@@ -89,7 +89,8 @@ class KVCache:
                 else:
                     self.layers[j][rows, :, start : start + new, :] = t if j % 2 else t.swapaxes(2, 3)
             return
-        if len(rows) <= FEW_ROWS:  # plain slices: numpy's fancy indexing costs more per call than per row
+        if len(rows) <= FEW_ROWS and self.arrays is HOST:  # plain slices: numpy's fancy indexing costs more
+            # per call than per row (torch's indexing costs per call, and on a GPU per kernel launch)
             for b, (r, p) in enumerate(zip(rows.tolist(), start.tolist(), strict=True)):
                 for j, t in enumerate(new_kv):
                     if j % 2 == 0 and kt:

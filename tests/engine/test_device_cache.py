@@ -93,16 +93,20 @@ def test_onnx_over_a_torch_cache_gives_the_host_engine_s_texts(fixtures, name, d
     assert _engine_texts(dev, prompts, params) == _engine_texts(host, prompts, params)
 
 
-def test_torchscript_keeps_its_cache_in_torch_tensors(fixtures, gens):
-    """TorchScript's cache is torch tensors on its device, new keys and values never leave it; texts
-    equal the ONNX engine's."""
+def test_torchscript_over_a_torch_cache_gives_the_onnx_engine_s_texts(fixtures, gens):
+    """TorchScript as on a GPU (its cache in torch tensors, the new keys and values left as the module
+    made them) and as on the CPU (numpy): both give the ONNX engine's texts."""
+    from engine.backends import TorchScriptBackend
+
     entry = fixtures["names-gpt"][0]
-    ts = Generator.load(entry, backend="torchscript", slots=3)
-    layers = ts.engine.runner.kv.layers
-    assert isinstance(layers[0], torch.Tensor) and layers[0].device.type == "cpu"
+    m, path = entry.manifest, entry.folder / entry.manifest.files["torchscript"].path
     prompts, lengths = CASES["names-gpt"]
     params = [SamplingParams(seed=i, max_new_tokens=n) for i, n in enumerate(lengths)]
-    assert texts_of(ts.generate(prompts, params)) == texts_of(gens["names-gpt"].generate(prompts, params))
+    want = texts_of(gens["names-gpt"].generate(prompts, params))
+    for arrays in (TorchArrays("cpu"), None):
+        engine = Engine.from_backend(m, TorchScriptBackend(path, m, arrays=arrays), slots=3)
+        assert isinstance(engine.runner.kv.layers[0], torch.Tensor) == (arrays is not None)
+        assert _engine_texts(engine, prompts, params) == want
 
 
 def test_shipped_gpt_over_a_torch_cache_crosses_buckets_like_the_host_one():
