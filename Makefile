@@ -21,7 +21,7 @@ $(PY) -m training train --config training/configs/$(1).toml --out runs/$(1)
 $(PY) -m training export runs/$(1) --out models/$(2) --force
 endef
 
-.PHONY: help serve test lint lock models bench docker docker-torch docker-smoke promtool chromium kubectl wrk clean
+.PHONY: help serve test test-gpu lint lock models bench docker docker-torch docker-smoke promtool chromium kubectl wrk clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -83,6 +83,9 @@ kubectl: ## kubectl (Debian's kubernetes-client where none is installed): tests/
 
 test: $(VENV)/.dev-installed promtool chromium kubectl ## run the test suite (installs the dev venv, promtool, chromium, kubectl first)
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+test-gpu: $(VENV)/.dev-installed ## on a machine with a CUDA GPU: the tests marked gpu (install onnxruntime-gpu and a CUDA torch into the venv first)
+	$(VENV)/bin/pytest -q -m gpu -rs tests/engine
 
 lint: $(VENV)/.dev-installed ## ruff check + ruff format --check
 	$(VENV)/bin/ruff check .
