@@ -65,13 +65,14 @@ class OnnxBackend:
             import onnxruntime as ort
         except ImportError:
             raise BackendUnavailable("the onnx backend needs onnxruntime: pip install charlm[serve]") from None
-        providers = ["CPUExecutionProvider"]
+        providers: list = ["CPUExecutionProvider"]
         if device == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise BackendUnavailable(
                     "device cuda: this onnxruntime has no CUDAExecutionProvider (pip install onnxruntime-gpu)"
                 )
-            providers.insert(0, "CUDAExecutionProvider")
+            # full float32 (no TF32 tensor-core rounding), so the GPU decodes as the CPU does (decode parity)
+            providers.insert(0, ("CUDAExecutionProvider", {"use_tf32": "0"}))
         elif device != "cpu":
             raise BackendUnavailable(f"unknown device {device!r} (cpu or cuda)")
         self.device = device
@@ -92,7 +93,7 @@ class OnnxBackend:
             io = [IDX, POS, *cache_names(n_layer)], [LOGITS, *present_names(n_layer)]
             self._decode = self._open(ort, path.parent / decode.path, providers, *io, decode=True)
 
-    def _open(self, ort, path: Path, providers: list[str], inputs: list[str], outputs: list[str], decode: bool = False):
+    def _open(self, ort, path: Path, providers: list, inputs: list[str], outputs: list[str], decode: bool = False):
         """A session of the graph at `path`, its I/O names checked against the contract's (`decode`: the
         decode graph, whose earlier contract, the step graph's, gets its own message)."""
         opts = ort.SessionOptions()
