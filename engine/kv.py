@@ -117,16 +117,14 @@ class KVCache:
         return [f[:size].reshape(keys if j % 2 == 0 else values) for j, f in enumerate(self._flat)]
 
     def _relayout(self, columns: int, rows: int) -> None:
-        """Re-lay rows [0, rows) out at `columns` wide, in the same memory. Widening moves each row to a
-        higher offset, so rows go last to first; narrowing, first to last; the overlap inside a row is
-        copied out first (torch refuses a copy between overlapping views)."""
+        """Re-lay rows [0, rows) out at `columns` wide, in the same memory: each layer's live block is
+        copied out whole, then written back at the new width (two bulk copies a layer, where a row at a
+        time cost a call per row and layer; old and new places overlap, which is why the copy)."""
         keep = min(columns, self.columns)
         old, new = self.layers, self._views(columns)
-        order = range(rows - 1, -1, -1) if columns > self.columns else range(rows)
         for j in range(2 * self.n_layer):
-            for r in order:
-                if j % 2 == 0 and not self.in_place:
-                    new[j][r, :, :, :keep] = self.arrays.copy(old[j][r, :, :, :keep])
-                else:
-                    new[j][r, :, :keep, :] = self.arrays.copy(old[j][r, :, :keep, :])
+            if j % 2 == 0 and not self.in_place:
+                new[j][:rows, :, :, :keep] = self.arrays.copy(old[j][:rows, :, :, :keep])
+            else:
+                new[j][:rows, :, :keep, :] = self.arrays.copy(old[j][:rows, :, :keep, :])
         self.layers, self.columns = new, columns

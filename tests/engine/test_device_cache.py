@@ -34,14 +34,19 @@ def _host(a) -> np.ndarray:
 def test_a_torch_cache_holds_what_the_numpy_cache_holds(in_place):
     """Prefill writes (host arrays in, as ONNX Runtime gives them), decode writes of few and many rows
     (torch tensors in, as TorchScript gives them), moves, and re-layouts wider and narrower: a torch
-    cache ends equal to a numpy cache fed the same."""
+    cache ends equal to a numpy cache fed the same, and both to a cache laid out once at full width
+    (never re-laid out) in the columns they keep."""
     rng = np.random.default_rng(3)
     slots, n_layer, h, d, block = 12, 2, 2, 4, 3 * BUCKET
     host = KVCache(slots, n_layer, h, d, block, in_place=in_place)
     dev = KVCache(slots, n_layer, h, d, block, in_place=in_place, arrays=TorchArrays("cpu"))
+    full = KVCache(slots, n_layer, h, d, block, in_place=in_place)
+    full.fit(block, 0)
     assert isinstance(dev.layers[0], torch.Tensor) and host.arrays is HOST
 
     def both(method, *args, tensors=False):
+        if method != "fit":
+            getattr(full, method)(*args)
         getattr(host, method)(*args)
         as_given = [[torch.from_numpy(t) for t in a] if tensors and isinstance(a, list) else a for a in args]
         getattr(dev, method)(*as_given)
@@ -60,8 +65,10 @@ def test_a_torch_cache_holds_what_the_numpy_cache_holds(in_place):
     both("move", 9, 2)
     both("fit", 10, 8)  # narrower: rows [0, 8) keep their first columns
     assert host.columns == dev.columns == BUCKET
-    for a, b in zip(host.layers, dev.layers, strict=True):
+    for j, (a, b, ref) in enumerate(zip(host.layers, dev.layers, full.layers, strict=True)):
         np.testing.assert_array_equal(a[:8], _host(b)[:8])
+        kept = ref[:8, :, :, :BUCKET] if j % 2 == 0 and not in_place else ref[:8, :, :BUCKET, :]
+        np.testing.assert_array_equal(a[:8], kept)
 
 
 def _engine_texts(engine: Engine, prompts: list[str], params: list[SamplingParams]) -> list[tuple[str, str]]:
