@@ -8,11 +8,12 @@ graph that updates the cache in place (`in_place`: the graph writes each step's 
 Live sequences always sit in rows 0..n-1 (the engine compacts on exit), so the rows a call
 reads, `[lo:hi]`, are one contiguous block that ONNX Runtime and torch take without a copy.
 
-`columns` is the live prefix, not block_size: attention reads every column it is given, and on this
-CPU it is memory-bound (one layer at batch 128 read 16 MB of keys and values at ~17 GB/s), so the
-cache is kept only as wide as the longest live sequence, rounded up to `BUCKET` columns. The memory
-for block_size columns is allocated (and touched) once at load; changing `columns` re-lays the live
-rows out in place, once per bucket crossed.
+`columns` is the live prefix, not block_size: the step graph's attention reads every column it is
+given, and the decode graph's kernel, which reads each row only to its length, still costs more the
+wider the buffer is than its rows (docs/benchmarks.md, "The cache's width"). So the cache is kept only
+as wide as the longest live sequence, rounded up to `BUCKET` columns (narrower buckets cost the served
+shape more re-layouts than they save). The memory for block_size columns is allocated (and touched)
+once at load; changing `columns` re-lays the live rows out in place, once per bucket crossed.
 
 The arrays live where the backend computes (engine/arrays.py): numpy in host memory, or torch tensors
 on a device, so a GPU's cache never crosses the bus; a graph's outputs are brought to them by `take`.
