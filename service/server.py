@@ -28,6 +28,7 @@ from service.http import playground
 from service.http.app import App
 from service.http.catalog import Catalog
 from service.http.gateway import Gateway
+from service.http.health import LITSERVE_HEALTH_PATH
 from service.http.probes import readiness
 from service.http.routes import CharLMSpec, install_routes
 from service.lifecycle import ShutdownSignals, kill_children
@@ -57,11 +58,14 @@ class StartupError(RuntimeError):
 def middlewares(
     settings: Settings, shared: SharedState, models: Iterable[str] = ()
 ) -> list[tuple[Any, dict[str, Any]]]:
-    """Innermost first (LitServe adds them in order; the last added is outermost): metrics, API keys,
-    the access log (so a 401 is logged), request ids (so the access line and a 401 carry the id), CORS
-    (a preflight needs no API key), Connection: close while draining (on every answer). `models`: the
-    names the metrics may use as a label."""
-    stack: list[tuple[Any, dict[str, Any]]] = [(metrics.MetricsMiddleware, {"models": frozenset(models)})]
+    """Innermost first (LitServe adds them in order; the last added is outermost): the page at `/`,
+    metrics, API keys, the access log (so a 401 is logged), request ids (so the access line and a 401
+    carry the id), CORS (a preflight needs no API key), Connection: close while draining (on every
+    answer). `models`: the names the metrics may use as a label."""
+    stack: list[tuple[Any, dict[str, Any]]] = [
+        (playground.RootPage, {}),  # innermost: the others see `/` as asked
+        (metrics.MetricsMiddleware, {"models": frozenset(models)}),
+    ]
     keys = load_api_keys(settings.api_key)
     if keys:
         stack.append((ApiKeyMiddleware, {"keys": keys, "public_paths": PUBLIC_PATHS | playground.PUBLIC_PATHS}))
@@ -100,6 +104,7 @@ def build(settings: Settings, repo: Repository) -> App:
         max_payload_size=MAX_BODY_BYTES,  # LitServe's middleware: an int, its strings are not parsed
         middlewares=middlewares(settings, shared, repo.models),
         restart_workers=True,  # LitServe's monitor starts a dead worker's replacement (service.watcher)
+        healthcheck_path=LITSERVE_HEALTH_PATH,  # /health is charlm's JSON one (service.http.health)
     )
     client = TracedClient(LitServeClient(spec, shared))
     spec.gateway = Gateway(catalog, client, shared, settings.timeout, settings.max_queue, settings.max_request_tokens)

@@ -1,4 +1,8 @@
-"""/health as JSON, from the shared worker board (it replaces LitServe's plain-text `ok` / `not ready`).
+"""/health as JSON, from the shared worker board, in place of LitServe's plain-text `ok` / `not ready`.
+
+LitServe registers its own health route at the path its `healthcheck_path` argument names; the server
+gives it LITSERVE_HEALTH_PATH (behind the API key, left out of the OpenAPI document), so /health is
+charlm's without touching LitServe's routes.
 
 200 `{"status": "ok"}` while every worker is up and stepping; otherwise 503 with the reason in the
 error contract's shape: a worker starting, stalled (no step for --stall-timeout while it has work:
@@ -11,7 +15,6 @@ import logging
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
-from starlette.routing import BaseRoute
 
 from service.errors import error_body
 from service.shared import CRASHED, READY, SharedState
@@ -19,6 +22,7 @@ from service.shared import CRASHED, READY, SharedState
 log = logging.getLogger("charlm.health")
 
 HEALTH_PATH = "/health"
+LITSERVE_HEALTH_PATH = "/litserve/health"  # LitServer(healthcheck_path=...): LitServe's own, plain text
 
 
 def health(shared: SharedState, stall_timeout: float) -> tuple[dict, int]:
@@ -38,14 +42,10 @@ def health(shared: SharedState, stall_timeout: float) -> tuple[dict, int]:
 
 
 def install_health(app: FastAPI, shared: SharedState, stall_timeout: float) -> None:
-    """Replace LitServe's /health (plain text, and blind to a dead worker until it is restarted)."""
-    app.router.routes[:] = [r for r in app.router.routes if not _is_health(r)]
+    """charlm's /health (LitServe's is at LITSERVE_HEALTH_PATH: plain text, and blind to a dead worker
+    until it is restarted)."""
 
     @app.get(HEALTH_PATH, summary="Liveness: every worker up and stepping (JSON; 503 with the reason)")
     async def health_route() -> JSONResponse:
         body, status = health(shared, stall_timeout)
         return JSONResponse(body, status_code=status)
-
-
-def _is_health(route: BaseRoute) -> bool:
-    return getattr(route, "path", None) == HEALTH_PATH

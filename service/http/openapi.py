@@ -29,11 +29,15 @@ from service.http.catalog import Catalog
 from service.http.chat import ChatChunk
 from service.http.completions import CompletionChunk
 from service.http.generate import GenerateChunk
+from service.http.health import LITSERVE_HEALTH_PATH
 from service.http.served_schemas import per_model
 
 DOCS_PATH = "/docs"
 ASSETS = DOCS_PATH + "/assets"
 OPEN_PATHS = frozenset({"/health", "/ready"})
+# LitServe's own plain-text routes, left out of the document: `/` is the playground's page
+# (playground.RootPage), charlm's /health stands in for LitServe's health check.
+LITSERVE_PLAIN_TEXT = frozenset({"/", LITSERVE_HEALTH_PATH})
 # The streaming routes and the chunk each of their events carries.
 STREAMING: dict[str, type[BaseModel]] = {
     "/v1/generate": GenerateChunk,
@@ -140,7 +144,8 @@ def _exact(value: float) -> int:
 def document(app: FastAPI, models: dict[str, Manifest] | None = None, max_request_tokens: int = 0) -> dict[str, Any]:
     """FastAPI's document, post-processed (see the module's docstring); with `models`, its request
     bodies are told per served model (service.http.served_schemas)."""
-    doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    routes = [r for r in app.routes if getattr(r, "path", None) not in LITSERVE_PLAIN_TEXT]
+    doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=routes)
     components = doc.setdefault("components", {})
     components.setdefault("schemas", {})["Error"] = ERROR_SCHEMA
     _chunk_schemas(components["schemas"])

@@ -1,5 +1,9 @@
 """The web playground: one page at `/` and `/playground` to try the served models in a browser.
 
+LitServe answers `/` itself (plain text) and has no argument to leave that route out, so `RootPage`, a
+middleware passed through LitServer(middlewares=...), routes a GET of `/` to `/playground` before
+the routes see them; LitServe's routes stay as LitServe registered them.
+
 Plain HTML + JavaScript + CSS from `service/static/` (shipped as package data; no build step, no CDN, so
 it works offline and in the Docker image). The page uses only the public API: `GET /v1/models` and
 `POST /v1/generate` with `stream: true`, read with fetch (EventSource cannot POST). When API keys are
@@ -12,9 +16,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import FastAPI, HTTPException
+from fastapi import HTTPException
 from fastapi.responses import FileResponse
-from fastapi.routing import APIRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
 PAGE = "playground.html"
@@ -23,7 +27,8 @@ ASSETS = {
     "playground.js": "text/javascript; charset=utf-8",
     "playground.css": "text/css; charset=utf-8",
 }
-PAGE_PATHS = ("/", "/playground")
+PAGE_PATH = "/playground"
+PAGE_PATHS = ("/", PAGE_PATH)
 ASSET_PREFIX = "/static/"
 # Paths that must stay open when API keys are set: the page has to load before it can ask for a key.
 PUBLIC_PATHS = frozenset({*PAGE_PATHS, *(ASSET_PREFIX + name for name in ASSETS)})
@@ -31,13 +36,17 @@ PUBLIC_PATHS = frozenset({*PAGE_PATHS, *(ASSET_PREFIX + name for name in ASSETS)
 HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
 
 
-def drop_litserve_root(fastapi_app: FastAPI) -> None:
-    """LitServe answers `/` itself; the playground takes that path (service.http.routes registers it)."""
-    fastapi_app.router.routes[:] = [
-        r
-        for r in fastapi_app.router.routes
-        if not (isinstance(r, APIRoute) and r.path in PAGE_PATHS and "GET" in r.methods)
-    ]
+class RootPage:
+    """A GET of `/` is answered by the page's route, as `/playground` (see the module's docstring); outer
+    middlewares still see `/`."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/" and scope["method"] == "GET":
+            scope = {**scope, "path": PAGE_PATH, "raw_path": PAGE_PATH.encode()}
+        await self.app(scope, receive, send)
 
 
 async def page() -> FileResponse:

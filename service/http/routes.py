@@ -134,7 +134,7 @@ def install_routes(fastapi_app: FastAPI, app: App) -> None:
     for route in fastapi_app.router.routes:  # LitSpec.add_endpoint takes no summary: the families give theirs
         if isinstance(route, APIRoute) and route.path in SUMMARIES:
             route.summary = SUMMARIES[route.path]
-    install_health(fastapi_app, app.shared, app.settings.stall_timeout)  # replaces LitServe's /health
+    install_health(fastapi_app, app.shared, app.settings.stall_timeout)  # LitServe's is at LITSERVE_HEALTH_PATH
     probes = Probes(app)
     get("/ready", probes.ready, summary="Readiness: every worker up and stepping; failed model folders")
     get("/metrics", probes.metrics, summary="Prometheus metrics of every process", response_class=Response)
@@ -153,9 +153,7 @@ def install_routes(fastapi_app: FastAPI, app: App) -> None:
     # the document says what the server does (errors, SSE, the key, what each served model takes)
     install_openapi(fastapi_app, app.catalog, app.settings.max_request_tokens)
 
-    playground.drop_litserve_root(fastapi_app)  # the web page takes / and /playground
-    for path in playground.PAGE_PATHS:
-        get(path, playground.page, include_in_schema=False, name=f"playground{path}")
+    get(playground.PAGE_PATH, playground.page, include_in_schema=False, name="playground")  # and / (RootPage)
     get(playground.ASSET_PREFIX + "{name}", playground.asset, include_in_schema=False, name="playground-asset")
 
 

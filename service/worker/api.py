@@ -132,7 +132,8 @@ class CharLMAPI(ls.LitAPI):
         of handing LitServe's default (a plain function) to a thread on every request."""
 
     def health(self) -> bool:
-        """False while a worker with work has not stepped for stall_timeout (LitServe's /health: 503)."""
+        """False while a worker with work has not stepped for stall_timeout (LitServe's own health check,
+        at /litserve/health: 503)."""
         stalled = self.shared.stalled(self.stall_timeout)
         if stalled:
             log.error("worker(s) %s made no step for over %g s", stalled, self.stall_timeout)

@@ -60,6 +60,7 @@ ROUTES: list[tuple[str, str, str, dict[str, Any] | None]] = [
     ("GET", "/redoc", "/redoc", None),
     ("GET", "/openapi.json", "/openapi.json", None),
     ("GET", "/info", "/info", None),  # LitServe's: behind the key
+    ("GET", "/litserve/health", "/litserve/health", None),  # LitServe's health check (healthcheck_path)
     ("GET", "/no/such/route", "/no/such/route", None),  # a 404 tells what exists: behind the key too
 ]
 

@@ -42,6 +42,19 @@ def test_health_is_json(srv: ServerProcess) -> None:
     assert r.status_code == 200 and r.json() == {"status": "ok"}
 
 
+def test_litserve_keeps_its_own_routes_and_charlm_takes_its_paths(srv: ServerProcess) -> None:
+    """LitServe's routes stay as it registers them: its plain-text health check at the path its
+    `healthcheck_path` argument names, its `/` behind the playground's middleware; neither is in the
+    OpenAPI document."""
+    litserve = httpx.get(srv.url("/litserve/health"), timeout=10)
+    assert litserve.status_code == 200 and litserve.text == "ok"
+    page = httpx.get(srv.url("/"), timeout=10)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert page.text == httpx.get(srv.url("/playground"), timeout=10).text
+    paths = httpx.get(srv.url("/openapi.json"), timeout=10).json()["paths"]
+    assert "/" not in paths and "/litserve/health" not in paths and "/health" in paths
+
+
 def test_cors_refusal_is_json_and_x_request_id_is_exposed(srv: ServerProcess) -> None:
     preflight = {"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
     refused = httpx.options(srv.url("/v1/generate"), headers=preflight, timeout=10)
