@@ -134,8 +134,9 @@ class OnnxBackend:
         `decode_in_place`: the caches are [B, H, columns, D] views (contract/graph.py, decode graph),
         bound as both input and output, so the graph writes each row's new key and value into them;
         returns [logits]. Otherwise the step graph's contract: returns [logits, *new_kv] for the caller
-        to store; there a bind costs about a plain call's overhead, so a batch is bound the second time
-        in a row it is seen and runs plain until then. The outputs are valid until this thread's next
+        to store; there, over host arrays, a bind costs about a plain call's overhead, so a batch is
+        bound the second time in a row it is seen and runs plain until then (a device cache is always
+        bound: a plain call takes host arrays). The outputs are valid until this thread's next
         run_decode."""
         local, arrays = self._local, self.arrays
         bound = getattr(local, "bound", None)

@@ -23,7 +23,6 @@ from functools import partial
 import numpy as np
 
 from contract import Manifest
-from engine.arrays import HOST
 from engine.backends import Backend
 from engine.kv import KVCache
 from engine.prefill import PREFILL_SCRATCH_BYTES, prefill_calls
@@ -57,7 +56,7 @@ class GPTRunner:
         # a decode graph that writes the cache itself reads keys laid out like values (contract/graph.py)
         self.in_place = bool(getattr(backend, "decode_in_place", False))
         shape = (manifest.n_layer or 0, manifest.n_head or 0, manifest.head_dim or 0, self.block_size)
-        self.kv = KVCache(slots, *shape, in_place=self.in_place, arrays=getattr(backend, "arrays", HOST))
+        self.kv = KVCache(slots, *shape, in_place=self.in_place, arrays=backend.arrays)
         self.n_embd = (manifest.n_head or 0) * (manifest.head_dim or 0)
         self.length = np.zeros(slots, dtype=np.int64)  # cached positions per row
         self.pending = np.zeros(slots, dtype=np.int64)  # sampled, not yet fed
