@@ -12,6 +12,12 @@ step queue up, and a stream's first text waited behind them.
 
 The mailbox is registered before the first request is put, so nothing can arrive for it unseen. The
 put runs in a thread: it is a manager round trip too, during which the event loop would stand still.
+
+A worker killed while it takes a request off the queue loses it: the manager has handed it over, the
+worker never holds it (service/held.py). So after a crash, a request that has had no event yet and is
+on no worker's row while the queue is empty, twice in a row (STRAY_CHECKS quiet waits), is answered as
+one its worker held would be (503 `worker_crashed`). A worker holds a request the moment it takes it,
+so only a dead one can have it then.
 """
 
 from __future__ import annotations
@@ -20,14 +26,16 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
+from service.errors import worker_crashed
 from service.protocol import EngineRequest, WorkerEvent
 from service.shared import SharedState
 
 log = logging.getLogger("charlm.client")
 
+STRAY_CHECKS = 2  # quiet waits in a row that find a request nowhere before it counts as lost
 MAILBOX = "charlm-mailbox-{}"  # the response-buffer id of API server number {} (its response queue id)
 
 
@@ -44,10 +52,14 @@ class WorkerQueues(Protocol):
     def mailbox(self) -> AsyncIterator[tuple[Any, Any]]:
         """Register this API server's mailbox at once; then every (message, status) sent to it, in order."""
 
+    def waiting(self) -> int:
+        """How many requests are on the workers' queue (a round trip to LitServe's manager too)."""
+
 
 class EventStream(Protocol):
     async def next(self, timeout: float) -> WorkerEvent | None:
-        """The next event, None if none came within `timeout`; StopAsyncIteration once it ended."""
+        """The next event, None if none came within `timeout`; StopAsyncIteration once it ended;
+        APIError 503 `worker_crashed` once the request is known lost with a worker."""
 
     async def close(self) -> None: ...
 
@@ -59,12 +71,14 @@ class EngineClient(Protocol):
 
 
 class MailboxStream:
-    """One request's events, as the mailbox hands them over."""
+    """One request's events, as the mailbox hands them over. Until the first one comes, a quiet wait
+    asks `on_quiet` whether the request was lost on its way to a worker (LitServeClient)."""
 
-    def __init__(self, on_close: Any = None):
+    def __init__(self, on_close: Any = None, on_quiet: Callable[[MailboxStream], Awaitable[None]] | None = None):
         self._ready: deque[WorkerEvent] = deque()
         self._waiter: asyncio.Future | None = None
         self._on_close = on_close
+        self._on_quiet = on_quiet
 
     def push(self, events: tuple[WorkerEvent, ...]) -> None:
         self._ready.extend(events)
@@ -82,8 +96,15 @@ class MailboxStream:
                 timer.cancel()
                 self._waiter = None
             if not self._ready:
+                if self._on_quiet is not None:
+                    await self._on_quiet(self)
                 return None
+        self._on_quiet = None  # a worker has it: a crash from now on is told by its row (service/held.py)
         return self._ready.popleft()
+
+    @property
+    def quiet(self) -> bool:
+        return not self._ready
 
     async def close(self) -> None:
         if self._on_close is not None:
@@ -110,7 +131,21 @@ class LitServeClient:
         if self._reader is None:
             self._reader = loop.create_task(self._deliver(self._queues.mailbox()), name="charlm-mailbox")
         uid = req.rid
-        stream = self._streams[uid] = MailboxStream(on_close=lambda: self._streams.pop(uid, None))
+        crashes, strays = self.shared.crashes.value, 0
+
+        async def on_quiet(stream: MailboxStream) -> None:
+            """After a crash: on no worker's row, not on the queue, twice in a row, no event: it was lost."""
+            nonlocal strays
+            if self.shared.crashes.value == crashes or self.shared.held_anywhere(uid):
+                return
+            waiting = await loop.run_in_executor(None, self._queues.waiting)
+            found = waiting or self.shared.held_anywhere(uid) or not stream.quiet
+            strays = 0 if found else strays + 1
+            if strays >= STRAY_CHECKS:
+                log.error("%s was lost with a worker that crashed as it took the request", uid)
+                raise worker_crashed()
+
+        stream = self._streams[uid] = MailboxStream(on_close=lambda: self._streams.pop(uid, None), on_quiet=on_quiet)
         try:
             await loop.run_in_executor(None, self._queues.submit, req)
         except BaseException:

@@ -1,12 +1,13 @@
 """Which requests each worker process holds, in shared memory, so a crash answers every one of them.
 
-A worker writes a 63-bit digest of each request id it took into its row when the request enters its
-scheduler, and clears it when the request leaves. When the main process sees the worker die, it marks
+A worker writes a 63-bit digest of each request id into its row the moment it takes the request off
+the queue, and clears it when the request's last events have left. When the main process sees the worker die, it marks
 the worker crashed (shared.CRASHED); each API server, polling its waiting requests every POLL_S, finds
 its own ids in the dead worker's row and answers them (503 `worker_crashed`, or an SSE error event)
 instead of waiting for events that will never come. The row is wiped only when the replacement worker
 starts (after LOST_GRACE_S, so every API server has looked). A request still on LitServe's queue is
-not in any row: the replacement (or another worker) takes it.
+not in any row: the replacement (or another worker) takes it. One the dead worker was being handed as
+it died is in no row and no longer queued: service/client.py answers it the same way.
 """
 
 from __future__ import annotations

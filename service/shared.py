@@ -57,7 +57,10 @@ class SharedState:
         self.rates = _CTX.RawArray("d", workers * max(1, len(self.models)))  # tokens/s per worker, model
         self.info = [_CTX.RawArray("c", INFO_BYTES) for _ in range(workers)]
         self.cancels = [_CTX.Queue() for _ in range(workers)]
-        self.held = HeldTable(workers, held)  # request ids each worker holds (service/held.py)
+        # request ids each worker holds (service/held.py); `held` is the most admitted at once, and a row
+        # has room for twice that: a place is freed a little after its request was answered
+        self.held = HeldTable(workers, 2 * held)
+        self.crashes = _CTX.RawValue("q", 0)  # worker deaths so far (the main process counts them)
         self.speed = SpeedBoard(workers, self.models, slots)  # step times and load (service/speed.py)
 
     # ----- the worker's side -----
@@ -119,6 +122,9 @@ class SharedState:
     def lost(self, rid: str) -> bool:
         """Was this request held by a worker that died? (Cheap while no worker has crashed.)"""
         return any(self.held.holds(w, rid) for w in self.crashed())
+
+    def held_anywhere(self, rid: str) -> bool:
+        return any(self.held.holds(w, rid) for w in range(self.workers))
 
     def stalled(self, stall_timeout: float, now: float | None = None) -> list[int]:
         """Workers that have work (or while requests wait) and have not stepped for stall_timeout."""

@@ -96,6 +96,7 @@ class Watcher:
             self.dead.add(pid)
             shared.state[w] = CRASHED
             shared.live[w] = 0
+            shared.crashes.value += 1
             log.error("worker %d (pid %s) died: answering its requests", w, pid)
             _forget_metrics(pid)
             self.restarts.append(now)

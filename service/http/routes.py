@@ -70,6 +70,9 @@ class CharLMSpec(LitSpec):
     def submit(self, req: EngineRequest) -> None:
         self.request_queue.put((self.response_queue_id, req.rid, time.monotonic(), req))
 
+    def waiting(self) -> int:
+        return self.request_queue.qsize()
+
     def mailbox(self) -> AsyncIterator[tuple[Any, LitAPIStatus]]:
         """This API server's entry in LitServe's response buffer, registered now; its messages, in order."""
         messages, data_available = deque(), asyncio.Event()

@@ -170,9 +170,10 @@ class SchedulerLoop(LitLoop):
         engine = lit_api.engines.get(req.model)
         if engine is not None:  # from pending (admitted, on no worker) into this worker's load
             shared.taken(req.model, req.sequences, req.cost_tokens(engine.manifest))
+        # held first thing, a refused one too until its answer has left: a crash of this process now
+        # answers it, and an API server that finds it in no row knows it is not here (service/held.py)
+        self.held[req.rid] = shared.held.hold(worker_id, req.rid)
         sched.admit(req, uid, rqid)
-        if req.rid in sched.jobs:  # a crash of this process now answers it (service/held.py)
-            self.held[req.rid] = shared.held.hold(worker_id, req.rid)
 
 
 def _queued(shared: Any) -> bool:

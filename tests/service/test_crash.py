@@ -104,6 +104,30 @@ def test_kill_9_of_the_worker_answers_its_requests_and_the_worker_is_replaced() 
     srv.remove_log()
 
 
+def test_a_request_the_worker_was_taking_as_it_died_is_answered() -> None:
+    """An idle worker waits in a `get` that LitServe's manager serves: stopped there, it is handed the
+    next request, which then dies with it unheld (service/client.py)."""
+    srv = start_server("--timeout", "600")
+    try:
+        (worker,) = srv.worker_pids()
+        os.kill(worker, signal.SIGSTOP)
+        lost = _start(srv, {"model": "names-gpt", "max_new_tokens": 4})
+        time.sleep(0.5)  # the manager hands it over at once; the stopped worker never reads it
+        os.kill(worker, signal.SIGKILL)
+        t_kill = time.monotonic()
+        lost[0].join(20)
+        out = lost[1]
+        assert out["status"] == 503 and _code(out["last"]) == "worker_crashed", out
+        print("answered after the kill (s):", round(out["ended"] - t_kill, 3))
+        assert out["ended"] - t_kill < 3.0
+        _wait(lambda: _ready(srv).status_code == 200, 60, "the worker was not replaced")
+        after = httpx.post(srv.url("/v1/generate"), json={"model": "names-gpt"}, timeout=30)
+        assert after.status_code == 200, after.text
+    finally:
+        srv.stop(signal.SIGKILL)
+    srv.remove_log()
+
+
 def test_with_two_workers_the_other_serves_throughout() -> None:
     srv = start_server("--workers", "2", "--timeout", "600")
     try:

@@ -21,6 +21,7 @@ from engine import SamplingParams
 from service.client import LitServeClient, mailbox_id
 from service.http.routes import CharLMSpec
 from service.protocol import Accepted, ChoiceDelta, Chunk, EngineRequest, Final, WorkerEvent
+from service.shared import SharedState
 from service.worker.api import CharLMAPI
 from service.worker.chunks import CHUNK_INTERVAL_S, merge_deltas
 from service.worker.outbox import Outbox
@@ -120,7 +121,7 @@ def test_the_mailbox_hands_each_request_its_events_and_the_put_does_not_stall_th
         time.sleep(0.3)
 
     spec.request_queue = SimpleNamespace(put=slow_put)
-    client = LitServeClient(spec, shared=None)  # type: ignore[arg-type]
+    client = LitServeClient(spec, SharedState(1, ["names"]))
     head, first, final = Accepted(0.0), Chunk((ChoiceDelta(0, "a"),), 1), Final(0.0, 0.0, 0.0, 1, (), 1)
 
     async def scenario() -> tuple[int, list[Any], Any]:
@@ -156,7 +157,7 @@ def test_the_mailbox_opens_again_after_an_error_status() -> None:
     spec = CharLMSpec()
     spec.response_buffer, spec.response_queue_id, spec.data_streamer = {}, 0, LitServer.data_streamer
     spec.request_queue = SimpleNamespace(put=lambda item: None)
-    client = LitServeClient(spec, shared=None)  # type: ignore[arg-type]
+    client = LitServeClient(spec, SharedState(1, ["names"]))
     head = Accepted(0.0)
 
     async def scenario() -> Any:
