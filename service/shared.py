@@ -19,7 +19,7 @@ from queue import Empty
 from typing import Any
 
 from service.held import HeldTable
-from service.speed import NO_LIMIT, SpeedBoard
+from service.speed import SpeedBoard
 
 _CTX = multiprocessing.get_context("spawn")  # LitServe spawns workers: create locks in the same context
 INFO_BYTES = 4096
@@ -172,30 +172,20 @@ class SharedState:
                     return 0.0, refusal
             self.in_flight.value += 1
             if m is not None:
-                self.speed.pending_seqs[m] += seqs
-                self.speed.pending_work[m] += seqs * tokens
-                bearable = timeout / SAFETY / tokens  # its own budget per iteration, until a worker takes it
-                self.speed.pending_budget_s[m] = min(self.speed.pending_budget_s[m], bearable)
+                self.speed.admit(m, seqs, seqs * tokens, timeout / SAFETY / tokens)
         return est_s, None
 
-    def taken(self, model: str, sequences: int, cost_tokens: int) -> None:
-        """A worker took an admitted request off the queue: it is in that worker's load from now on."""
-        m = self.models.index(model) if model in self.models else None
-        if m is None:
-            return
-        with self.in_flight.get_lock():
-            self.speed.pending_seqs[m] = max(0.0, self.speed.pending_seqs[m] - sequences)
-            self.speed.pending_work[m] = max(0.0, self.speed.pending_work[m] - cost_tokens)
-            if self.speed.pending_seqs[m] == 0:
-                self.speed.pending_budget_s[m] = NO_LIMIT
+    def taken(self, worker: int, model: str, sequences: int, cost_tokens: int) -> None:
+        """`worker` took an admitted request off the queue: it is in that worker's load from now on.
+        No lock: a worker may be killed at any moment (service/speed.py)."""
+        if model in self.models:
+            self.speed.take(worker, self.models.index(model), max(1, sequences), cost_tokens)
 
     def release(self, cost_s: float) -> None:
         with self.in_flight.get_lock():
             self.in_flight.value -= 1
-            if self.in_flight.value <= 0:  # nothing admitted is left: forget any drift
-                for m in range(len(self.models)):
-                    self.speed.pending_seqs[m] = self.speed.pending_work[m] = 0.0
-                    self.speed.pending_budget_s[m] = NO_LIMIT
+            if self.in_flight.value <= 0:
+                self.speed.forget_pending()
 
 
 def _judge(

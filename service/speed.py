@@ -7,8 +7,9 @@ memory, per model and per batch-size bucket (powers of two up to 1024) the recen
 average of its real steps that rises fast and falls slowly, measured first at start-up before /ready:
 service/worker/calibration.py) and the best one seen (what an idle server does: a request that does not fit
 even at that speed gets 400), its per-iteration overhead, and per model the sequences it holds and
-their remaining tokens. The API servers add what they admitted that no worker has taken yet
-(`pending_*`, under the in-flight lock).
+their remaining tokens. What was admitted that no worker has taken off the queue yet is `pending`:
+the API servers count what they admit (under the in-flight lock), each worker what it takes, in its own
+row and with no lock, so a worker killed at any moment cannot leave a lock held.
 """
 
 from __future__ import annotations
@@ -38,8 +39,10 @@ class SpeedBoard:
         self.overhead_s = _CTX.RawArray("d", workers)  # EWMA seconds per iteration outside the steps
         self.live = _CTX.RawArray("i", workers * k)  # sequences held (running or waiting for a slot)
         self.work = _CTX.RawArray("d", workers * k)  # their remaining tokens, at most
-        self.pending_seqs = _CTX.RawArray("d", k)  # admitted, on no worker yet
-        self.pending_work = _CTX.RawArray("d", k)
+        self.admitted_seqs = _CTX.RawArray("d", k)  # sequences the API servers admitted, ever (or since idle)
+        self.admitted_work = _CTX.RawArray("d", k)  # their most tokens
+        self.taken_seqs = _CTX.RawArray("d", workers * k)  # of those, what each worker took off the queue
+        self.taken_work = _CTX.RawArray("d", workers * k)
         # The slowest iteration the requests a worker holds can bear and still meet their deadlines
         # (min of time left / tokens left), and the same for the pending ones per model: a new request
         # that would make iterations slower than this is refused, so it cannot push others into 504.
@@ -49,7 +52,23 @@ class SpeedBoard:
     def _m(self, model: str) -> int | None:
         return self.models.index(model) if model in self.models else None
 
+    def pending(self, m: int) -> tuple[float, float]:
+        """(sequences, tokens) of `m` admitted that no worker has taken yet."""
+        seqs, work = self._admitted_less_taken(m)
+        return max(0.0, seqs), max(0.0, work)
+
+    def _admitted_less_taken(self, m: int) -> tuple[float, float]:
+        """Below zero after a request released before a worker took it (its client left) was taken."""
+        k = len(self.models)
+        taken = range(m, self.workers * k, k)
+        seqs = self.admitted_seqs[m] - sum(self.taken_seqs[i] for i in taken)
+        return seqs, self.admitted_work[m] - sum(self.taken_work[i] for i in taken)
+
     # ----- a worker's side -----
+
+    def take(self, worker: int, m: int, seqs: int, work: int) -> None:
+        self.taken_seqs[worker * len(self.models) + m] += seqs
+        self.taken_work[worker * len(self.models) + m] += work
 
     def record_step(self, worker: int, model: str, size: int, seconds: float) -> None:
         m = self._m(model)
@@ -76,7 +95,25 @@ class SpeedBoard:
             live, work = load.get(model, (0, 0.0))
             self.live[worker * k + m], self.work[worker * k + m] = live, work
 
-    # ----- the API servers' side -----
+    # ----- the API servers' side (the in-flight lock held where they write) -----
+
+    def admit(self, m: int, seqs: int, work: int, bearable_s: float) -> None:
+        """Count an admitted request as pending; `bearable_s`: its own budget per iteration till taken."""
+        before_seqs, before_work = self._admitted_less_taken(m)
+        if before_seqs <= 0:
+            self.pending_budget_s[m] = bearable_s
+        else:
+            self.pending_budget_s[m] = min(self.pending_budget_s[m], bearable_s)
+        self.admitted_seqs[m] += seqs - min(0.0, before_seqs)  # a count below zero starts again from zero
+        self.admitted_work[m] += work - min(0.0, before_work)
+
+    def forget_pending(self) -> None:
+        """Nothing admitted is left: what was admitted and never taken (lost with a worker) goes."""
+        k = len(self.models)
+        for m in range(k):
+            self.admitted_seqs[m] = sum(self.taken_seqs[i] for i in range(m, self.workers * k, k))
+            self.admitted_work[m] = sum(self.taken_work[i] for i in range(m, self.workers * k, k))
+            self.pending_budget_s[m] = NO_LIMIT
 
     def step_time(self, worker: int, model: str, batch: int, best: bool = False) -> float | None:
         """Seconds per step at `batch`: interpolated between measured buckets; above the largest,
@@ -102,7 +139,8 @@ class SpeedBoard:
 
     def bearable_s(self, worker: int) -> float:
         """The slowest iteration the requests on `worker` and those pending can bear."""
-        return min(self.budget_s[worker], *self.pending_budget_s)
+        waiting = (self.pending_budget_s[m] for m in range(len(self.models)) if self.pending(m)[0] > 0)
+        return min(self.budget_s[worker], *waiting, NO_LIMIT)
 
     def estimate(
         self, worker: int, model: str, seqs: int, tokens: int, share: float
@@ -114,15 +152,16 @@ class SpeedBoard:
         m, k, slots = self._m(model), len(self.models), self.slots
         if m is None:
             return None
-        live = self.live[worker * k + m] + self.pending_seqs[m] * share
-        work = self.work[worker * k + m] + self.pending_work[m] * share
+        pending_seqs, pending_work = self.pending(m)
+        live = self.live[worker * k + m] + pending_seqs * share
+        work = self.work[worker * k + m] + pending_work * share
         own = self.step_time(worker, model, min(slots, math.ceil(live) + seqs))
         idle_step = self.step_time(worker, model, min(slots, seqs), best=True)
         if own is None or idle_step is None:
             return None
         others = 0.0
         for o, other in enumerate(self.models):
-            held = self.live[worker * k + o] + (self.pending_seqs[o] * share if o != m else 0)
+            held = self.live[worker * k + o] + (self.pending(o)[0] * share if o != m else 0)
             if o != m and held > 0:
                 others += self.step_time(worker, other, min(slots, math.ceil(held))) or 0.0
         overhead = self.overhead_s[worker]

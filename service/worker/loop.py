@@ -169,7 +169,7 @@ class SchedulerLoop(LitLoop):
         shared = lit_api.shared
         engine = lit_api.engines.get(req.model)
         if engine is not None:  # from pending (admitted, on no worker) into this worker's load
-            shared.taken(req.model, req.sequences, req.cost_tokens(engine.manifest))
+            shared.taken(worker_id, req.model, req.sequences, req.cost_tokens(engine.manifest))
         # held first thing, a refused one too until its answer has left: a crash of this process now
         # answers it, and an API server that finds it in no row knows it is not here (service/held.py)
         self.held[req.rid] = shared.held.hold(worker_id, req.rid)
@@ -180,8 +180,8 @@ def _queued(shared: Any) -> bool:
     """Is an admitted request on no worker yet? (Counted in shared memory before it is put on the queue.)
     A busy worker looks at the queue only then: each look is a round trip to LitServe's manager process,
     the one that also carries every answer to the API servers."""
-    pending = shared.speed.pending_seqs
-    return any(pending[m] > 0 for m in range(len(pending)))
+    speed = shared.speed
+    return any(speed.pending(m)[0] > 0 for m in range(len(speed.models)))
 
 
 def _log_end(req: EngineRequest, event: Final | Failed) -> None:

@@ -12,14 +12,15 @@ import concurrent.futures
 import json
 import socket
 import statistics
+import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from service.shared import SAFETY
-from service.speed import SpeedBoard
+from service.shared import SAFETY, SharedState
+from service.speed import NO_LIMIT, SpeedBoard
 from tests.support.serving import ServerProcess, start_server
 
 # ----- the estimate, in-process -----
@@ -50,9 +51,35 @@ def test_a_request_is_weighed_by_the_batch_it_joins_not_the_queue() -> None:
     assert idle == pytest.approx(0.0005)
     now, _, _ = b.estimate(0, "big", 1, 10, 1.0)  # type: ignore[misc]
     assert now == pytest.approx((16000 + 10) / 8 * 0.004)  # waits for big's slots to work through
-    b.pending_seqs[1], b.pending_work[1] = 3, 30.0  # admitted small ones no worker took yet
+    b.admit(1, 3, 30, 1.0)  # admitted small ones no worker took yet
     now, _, _ = b.estimate(0, "big", 1, 10, 1.0)  # type: ignore[misc]
     assert now == pytest.approx((16000 + 10) / 8 * (0.004 + b.step_time(0, "small", 3)))
+
+
+def test_pending_is_what_was_admitted_less_what_the_workers_took_and_takes_no_lock() -> None:
+    """Each worker counts what it takes in its own row, with no lock: a worker killed at any moment
+    leaves no lock held for the API servers to wait on for ever."""
+    shared = SharedState(2, ["big", "small"])
+    speed = shared.speed
+    assert shared.admit(2, 20, "small", 60.0, 10)[1] is None
+    assert shared.admit(1, 5, "small", 60.0, 10)[1] is None
+    assert speed.pending(1) == (3, 25) and speed.pending(0) == (0, 0)
+    assert speed.bearable_s(0) == pytest.approx(60.0 / SAFETY / 10)  # the tighter of the two budgets
+    with shared.in_flight.get_lock():  # held, as by a process killed inside it
+        done = threading.Thread(target=shared.taken, args=(1, "small", 2, 20))
+        done.start()
+        done.join(5)
+        assert not done.is_alive()
+    assert speed.pending(1) == (1, 5)
+    shared.taken(0, "small", 1, 5)
+    assert speed.pending(1) == (0, 0) and speed.bearable_s(0) == NO_LIMIT
+    shared.taken(0, "small", 1, 5)  # one its client left before a worker took it: never below zero
+    assert speed.pending(1) == (0, 0)
+    assert shared.admit(1, 7, "small", 60.0, 10)[1] is None
+    assert speed.pending(1) == (1, 7)  # counted from zero again
+    for _ in range(3):
+        shared.release(0.0)
+    assert shared.in_flight.value == 0 and speed.pending(1) == (0, 0)  # idle: what was never taken goes
 
 
 # ----- the real server -----
