@@ -9,15 +9,14 @@ while starting the process, which multiprocessing allows for its shared objects)
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import multiprocessing
 import time
 from dataclasses import dataclass
-from queue import Empty
 from typing import Any
 
+from service.cancels import CancelBoard
 from service.held import HeldTable
 from service.speed import SpeedBoard
 
@@ -56,7 +55,7 @@ class SharedState:
         self.pids = _CTX.RawArray("q", workers)  # each worker's process id, posted first thing at start-up
         self.rates = _CTX.RawArray("d", workers * max(1, len(self.models)))  # tokens/s per worker, model
         self.info = [_CTX.RawArray("c", INFO_BYTES) for _ in range(workers)]
-        self.cancels = [_CTX.Queue() for _ in range(workers)]
+        self.cancels = CancelBoard(workers)  # request ids given up on, to every worker (service/cancels.py)
         # request ids each worker holds (service/held.py); `held` is the most admitted at once, and a row
         # has room for twice that: a place is freed a little after its request was answered
         self.held = HeldTable(workers, 2 * held)
@@ -87,20 +86,12 @@ class SharedState:
 
     def cancelled(self, worker: int) -> list[str]:
         """Request ids the API servers gave up on since the last call (client gone, deadline passed)."""
-        out: list[str] = []
-        queue = self.cancels[worker]
-        with contextlib.suppress(Empty, OSError, EOFError):
-            while not queue.empty():
-                out.append(queue.get_nowait())
-        return out
+        return self.cancels.read(worker)
 
     # ----- the API servers' side -----
 
     def cancel(self, rid: str) -> None:
-        """Tell every worker (the request may still be queued, so any of them may get it)."""
-        for queue in self.cancels:
-            with contextlib.suppress(Exception):
-                queue.put_nowait(rid)
+        self.cancels.post(rid)
 
     def worker_info(self, worker: int) -> dict[str, Any]:
         raw = self.info[worker].value
