@@ -29,6 +29,8 @@ def _request(srv: ServerProcess, body: dict, out: dict) -> None:
         if body.get("stream"):
             with httpx.stream("POST", srv.url("/v1/generate"), json=body, timeout=60) as r:
                 out["status"] = r.status_code
+                if r.status_code != 200:  # refused before it started: a JSON error body, no events
+                    out["last"] = r.read().decode()
                 for line in r.iter_lines():
                     if line.startswith("data: "):
                         out["first"] = out.get("first") or time.monotonic()
@@ -105,21 +107,29 @@ def test_kill_9_of_the_worker_answers_its_requests_and_the_worker_is_replaced() 
 
 
 def test_a_request_the_worker_was_taking_as_it_died_is_answered() -> None:
-    """An idle worker waits in a `get` that LitServe's manager serves: stopped there, it is handed the
-    next request, which then dies with it unheld (service/client.py)."""
+    """An idle worker waits in a `get` that LitServe's manager serves for up to a second: stopped there,
+    it is handed the next request, which then dies with it, in no worker's row (service/client.py).
+    Stopped just as that second ran out, the request stays queued and the replacement answers it (200):
+    then it is tried again (three tries stay under the crash-loop limit)."""
     srv = start_server("--timeout", "600")
     try:
-        (worker,) = srv.worker_pids()
-        os.kill(worker, signal.SIGSTOP)
-        lost = _start(srv, {"model": "names-gpt", "max_new_tokens": 4})
-        time.sleep(0.5)  # the manager hands it over at once; the stopped worker never reads it
-        os.kill(worker, signal.SIGKILL)
-        t_kill = time.monotonic()
-        lost[0].join(20)
-        out = lost[1]
-        assert out["status"] == 503 and _code(out["last"]) == "worker_crashed", out
-        print("answered after the kill (s):", round(out["ended"] - t_kill, 3))
-        assert out["ended"] - t_kill < 3.0
+        outcomes = []
+        for _ in range(3):
+            _wait(lambda: _ready(srv).status_code == 200, 60, "the worker was not ready")
+            (worker,) = srv.worker_pids()
+            os.kill(worker, signal.SIGSTOP)
+            thread, out = _start(srv, {"model": "names-gpt", "max_new_tokens": 4})
+            time.sleep(0.5)  # the manager hands it over at once; the stopped worker never reads it
+            os.kill(worker, signal.SIGKILL)
+            t_kill = time.monotonic()
+            thread.join(30)
+            outcomes.append((out.get("status"), _code(out.get("last", "")), round(out["ended"] - t_kill, 3)))
+            if out["status"] != 200:
+                break
+        print("status, code, answered after the kill (s):", outcomes)
+        status, code, after_s = outcomes[-1]
+        assert status == 503 and code == "worker_crashed" and after_s < 5.0, outcomes
+        assert all(o[0] == 200 for o in outcomes[:-1]), outcomes
         _wait(lambda: _ready(srv).status_code == 200, 60, "the worker was not replaced")
         after = httpx.post(srv.url("/v1/generate"), json={"model": "names-gpt"}, timeout=30)
         assert after.status_code == 200, after.text
@@ -148,6 +158,7 @@ def test_with_two_workers_the_other_serves_throughout() -> None:
             shorts.append(r.status_code)
         for thread, _ in long:
             thread.join(30)
+        assert all("ended" in out for _, out in long), long  # every one answered, none left hanging
         codes = [_code(out["last"]) for _, out in long]
         print("short requests while a worker was replaced:", shorts, "long ones ended:", codes)
         assert shorts and all(s == 200 for s in shorts), shorts
