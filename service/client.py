@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
@@ -36,6 +37,7 @@ from service.shared import SharedState
 log = logging.getLogger("charlm.client")
 
 STRAY_CHECKS = 2  # quiet waits in a row that find a request nowhere before it counts as lost
+QUEUE_LOOK_S = 0.1  # a look at the queue's length serves every request that asks within this long
 MAILBOX = "charlm-mailbox-{}"  # the response-buffer id of API server number {} (its response queue id)
 
 
@@ -125,6 +127,8 @@ class LitServeClient:
         self.shared = shared
         self._streams: dict[str, MailboxStream] = {}
         self._reader: asyncio.Task | None = None
+        self._look: tuple[float, int] | None = None  # (when, how many were on the queue then)
+        self._looking = asyncio.Lock()
 
     async def open(self, req: EngineRequest) -> EventStream:
         loop = asyncio.get_running_loop()
@@ -138,8 +142,7 @@ class LitServeClient:
             nonlocal strays
             if self.shared.crashes.value == crashes or self.shared.held_anywhere(uid):
                 return
-            waiting = await loop.run_in_executor(None, self._queues.waiting)
-            found = waiting or self.shared.held_anywhere(uid) or not stream.quiet
+            found = await self._queued() or self.shared.held_anywhere(uid) or not stream.quiet
             strays = 0 if found else strays + 1
             if strays >= STRAY_CHECKS:
                 log.error("%s was lost with a worker that crashed as it took the request", uid)
@@ -155,6 +158,15 @@ class LitServeClient:
 
     def cancel(self, rid: str) -> None:
         self.shared.cancel(rid)
+
+    async def _queued(self) -> bool:
+        """Is anything on the workers' queue? One look per QUEUE_LOOK_S however many requests ask."""
+        async with self._looking:
+            now = time.monotonic()
+            if self._look is None or now - self._look[0] >= QUEUE_LOOK_S:
+                loop = asyncio.get_running_loop()
+                self._look = (now, await loop.run_in_executor(None, self._queues.waiting))
+            return self._look[1] > 0
 
     async def _deliver(self, messages: AsyncIterator[tuple[Any, Any]]) -> None:
         """Forever: each message is ((uid, events), ...) from one worker iteration."""

@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from service.client import STRAY_CHECKS, LitServeClient
+from service.client import QUEUE_LOOK_S, STRAY_CHECKS, LitServeClient
 from service.errors import APIError
 from service.protocol import Accepted, EngineRequest
 from service.shared import SharedState
 
-QUIET_S = 0.01
+QUIET_S = QUEUE_LOOK_S + 0.01  # each quiet wait takes a fresh look at the queue
 
 
 class Queues:
@@ -64,6 +64,17 @@ def test_after_a_crash_a_request_on_no_row_and_off_the_queue_is_answered_worker_
         return queues.asked
 
     assert _run(scenario) == STRAY_CHECKS  # one look at the queue per quiet wait, no more
+
+
+def test_many_requests_waiting_at_once_share_their_looks_at_the_queue() -> None:
+    async def scenario(client: LitServeClient, queues: Queues, shared: SharedState) -> list[Any]:
+        streams = [await client.open(EngineRequest(f"r{i}", "names", ("",))) for i in range(50)]
+        shared.crashes.value += 1  # all fifty are still queued: none is lost
+        ends = await asyncio.gather(*(_quiet_waits(s, 3) for s in streams), return_exceptions=True)
+        assert queues.asked <= 2 * 3, queues.asked  # a look per round, not per request
+        return ends
+
+    assert _run(scenario) == [[None] * 3] * 50
 
 
 def test_a_request_still_queued_held_or_answered_or_with_no_crash_is_left_alone() -> None:
