@@ -71,7 +71,7 @@ def test_many_requests_waiting_at_once_share_their_looks_at_the_queue() -> None:
         streams = [await client.open(EngineRequest(f"r{i}", "names", ("",))) for i in range(50)]
         shared.crashes.value += 1  # all fifty are still queued: none is lost
         ends = await asyncio.gather(*(_quiet_waits(s, 3) for s in streams), return_exceptions=True)
-        assert queues.asked <= 2 * 3, queues.asked  # a look per round, not per request
+        assert queues.asked <= 10, queues.asked  # about a look per round (3), not one per request (150)
         return ends
 
     assert _run(scenario) == [[None] * 3] * 50
