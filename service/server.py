@@ -25,12 +25,13 @@ from service.client import LitServeClient
 from service.cors import cors_middleware
 from service.draining import DrainMiddleware
 from service.http import playground
+from service.http.aliases import Aliases
 from service.http.app import App
 from service.http.catalog import Catalog
 from service.http.gateway import Gateway
 from service.http.health import LITSERVE_HEALTH_PATH
 from service.http.probes import readiness
-from service.http.routes import CharLMSpec, install_routes
+from service.http.routes import ALIASES, CharLMSpec, install_routes
 from service.lifecycle import ShutdownSignals, kill_children
 from service.limits import uvicorn_limits
 from service.listener import stop_accepting
@@ -58,12 +59,13 @@ class StartupError(RuntimeError):
 def middlewares(
     settings: Settings, shared: SharedState, models: Iterable[str] = ()
 ) -> list[tuple[Any, dict[str, Any]]]:
-    """Innermost first (LitServe adds them in order; the last added is outermost): the page at `/`,
+    """Innermost first (LitServe adds them in order; the last added is outermost): charlm's pages at
+    `/` and `/docs` (service/http/aliases.py),
     metrics, API keys, the access log (so a 401 is logged), request ids (so the access line and a 401
     carry the id), CORS (a preflight needs no API key), Connection: close while draining (on every
     answer). `models`: the names the metrics may use as a label."""
     stack: list[tuple[Any, dict[str, Any]]] = [
-        (playground.RootPage, {}),  # innermost: the others see `/` as asked
+        (Aliases, {"paths": ALIASES}),  # innermost: the others see `/` and `/docs` as asked
         (metrics.MetricsMiddleware, {"models": frozenset(models)}),
     ]
     keys = load_api_keys(settings.api_key)

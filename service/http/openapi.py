@@ -34,9 +34,10 @@ from service.http.served_schemas import per_model
 
 DOCS_PATH = "/docs"
 ASSETS = DOCS_PATH + "/assets"
+DOCS_PAGE = DOCS_PATH + "/offline"  # a GET of /docs lands here (service/http/aliases.py)
 OPEN_PATHS = frozenset({"/health", "/ready"})
 # LitServe's own plain-text routes, left out of the document: `/` is the playground's page
-# (playground.RootPage), charlm's /health stands in for LitServe's health check.
+# (service/http/aliases.py), charlm's /health stands in for LitServe's health check.
 LITSERVE_PLAIN_TEXT = frozenset({"/", LITSERVE_HEALTH_PATH})
 # The streaming routes and the chunk each of their events carries.
 STREAMING: dict[str, type[BaseModel]] = {
@@ -141,9 +142,15 @@ def _exact(value: float) -> int:
     return int(value)
 
 
-def document(app: FastAPI, models: dict[str, Manifest] | None = None, max_request_tokens: int = 0) -> dict[str, Any]:
+def document(
+    app: FastAPI,
+    models: dict[str, Manifest] | None = None,
+    max_request_tokens: int = 0,
+    summaries: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """FastAPI's document, post-processed (see the module's docstring); with `models`, its request
-    bodies are told per served model (service.http.served_schemas)."""
+    bodies are told per served model (service.http.served_schemas); `summaries` by path, for the routes
+    whose registration takes none (LitSpec.add_endpoint)."""
     routes = [r for r in app.routes if getattr(r, "path", None) not in LITSERVE_PLAIN_TEXT]
     doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=routes)
     components = doc.setdefault("components", {})
@@ -156,6 +163,8 @@ def document(app: FastAPI, models: dict[str, Manifest] | None = None, max_reques
     }
     for path, operations in doc.get("paths", {}).items():
         for method, op in operations.items():
+            if summaries and path in summaries:
+                op["summary"] = summaries[path]
             responses = op.setdefault("responses", {})
             responses.pop("422", None)
             errors = _GENERATION_ERRORS if method == "post" else dict(_READ_ERRORS)
@@ -175,7 +184,7 @@ def document(app: FastAPI, models: dict[str, Manifest] | None = None, max_reques
     return doc
 
 
-def install_openapi(app: FastAPI, catalog: Catalog, max_request_tokens: int) -> None:
+def install_openapi(app: FastAPI, catalog: Catalog, max_request_tokens: int, summaries: dict[str, str]) -> None:
     """/openapi.json, built once per set of served models (a model a worker could not load leaves it)."""
     cached: dict[tuple[str, ...], dict[str, Any]] = {}
 
@@ -183,20 +192,20 @@ def install_openapi(app: FastAPI, catalog: Catalog, max_request_tokens: int) -> 
         key = tuple(sorted(catalog.models))
         if key not in cached:
             cached.clear()
-            cached[key] = document(app, dict(catalog.models), max_request_tokens)
+            cached[key] = document(app, dict(catalog.models), max_request_tokens, summaries)
         return cached[key]
 
     app.openapi = openapi  # type: ignore[method-assign]
 
 
 def install_docs(app: FastAPI) -> None:
-    """Swagger UI at /docs from local files (the swagger-ui-bundle package), replacing FastAPI's CDN page."""
+    """Swagger UI from local files (the swagger-ui-bundle package) at DOCS_PAGE, where a GET of /docs
+    lands instead of FastAPI's CDN page (service/http/aliases.py)."""
     from swagger_ui_bundle import swagger_ui_path
 
-    app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) != DOCS_PATH]
     app.mount(ASSETS, StaticFiles(directory=swagger_ui_path), name="swagger-ui-assets")
 
-    @app.get(DOCS_PATH, include_in_schema=False)
+    @app.get(DOCS_PAGE, include_in_schema=False)
     async def docs() -> HTMLResponse:
         return get_swagger_ui_html(
             openapi_url=app.openapi_url or "/openapi.json",

@@ -1,8 +1,7 @@
 """The web playground: one page at `/` and `/playground` to try the served models in a browser.
 
-LitServe answers `/` itself (plain text) and has no argument to leave that route out, so `RootPage`, a
-middleware passed through LitServer(middlewares=...), routes a GET of `/` to `/playground` before
-the routes see them; LitServe's routes stay as LitServe registered them.
+LitServe answers `/` itself (plain text), so a GET of `/` reaches `/playground` through the `Aliases`
+middleware (service/http/aliases.py); LitServe's route stays as LitServe registered it.
 
 Plain HTML + JavaScript + CSS from `service/static/` (shipped as package data; no build step, no CDN, so
 it works offline and in the Docker image). The page uses only the public API: `GET /v1/models` and
@@ -18,7 +17,6 @@ from pathlib import Path
 
 from fastapi import HTTPException
 from fastapi.responses import FileResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
 PAGE = "playground.html"
@@ -34,19 +32,6 @@ ASSET_PREFIX = "/static/"
 PUBLIC_PATHS = frozenset({*PAGE_PATHS, *(ASSET_PREFIX + name for name in ASSETS)})
 # A page that changes with the server version must not be served stale from a browser cache.
 HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
-
-
-class RootPage:
-    """A GET of `/` is answered by the page's route, as `/playground` (see the module's docstring); outer
-    middlewares still see `/`."""
-
-    def __init__(self, app: ASGIApp):
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == "/" and scope["method"] == "GET":
-            scope = {**scope, "path": PAGE_PATH, "raw_path": PAGE_PATH.encode()}
-        await self.app(scope, receive, send)
 
 
 async def page() -> FileResponse:

@@ -16,7 +16,6 @@ from typing import Annotated, Any
 
 from fastapi import Body, FastAPI, Request
 from fastapi.responses import Response
-from fastapi.routing import APIRoute
 from litserve.specs.base import LitSpec
 from litserve.utils import LitAPIStatus, ResponseBufferItem
 
@@ -32,7 +31,7 @@ from service.http.completions import CompletionRequest, CompletionResponse, Comp
 from service.http.gateway import Gateway
 from service.http.generate import GenerateRequest, GenerateResponse, GenerateRoute
 from service.http.health import install_health
-from service.http.openapi import install_docs, install_openapi
+from service.http.openapi import DOCS_PAGE, DOCS_PATH, install_docs, install_openapi
 from service.http.probes import Probes
 from service.http.reply import Route
 from service.http.tokenizer import Tokenizer
@@ -44,6 +43,8 @@ PER_MODEL = "/models/{model_id}"
 SUMMARIES = {route.path: route.summary for route in GENERATION} | {
     PER_MODEL + CompletionsRoute.path: f"{CompletionsRoute.summary}, for one model"
 }
+# GETs that LitServe's app routes itself, answered by charlm's pages (service/http/aliases.py)
+ALIASES = {"/": playground.PAGE_PATH, DOCS_PATH: DOCS_PAGE}
 
 
 class CharLMSpec(LitSpec):
@@ -134,9 +135,6 @@ def install_routes(fastapi_app: FastAPI, app: App) -> None:
     )
     get, post = _adder(fastapi_app, "GET"), _adder(fastapi_app, "POST")
 
-    for route in fastapi_app.router.routes:  # LitSpec.add_endpoint takes no summary: the families give theirs
-        if isinstance(route, APIRoute) and route.path in SUMMARIES:
-            route.summary = SUMMARIES[route.path]
     install_health(fastapi_app, app.shared, app.settings.stall_timeout)  # LitServe's is at LITSERVE_HEALTH_PATH
     probes = Probes(app)
     get("/ready", probes.ready, summary="Readiness: every worker up and stepping; failed model folders")
@@ -154,9 +152,10 @@ def install_routes(fastapi_app: FastAPI, app: App) -> None:
 
     install_docs(fastapi_app)  # /docs from local assets
     # the document says what the server does (errors, SSE, the key, what each served model takes)
-    install_openapi(fastapi_app, app.catalog, app.settings.max_request_tokens)
+    # (LitSpec.add_endpoint takes no summary: the families give theirs to the document)
+    install_openapi(fastapi_app, app.catalog, app.settings.max_request_tokens, SUMMARIES)
 
-    get(playground.PAGE_PATH, playground.page, include_in_schema=False, name="playground")  # and / (RootPage)
+    get(playground.PAGE_PATH, playground.page, include_in_schema=False, name="playground")  # and / (ALIASES)
     get(playground.ASSET_PREFIX + "{name}", playground.asset, include_in_schema=False, name="playground-asset")
 
 

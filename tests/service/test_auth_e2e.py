@@ -56,6 +56,7 @@ ROUTES: list[tuple[str, str, str, dict[str, Any] | None]] = [
     ("GET", "/models/{model_id}/tokenizer_info", f"/models/{NAMES}/tokenizer_info", None),
     ("GET", "/metrics", "/metrics", None),
     ("GET", "/docs", "/docs", None),
+    ("GET", "/docs/offline", "/docs/offline", None),  # where a GET of /docs lands (service/http/aliases.py)
     ("GET", "/docs/oauth2-redirect", "/docs/oauth2-redirect", None),
     ("GET", "/redoc", "/redoc", None),
     ("GET", "/openapi.json", "/openapi.json", None),

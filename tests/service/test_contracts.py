@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from service.http.openapi import DOCS_PAGE
 from tests.support.serving import REPO, ServerProcess, running_server
 
 ORIGIN = "https://app.example"
@@ -68,6 +69,7 @@ def test_cors_refusal_is_json_and_x_request_id_is_exposed(srv: ServerProcess) ->
 def test_docs_are_served_from_local_files(srv: ServerProcess) -> None:
     page = httpx.get(srv.url("/docs"), timeout=10)  # the playground links here
     assert page.status_code == 200 and "swagger" in page.text.lower()
+    assert page.text == httpx.get(srv.url(DOCS_PAGE), timeout=10).text  # FastAPI's own /docs route is passed by
     urls = re.findall(r"""(?:src|href)=["']([^"']+)["']""", page.text) + re.findall(r"url: ?'([^']+)'", page.text)
     assert urls and not [u for u in urls if u.startswith(("http:", "https:", "//"))], urls  # no CDN
     for url in urls:
