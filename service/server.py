@@ -60,10 +60,10 @@ def middlewares(
     settings: Settings, shared: SharedState, models: Iterable[str] = ()
 ) -> list[tuple[Any, dict[str, Any]]]:
     """Innermost first (LitServe adds them in order; the last added is outermost): charlm's pages at
-    `/` and `/docs` (service/http/aliases.py),
-    metrics, API keys, the access log (so a 401 is logged), request ids (so the access line and a 401
-    carry the id), CORS (a preflight needs no API key), Connection: close while draining (on every
-    answer). `models`: the names the metrics may use as a label."""
+    `/` and `/docs` (service/http/aliases.py), metrics, API keys, the access log (so a 401 is logged),
+    request ids (so the access line and a 401 carry the id), CORS (a preflight needs no API key),
+    Connection: close while draining (on every answer). `models`: the names the metrics may use as a
+    label."""
     stack: list[tuple[Any, dict[str, Any]]] = [
         (Aliases, {"paths": ALIASES}),  # innermost: the others see `/` and `/docs` as asked
         (metrics.MetricsMiddleware, {"models": frozenset(models)}),
