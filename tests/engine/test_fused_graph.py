@@ -4,6 +4,7 @@ graph's in-place cache contract, contract/graph.py) and the engine's IOBinding d
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -140,11 +141,27 @@ def test_decode_graph_has_no_layout_glue():
         {k: v.numpy() for k, v in _net(True).state_dict().items()}, 2, 4, 16).graph.node]  # fmt: skip
     assert not {"Transpose", "Trilu", "Slice", "Concat", "ScatterND", "Softmax", "Where"} & set(ops)
     assert ops.count("GroupQueryAttention") == 2  # attention and the in-place cache write, one kernel a layer
-    assert ops.count("SkipLayerNormalization") == 2 * 2 + 1 and ops.count("BiasGelu") == 2
+    assert ops.count("LayerNormalization") == 2 * 2 + 1 and ops.count("BiasGelu") == 2
+    assert "SkipLayerNormalization" not in ops
 
 
 def test_fused_graph_uses_the_fused_kernels():
     ops = [n.op_type for n in fused_step_model(
         {k: v.numpy() for k, v in _net(True).state_dict().items()}, 2, 4, 16).graph.node]  # fmt: skip
-    assert ops.count("SkipLayerNormalization") == 2 * 2 and ops.count("BiasGelu") == 2
+    assert ops.count("LayerNormalization") == 2 * 2 + 1 and ops.count("BiasGelu") == 2
+    assert "SkipLayerNormalization" not in ops
     assert "Erf" not in ops and "Div" not in ops  # GELU and the attention scale are not spelled out
+
+
+@pytest.mark.parametrize("build_graph", [fused_step_model, fused_decode_model])
+def test_onnx_runtime_keeps_the_layer_norms_unfused(build_graph, tmp_path):
+    """The graphs spell each residual as Add, Add, LayerNormalization because ONNX Runtime's CPU
+    SkipLayerNormalization is the slow kernel (training/export/fused.py): its optimiser, at the level the
+    engine runs it, must not fuse them back (the sum feeds the next residual too, which it leaves be)."""
+    weights = {k: v.numpy() for k, v in _net(True).state_dict().items()}
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(build_graph(weights, 2, 4, 16).SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node]
+    assert "SkipLayerNormalization" not in ops and ops.count("LayerNormalization") == 2 * 2 + 1

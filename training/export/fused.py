@@ -2,11 +2,14 @@
 
 Why not the tracer's graph: at small batch a step's cost is per node, and the traced graph is mostly glue
 around tiny tensors (264 nodes for 6 layers: every bias an Add, GELU as Div/Erf/Add/Mul/Mul, every
-residual an Add beside its LayerNorm). Written directly, a layer is 25 nodes: `SkipLayerNormalization`
-(residual add + bias + LayerNorm in one kernel), `BiasGelu` (bias + exact erf GELU), the attention
-scale folded into the query weights, and the contract's attention (cache scores and new-token scores
-apart, one softmax) with no Where/Expand/Shape chains. Same inputs, outputs and masking rule as the
-traced graph; export checks it against the eager net like any other (training/export/parity.py).
+residual an Add beside its LayerNorm). Written directly, a layer is a few kernels: `BiasGelu` (bias +
+exact erf GELU), the attention scale folded into the query weights, the contract's attention (cache
+scores and new-token scores apart, one softmax) with no Where/Expand/Shape chains, and each residual as
+Add, Add, `LayerNormalization`. Not `SkipLayerNormalization`, which does the same in one node: ONNX
+Runtime's CPU kernel for it is a scalar loop per row, so beyond a few rows it costs several times
+LayerNormalization's vectorized kernel (docs/benchmarks.md, "LayerNormalization"); ONNX Runtime does not
+fuse the three back, as the sum also feeds the next residual. Same inputs, outputs and masking rule as
+the traced graph; export checks it against the eager net like any other (training/export/parity.py).
 
 numpy and onnx only: the weights come in as arrays named as in GPT.state_dict().
 """
@@ -100,15 +103,20 @@ def _ln_weights(b: Builder, prefix: str) -> list[str]:
     ]
 
 
-def skip_ln(b: Builder, h: str, x: str, h_bias: str, prefix: str, out: str, total: str = "") -> str:
-    """LayerNorm(h + h_bias + x) -> out, and the sum itself -> total (the next residual)."""
-    b.node("SkipLayerNormalization", [h, x, *_ln_weights(b, prefix), h_bias], [out, "", "", total], MS, epsilon=EPS)
+def skip_ln(b: Builder, h: str, x: str, h_bias: str | None, prefix: str, out: str, total: str = "") -> str:
+    """LayerNorm(h + h_bias + x) -> out, and the sum itself -> total (the next residual; named after
+    `out` when the caller has no use for it). No h_bias: h + x."""
+    total = total or f"{out}_sum"
+    if h_bias is not None:
+        h = b.node("Add", [h, h_bias], [f"{total}_h"])
+    b.node("Add", [h, x], [total])
+    b.node("LayerNormalization", [total, *_ln_weights(b, prefix)], [out], axis=-1, epsilon=EPS)
     return total
 
 
 def mlp(b: Builder, i: int, a: str, x: str) -> tuple[str, str, str]:
     """Layer i after its attention output `a` (bias not added) and residual x: ln_2, then the MLP. Returns
-    the new residual, the MLP's output and its bias (both added by the next SkipLayerNormalization)."""
+    the new residual, the MLP's output and its bias (both added by the next skip_ln)."""
     w, p = b.weights, f"blocks.{i}."
     n_embd = w[p + "ln_2.weight"].shape[0]
     a_bias = b.weight(f"{p}attn.bo", b.bias(p + "attn.c_proj.bias", n_embd))

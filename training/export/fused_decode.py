@@ -34,7 +34,7 @@ def fused_decode_model(weights: dict[str, np.ndarray], n_layer: int, n_head: int
     b = Builder(weights)
     vocab, n_embd = weights["lm_head.weight"].shape
     _embed(b, block_size)
-    x, h, h_bias = "pos_emb", "tok_emb", b.const("zeros", np.zeros(n_embd, np.float32))
+    x, h, h_bias = "pos_emb", "tok_emb", None
     for i in range(n_layer):
         x = skip_ln(b, h, x, h_bias, f"blocks.{i}.ln_1", f"ln1_{i}", f"x1_{i}")  # layer 0: wte + wpe
         x, h, h_bias = mlp(b, i, _attention(b, i, f"ln1_{i}", n_head), x)
@@ -46,7 +46,7 @@ def fused_decode_model(weights: dict[str, np.ndarray], n_layer: int, n_head: int
 
 def _embed(b: Builder, block_size: int) -> None:
     """tok_emb = wte[idx[:, 0]], pos_emb = wpe[min(pos, block_size - 1)], both [B, n_embd] (summed by
-    the first layer's SkipLayerNormalization); and the kernel's lengths, once for all layers: seqlens
+    the first layer's skip_ln); and the kernel's lengths, once for all layers: seqlens
     int32 [B] = pos (a row's length after this token, minus one) and total int32 = max(pos) + 1."""
     b.node("Squeeze", [IDX, b.const("ax1", np.array([1], np.int64))], ["tokens"])
     b.node("Min", [POS, b.const("last_pos", np.array(block_size - 1, np.int64))], ["positions"])
@@ -59,7 +59,7 @@ def _embed(b: Builder, block_size: int) -> None:
 
 def _attention(b: Builder, i: int, x: str, n_head: int) -> str:
     """Layer i's attention for one new token per row, its cache written in place; returns the output
-    projection's product (its bias goes to the next SkipLayerNorm)."""
+    projection's product (its bias goes to the next skip_ln)."""
     w, p = b.weights, f"blocks.{i}.attn."
     wqkv, bqkv = qkv_weights(b, i, n_head)
     qkv = b.node("Add", [b.node("MatMul", [x, wqkv], [f"qkv0_{i}"]), bqkv], [f"qkv_{i}"])  # ORT: one Gemm

@@ -54,7 +54,7 @@ def quantize_graph(src: Path, dst: Path) -> None:
     """Dynamic int8 quantization of an ONNX file (weights QInt8, per tensor).
 
     The quantizer learns each tensor's type from ONNX shape inference, which stops at com.microsoft
-    operators (the fused GPT graph's SkipLayerNormalization, BiasGelu): every tensor of these graphs is
+    operators (the fused GPT graph's BiasGelu, GroupQueryAttention): every tensor of these graphs is
     float32, so that is the type it is told to assume where inference has none."""
     from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
