@@ -7,9 +7,10 @@ exact erf GELU), the attention scale folded into the query weights, the contract
 scores and new-token scores apart, one softmax) with no Where/Expand/Shape chains, and each residual as
 Add, Add, `LayerNormalization`. Not `SkipLayerNormalization`, which does the same in one node: ONNX
 Runtime's CPU kernel for it is a scalar loop per row, so beyond a few rows it costs several times
-LayerNormalization's vectorized kernel (docs/benchmarks.md, "LayerNormalization"); ONNX Runtime does not
-fuse the three back, as the sum also feeds the next residual. Same inputs, outputs and masking rule as
-the traced graph; export checks it against the eager net like any other (training/export/parity.py).
+LayerNormalization's vectorized kernel (docs/benchmarks.md, "LayerNormalization instead of
+SkipLayerNormalization"); ONNX Runtime does not fuse the three back, as the sum also feeds the next
+residual. Same inputs, outputs and masking rule as the traced graph; export checks it against the eager
+net like any other (training/export/parity.py).
 
 numpy and onnx only: the weights come in as arrays named as in GPT.state_dict().
 """
