@@ -183,6 +183,14 @@ def test_a_crash_loop_stops_the_server() -> None:
                 if pids and pids[0] not in killed and _ready(srv).status_code == 200:
                     killed.append(pids[0])
                     os.kill(pids[0], signal.SIGKILL)
+                    # until the watcher has seen it (/ready 503), /ready still says 200, while LitServe may
+                    # already have spawned the replacement: killed before it posts its pid, that one is no
+                    # worker the server counts, so the next kill waits for the server to see this one
+                    t_kill = time.monotonic()
+                    while srv.proc.poll() is None and time.monotonic() - t_kill < 10:
+                        if _ready(srv).status_code != 200:
+                            break
+                        time.sleep(0.02)
             time.sleep(0.05)
         print("workers killed:", len(killed), "in", round(time.monotonic() - t0, 1), "s")
         assert srv.proc.wait(30) == 1, srv.log()[-3000:]
