@@ -13,6 +13,11 @@ Load (benchmarks.http_load): wrk with a Lua script counting generated characters
 finish "stop"s, checked once against a parsed reply); wrk's latency percentiles; time to first token from
 an httpx client streaming the same request (alone on an idle server at concurrency 1, one extra
 connection at most 4 requests/s while wrk runs above it; p50 and p99). Reference servers do not stream.
+Two throughputs per row: wrk's count (characters of the requests that completed within its window) and
+the closed loop's steady rate by Little's law (concurrency x characters per request / mean latency). The
+count misses the requests still running when the window ends: at concurrency 32 a shakespeare request
+takes about as long as a sixth of the window, so the count moves by whole waves of requests from run
+to run (docs/benchmarks.md, "Counting whole waves"); the steady rate does not, and the targets read it.
 mixed: names-gpt on /v1/generate and shakespeare-gpt on /v1/completions at once (http_mixed.py).
 head-of-line: two shakespeare-gpt requests (n=64, 2,048 tokens, sent 0.3 s apart) run while 1-token
 names-gpt requests are sent one after another and timed (p50/p95/p99), for `duration_s`.
@@ -87,6 +92,7 @@ def _row(scenario: Scenario, concurrency: int, res: dict, ttft: list[float], pro
         "errors": errors,
         "requests_per_s": round(res["ok"] / seconds, 2),
         "chars_per_s": round((res["tokens"] - res["stops"]) / seconds, 1),
+        "steady_chars_per_s": _steady(concurrency, res),
         "p50_ms": ms("p50_us"),
         "p95_ms": ms("p95_us"),
         "p99_ms": ms("p99_us"),
@@ -98,6 +104,17 @@ def _row(scenario: Scenario, concurrency: int, res: dict, ttft: list[float], pro
         "ttft_errors": probe_errors,
         "first_error_status": res.get("first_error_status") or None,
     }
+
+
+def _steady(concurrency: int, res: dict) -> float | None:
+    """Little's law for wrk's closed loop (each connection sends its next request when the last is
+    answered): requests/s = concurrency / mean latency, times the characters of a completed request.
+    None unless each connection completed two requests on average: with fewer, the completed ones are
+    the window's short waits (a server that answers one request at a time), and their mean is no mean."""
+    if res["ok"] < 2 * concurrency or not res.get("mean_us"):
+        return None
+    per_request = (res["tokens"] - res["stops"]) / res["ok"]
+    return round(concurrency * per_request / (res["mean_us"] / 1e6), 1)
 
 
 def _bench_scenario(server: Server, scenario: Scenario, settings: HttpSettings, workdir: Path, log) -> list[dict]:
@@ -135,6 +152,7 @@ def _bench_scenario(server: Server, scenario: Scenario, settings: HttpSettings, 
         ttft_txt = f", ttft {row['ttft_ms']} ms" if row["ttft_ms"] is not None else ""
         log(
             f"  {scenario.name:<20} c={c:<3} {row['requests_per_s']:>8.1f} req/s {row['chars_per_s']:>10,.0f} chars/s"
+            f" ({row['steady_chars_per_s'] or 0:,.0f} steady)"
             f"  p50 {row['p50_ms']} p99 {row['p99_ms']} ms, {row['errors']} errors{ttft_txt}"
             + (f" (first non-200: {row['first_error_status']})" if row["first_error_status"] else "")
         )
@@ -172,6 +190,7 @@ def _head_of_line(server: Server, scenario: Scenario, settings: HttpSettings, lo
         "errors": res["errors"],
         "requests_per_s": None,
         "chars_per_s": None,
+        "steady_chars_per_s": None,
         "p50_ms": _ms(lat, 50),
         "p95_ms": _ms(lat, 95),
         "p99_ms": _ms(lat, 99),

@@ -3,6 +3,7 @@
 Throughput and latency come from `wrk` (one wrk thread: the machine's cores are for the server) with a
 Lua script that posts the scenario's body and, per response, counts non-200s and sums
 usage.completion_tokens and the finish_reason "stop"s; generated characters = completion_tokens - stops.
+It also reports the mean latency, for the closed-loop throughput of http_bench's rows (Little's law).
 Time to first token comes from an httpx client streaming the same request (first SSE event with text).
 """
 
@@ -59,10 +60,10 @@ function done(summary, latency, requests)
   io.write(string.format(
     'BENCH_JSON {"requests":%d,"duration_us":%d,"ok":%d,"non200":%d,"first_error_status":%d,"tokens":%d,' ..
     '"stops":%d,"connect":%d,"read":%d,"write":%d,"timeout":%d,"p50_us":%d,"p95_us":%d,"p99_us":%d,' ..
-    '"max_us":%d}\n',
+    '"max_us":%d,"mean_us":%d}\n',
     summary.requests, summary.duration, t.ok, t.non200, first, t.tokens, t.stops,
     e.connect, e.read, e.write, e.timeout,
-    latency:percentile(50.0), latency:percentile(95.0), latency:percentile(99.0), latency.max))
+    latency:percentile(50.0), latency:percentile(95.0), latency:percentile(99.0), latency.max, latency.mean))
 end
 """
 

@@ -162,16 +162,19 @@ def _http(result: dict) -> list[str]:
         f"max_batch_size {hs.get('max_batch_size', '?')})",
         "",
         "names rows: ratio = requests/s over noop's; shakespeare rows: chars/s over shakespeare-baseline's "
-        "(same concurrency). TTFT: at concurrency 1 on an idle server, above it under the wrk load. "
+        "(same concurrency). chars/s: wrk's count of the requests that completed within its window; steady: "
+        "the closed loop's rate by Little's law, concurrency x chars per request / mean latency. "
+        "TTFT: at concurrency 1 on an idle server, above it under the wrk load. "
         "head-of-line: latency of 1-token names-gpt requests while two shakespeare-gpt n=64 x 2,048 run.",
         "",
-        "| scenario | route | conc. | requests | errors | req/s | chars/s | p50 ms | p95 ms | p99 ms "
-        "| TTFT p50 / p99 ms | ratio |",
-        "|:---|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| scenario | route | conc. | requests | errors | req/s | chars/s | steady chars/s | p50 ms | p95 ms "
+        "| p99 ms | TTFT p50 / p99 ms | ratio |",
+        "|:---|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [
         f"| {r['scenario']} | {r['route']} | {r['concurrency']} | {_fmt(r.get('requests'), 'd')} | "
         f"{_fmt(r.get('errors'), 'd')} | {_fmt(r.get('requests_per_s'), ',.1f')} | {_fmt(r.get('chars_per_s'))} | "
+        f"{_fmt(r.get('steady_chars_per_s'))} | "
         f"{_fmt(r.get('p50_ms'), '.1f')} | {_fmt(r.get('p95_ms'), '.1f')} | {_fmt(r.get('p99_ms'), '.1f')} | "
         f"{_fmt(r.get('ttft_ms'), '.1f')} / {_fmt(r.get('ttft_p99_ms'), '.1f')} | {_ratio(r.get('ratio'))} |"
         for r in http

@@ -95,12 +95,18 @@ def engine_targets(result: dict) -> list[dict]:
 
 
 def _http_share(http: list[dict], best: float | None, need: float, of: str) -> dict:
-    """shakespeare chars/s at concurrency 32 over an engine figure (`best` tokens/s), against `need`."""
+    """shakespeare chars/s at concurrency 32 over an engine figure (`best` tokens/s), against `need`: the
+    closed loop's steady rate (benchmarks/http_bench.py), wrk's count of completed requests beside it
+    (results of runs before the steady rate was measured are judged by the count)."""
     r = _find(http, scenario="shakespeare", concurrency=32)
     checks = []
     if r and best:
-        share = r["chars_per_s"] / best
-        checks.append((share >= need, f"{share:.0%} of the engine's {best:,.0f} tok/s"))
+        steady = r.get("steady_chars_per_s")
+        share, counted = (steady or r["chars_per_s"]) / best, r["chars_per_s"] / best
+        said = f"{share:.0%} of the engine's {best:,.0f} tok/s"
+        if steady:
+            said += f" (wrk's count of completed requests: {counted:.0%})"
+        checks.append((share >= need, said))
     return _verdict(f"HTTP: shakespeare chars/s at concurrency 32 >= {need:.0%} of {of}", checks)
 
 
