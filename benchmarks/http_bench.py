@@ -152,8 +152,8 @@ def _bench_scenario(server: Server, scenario: Scenario, settings: HttpSettings, 
         ttft_txt = f", ttft {row['ttft_ms']} ms" if row["ttft_ms"] is not None else ""
         log(
             f"  {scenario.name:<20} c={c:<3} {row['requests_per_s']:>8.1f} req/s {row['chars_per_s']:>10,.0f} chars/s"
-            f" ({row['steady_chars_per_s'] or 0:,.0f} steady)"
-            f"  p50 {row['p50_ms']} p99 {row['p99_ms']} ms, {row['errors']} errors{ttft_txt}"
+            + (f" ({row['steady_chars_per_s']:,.0f} steady)" if row["steady_chars_per_s"] else "")
+            + f"  p50 {row['p50_ms']} p99 {row['p99_ms']} ms, {row['errors']} errors{ttft_txt}"
             + (f" (first non-200: {row['first_error_status']})" if row["first_error_status"] else "")
         )
         last = i == len(levels) - 1
