@@ -117,7 +117,12 @@ class SpeedBoard:
 
     def step_time(self, worker: int, model: str, batch: int, best: bool = False) -> float | None:
         """Seconds per step at `batch`: interpolated between measured buckets; above the largest,
-        proportional to the batch (pessimistic); below the smallest, the smallest's. None if unmeasured."""
+        proportional to the batch (pessimistic); below the smallest, the smallest's. None if unmeasured.
+
+        The recent times are made monotone upwards (a bigger batch is never faster), so a slow bucket
+        raises the ones above it: admission errs towards 503. The best times, which back a permanent
+        400, are made monotone downwards (a smaller batch is never slower), so a bucket whose only step
+        was a stall (a prefill, a busy core) cannot refuse what a bigger batch's best step would serve."""
         m = self._m(model)
         if m is None:
             return None
@@ -126,9 +131,10 @@ class SpeedBoard:
         points = sorted((self.step_b[base + b], times[base + b]) for b in range(BUCKETS) if times[base + b])
         if not points:
             return None
-        points = [
-            (b, max(t for _, t in points[: i + 1])) for i, (b, _) in enumerate(points)
-        ]  # a bigger batch is never faster
+        if best:
+            points = [(b, min(t for _, t in points[i:])) for i, (b, _) in enumerate(points)]
+        else:
+            points = [(b, max(t for _, t in points[: i + 1])) for i, (b, _) in enumerate(points)]
         if batch <= points[0][0]:
             return points[0][1]
         for (b0, t0), (b1, t1) in itertools.pairwise(points):

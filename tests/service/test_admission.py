@@ -43,6 +43,21 @@ def test_step_times_interpolate_and_extrapolate_pessimistically() -> None:
     assert b.step_time(0, "nobody", 1) is None
 
 
+def test_one_stalled_step_in_a_fresh_bucket_cannot_refuse_for_ever() -> None:
+    """CI's case: start-up measured 1, 16 and 128 rows; the burst's first step at 8 rows stalled (45 ms).
+    The idle estimate backs a permanent 400, so it takes the best step of any bigger batch instead,
+    while the recent times still rise with the stall (a retryable 503)."""
+    b = SpeedBoard(1, ["big"], 128)
+    for size, ms in ((1, 0.843), (16, 18.67), (128, 16.97), (8, 45.28)):
+        b.record_step(0, "big", size, ms / 1000)
+    assert b.step_time(0, "big", 8, best=True) == pytest.approx(0.01697)  # 128 rows took no longer
+    assert b.step_time(0, "big", 4, best=True) == pytest.approx(0.000843 + (0.01697 - 0.000843) * 3 / 7)
+    assert b.step_time(0, "big", 8) == pytest.approx(0.04528)  # recent: the stall counts, up to 16 too
+    assert b.step_time(0, "big", 16) == pytest.approx(0.04528)
+    _, idle, _ = b.estimate(0, "big", 8, 256, 1.0)  # type: ignore[misc]
+    assert idle < 10 / 2, idle  # an n=8 x 256 request fits an idle server's 10 s
+
+
 def test_a_request_is_weighed_by_the_batch_it_joins_not_the_queue() -> None:
     b = board()
     b.post_load(0, {"big": (8, 8 * 2000.0)})  # big's slots full, 16,000 tokens ahead
