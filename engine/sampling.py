@@ -11,6 +11,10 @@ import numpy as np
 from engine.types import SamplingParams
 
 _SEED_MASK = (1 << 64) - 1
+# Uniforms a sequence's RNG draws at a time: `random(k)` gives the stream k calls of `random()` give, so a
+# seeded text is unchanged, and a step reads its rows' draws with one numpy gather instead of one Python
+# call per row.
+UNIFORMS = 64
 
 
 def derive_seed(seed: int | None, index: int) -> int | None:
@@ -50,6 +54,8 @@ class Sampler:
         self.top_k = np.full(slots, vocab_size, dtype=np.int64)
         self.top_p = np.full(slots, np.inf, dtype=np.float64)
         self.rngs: list[np.random.Generator | None] = [None] * slots
+        self._uniforms = np.zeros((slots, UNIFORMS), dtype=np.float64)  # each row's next draws
+        self._next = np.zeros(slots, dtype=np.int64)  # the index of each row's next draw (UNIFORMS: none left)
         # live slots (set and not released) that draw (not greedy), and that cut the distribution
         # (top-k / top-p): a batch with none skips that work, which costs as much as the draw itself at
         # batch 1 (numpy per call)
@@ -64,6 +70,7 @@ class Sampler:
         # top_p 1 -> inf: no float round-off in the cumulative sum can ever cut a token.
         self.top_p[row] = params.top_p if params.top_p < 1 else np.inf
         self.rngs[row] = None if params.greedy else make_rng(params.seed)
+        self._next[row] = UNIFORMS
         self.drawing += not params.greedy
         self._cutting += self._cuts(row)
 
@@ -80,6 +87,8 @@ class Sampler:
         for arr in (self.greedy, self.inv_temperature, self.top_k, self.top_p):
             arr[dst] = arr[src]
         self.rngs[dst] = self.rngs[src]
+        self._uniforms[dst] = self._uniforms[src]
+        self._next[dst] = self._next[src]
 
     def sample(self, rows: np.ndarray, logits: np.ndarray) -> np.ndarray:
         """Next token ids [n] for slots `rows` given their logits [n, vocab]."""
@@ -96,8 +105,7 @@ class Sampler:
 
     def _draw(self, rows: np.ndarray, logits: np.ndarray) -> np.ndarray:
         n, vocab = logits.shape
-        x = logits.astype(np.float64)
-        x *= self.inv_temperature[rows, None]
+        x = logits * self.inv_temperature[rows, None]  # float64: float32 widens exactly, then one multiply
         if self._cutting:
             x = self._cut_top_k(rows, x)
         x -= x.max(axis=1, keepdims=True)
@@ -107,11 +115,34 @@ class Sampler:
         cdf = np.cumsum(p, axis=1)
         # Inverse CDF: the first token whose cumulative mass exceeds u * total (never a zero-mass one).
         if n == 1:  # the same count as below (cdf never decreases), in fewer numpy calls
-            token = int(np.searchsorted(cdf[0], self.rngs[int(rows[0])].random() * cdf[0, -1], side="right"))
+            token = int(np.searchsorted(cdf[0], self._uniform(int(rows[0])) * cdf[0, -1], side="right"))
             return np.array([min(token, vocab - 1)], dtype=np.int64)
-        u = np.fromiter((self.rngs[r].random() for r in rows.tolist()), dtype=np.float64, count=n)
-        tokens = (cdf <= (u * cdf[:, -1])[:, None]).sum(axis=1)
+        tokens = (cdf <= (self._uniforms_of(rows) * cdf[:, -1])[:, None]).sum(axis=1)
         return np.minimum(tokens, vocab - 1)
+
+    def _uniform(self, row: int) -> float:
+        """Row `row`'s next draw."""
+        k = int(self._next[row])
+        if k == UNIFORMS:
+            self._refill(row)
+            k = 0
+        self._next[row] = k + 1
+        return float(self._uniforms[row, k])
+
+    def _uniforms_of(self, rows: np.ndarray) -> np.ndarray:
+        """The next draw of each of `rows` (distinct rows)."""
+        at = self._next[rows]
+        empty = at == UNIFORMS
+        if empty.any():
+            for r in rows[empty].tolist():
+                self._refill(r)
+            at[empty] = 0
+        self._next[rows] = at + 1
+        return self._uniforms[rows, at]
+
+    def _refill(self, row: int) -> None:
+        self._uniforms[row] = self.rngs[row].random(UNIFORMS)  # type: ignore[union-attr]
+        self._next[row] = 0
 
     def _cut_top_k(self, rows: np.ndarray, x: np.ndarray) -> np.ndarray:
         """Keep each row's k largest (ties with the k-th kept too); rows with k = vocab keep everything."""

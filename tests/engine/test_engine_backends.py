@@ -179,6 +179,31 @@ def test_sampler_rows_are_independent():
     assert set(np.flatnonzero(counts)) <= set(np.argsort(-logits[0])[:3].tolist())
 
 
+def test_a_seeded_row_draws_its_rngs_stream_one_uniform_a_token():
+    """The sampler draws its uniforms UNIFORMS at a time: a seeded row still takes exactly the next
+    uniform of its own stream per token, alone or beside others, on either path (one row or many),
+    across refills and after a move. Flat logits over a large vocabulary make the token the uniform
+    itself: token = floor(u * vocab)."""
+    from engine.sampling import UNIFORMS, Sampler
+
+    vocab, steps = 4096, 3 * UNIFORMS + 5
+    flat = np.zeros((2, vocab), dtype=np.float32)
+    sampler = Sampler(3, vocab)
+    sampler.set(0, SamplingParams(seed=7))
+    sampler.set(2, SamplingParams(seed=8))
+    stream = np.random.default_rng(7)
+    other = np.random.default_rng(8)
+    for step in range(steps):
+        if step == UNIFORMS + 3:  # row 2 leaves, row 0 moves into slot 1 (a compaction)
+            sampler.release(2)
+            sampler.move(0, 1)
+        mine = 1 if step > UNIFORMS + 2 else 0
+        rows = np.array([mine]) if step % 3 == 0 or step > UNIFORMS + 2 else np.array([0, 2])
+        got = sampler.sample(rows, flat[: len(rows)])
+        expected = [int(stream.random() * vocab)] + ([int(other.random() * vocab)] if len(rows) == 2 else [])
+        assert got.tolist() == expected, step
+
+
 def test_the_sampler_cuts_while_a_live_row_asks_for_it():
     """A batch skips top-k / top-p only while no live row asks for them: a top-k row keeps its cut
     when a plain row leaves beside it, and a plain row that takes a released top-k slot draws freely."""
