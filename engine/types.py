@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 FinishReason = Literal["stop", "length"]
 
@@ -115,9 +115,11 @@ class TokenLogprob:
     top: tuple[tuple[int, float], ...] = ()
 
 
-@dataclass(frozen=True)
-class Delta:
+class Delta(NamedTuple):
     """New text of request `request_id`; `finish_reason` is set on its last one.
+
+    Immutable like the other value types, but a NamedTuple: the engine makes one per row per step, and
+    a frozen dataclass costs several times as much to build (docs/benchmarks.md, "The step's Python").
 
     The last one also carries `completion_tokens`: every token the sequence sampled, its end (boundary
     token or stop string) included, as in Completion. With `logprobs` asked for, `logprobs` has one entry
