@@ -151,8 +151,12 @@ class GPTRunner:
         lengths = np.array([len(self.history[r]) for r in fresh.tolist()], dtype=np.int64)
         order = np.argsort(self.fresh_at[fresh], kind="stable")
         rows, lengths = fresh[order], lengths[order]
-        calls = prefill_calls(lengths[:1], self.n_embd)
-        for k in range(2, len(rows) + 1):
+        # A prefix whose rows all padded to its widest fit the budget fits however prefill_calls groups
+        # it (each call pads to its own widest): only the prefixes past that are grouped to be weighed.
+        widest = np.maximum.accumulate(lengths) * np.arange(1, len(rows) + 1)
+        fits = max(1, int(np.searchsorted(widest, self.prefill_tokens, side="right")))
+        calls = prefill_calls(lengths[:fits], self.n_embd)
+        for k in range(fits + 1, len(rows) + 1):
             more = prefill_calls(lengths[:k], self.n_embd)
             if sum(len(c) * int(lengths[c].max()) for c in more) > self.prefill_tokens:
                 break
