@@ -32,6 +32,13 @@ def _find(rows: list[dict], **match: Any) -> dict | None:
     return next((r for r in rows if all(r.get(k) == v for k, v in match.items())), None)
 
 
+def _tps_over(rows: list[dict], mine: dict[str, Any], theirs: dict[str, Any]) -> float | None:
+    """tokens/s of the row matching `mine` over that of the row matching `theirs`, unrounded (the rows' own
+    ratios are rounded to 2 places: 0.9987 would read as 1.00); None where either row is missing."""
+    a, b = _find(rows, **mine), _find(rows, **theirs)
+    return a["tokens_per_s"] / b["tokens_per_s"] if a and b else None
+
+
 def _margin(value: float, threshold: float, higher_is_better: bool = True) -> str:
     rel = (value / threshold - 1) * 100 if threshold else 0.0
     if higher_is_better:
@@ -164,29 +171,26 @@ def served_targets(result: dict) -> list[dict]:
     rows = result.get("served") or []
     out = []
     checks = []
-    for shape in ("lockstep", "served"):  # from tokens/s, not the rows' ratios rounded to 2 places
+    for shape in ("lockstep", "served"):
         for b, need in OVER_CT2.items():
-            ours = _find(rows, engine="charlm", shape=shape, threads=1, batch=b)
-            theirs = _find(rows, engine="ct2-float32", shape=shape, threads=1, batch=b)
-            if ours and theirs:
-                ratio = ours["tokens_per_s"] / theirs["tokens_per_s"]
+            at = {"shape": shape, "threads": 1, "batch": b}
+            ratio = _tps_over(rows, {"engine": "charlm", **at}, {"engine": "ct2-float32", **at})
+            if ratio is not None:
                 checks.append((ratio >= need, f"{shape} b{b} {ratio:.3f}x (>= {need:g})"))
     out.append(_verdict("engine v3: charlm >= 1.0x CTranslate2 float32 at b=32/128, >= 0.6x at b=1, 1 thread", checks))
     checks = []
     for b in (32, 128):
-        served = _find(rows, engine="charlm", shape="served", threads=1, batch=b)
-        lockstep = _find(rows, engine="charlm", shape="lockstep", threads=1, batch=b)
-        if served and lockstep:
-            ratio = served["tokens_per_s"] / lockstep["tokens_per_s"]
+        at = {"engine": "charlm", "threads": 1, "batch": b}
+        ratio = _tps_over(rows, {"shape": "served", **at}, {"shape": "lockstep", **at})
+        if ratio is not None:
             checks.append((ratio >= SERVED_OVER_LOCKSTEP, f"b{b} {ratio:.3f}x"))
     out.append(_verdict("engine v3: charlm served shape >= 0.9x its lockstep at b=32/128, 1 thread", checks))
     checks = []
     for shape in ("lockstep", "served"):
         for b, need in TWO_THREADS.items():
-            one = _find(rows, engine="charlm", shape=shape, threads=1, batch=b)
-            two = _find(rows, engine="charlm", shape=shape, threads=2, batch=b)
-            if one and two:
-                ratio = two["tokens_per_s"] / one["tokens_per_s"]
+            at = {"engine": "charlm", "shape": shape, "batch": b}
+            ratio = _tps_over(rows, {"threads": 2, **at}, {"threads": 1, **at})
+            if ratio is not None:
                 checks.append((ratio >= need, f"{shape} b{b} {ratio:.3f}x (>= {need:g})"))
     out.append(_verdict("engine v3: charlm 2 threads >= 1.4x (b=32) / 1.6x (b=128) of 1, both shapes", checks))
     return out
